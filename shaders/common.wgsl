@@ -1,0 +1,18 @@
+// common.wgsl — shared declarations, pasted with `#include "common.wgsl"`.
+//
+// `Step` is binding 1 of every kernel: the values that change between executions of a graph.
+// 16-bit weights are stored two per u32, element 2i in the low half (little-endian files).
+
+struct Step {
+    pos: u32,     // sequence position of the first token of this execution
+    kv_len: u32,  // valid keys/values in the cache after this execution
+    _p0: u32,
+    _p1: u32,
+}
+
+fn bf16_lo(w: u32) -> f32 { return bitcast<f32>(w << 16u); }
+fn bf16_hi(w: u32) -> f32 { return bitcast<f32>(w & 0xffff0000u); }
+fn bf16x2(w: u32) -> vec2<f32> { return vec2<f32>(bf16_lo(w), bf16_hi(w)); }
+
+// Linear workgroup index for grids split over x and y (see ops::grid_2d).
+fn wg_linear(wg: vec3<u32>, gx: u32) -> u32 { return wg.y * gx + wg.x; }

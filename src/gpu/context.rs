@@ -1,0 +1,403 @@
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::pipelines::PipelineCache;
+use crate::tensor::{Tensor, TensorDesc};
+
+/// How to pick and configure the adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Adapter index (as listed by `fado devices`) or a case-insensitive substring of its name.
+    /// Falls back to the `FADO_ADAPTER` environment variable.
+    pub adapter: Option<String>,
+    /// Pretend the adapter lacks f16 arithmetic (tests the f32 fallbacks).
+    pub disable_f16: bool,
+    /// Pretend the adapter lacks subgroups (tests the workgroup-reduction fallbacks).
+    pub disable_subgroups: bool,
+}
+
+impl GpuOptions {
+    /// Options from the environment: `FADO_ADAPTER`, and `FADO_DISABLE=f16,subgroups`.
+    pub fn from_env() -> Self {
+        let disable = std::env::var("FADO_DISABLE").unwrap_or_default();
+        GpuOptions {
+            adapter: std::env::var("FADO_ADAPTER").ok().filter(|s| !s.is_empty()),
+            disable_f16: disable.contains("f16"),
+            disable_subgroups: disable.contains("subgroup"),
+        }
+    }
+}
+
+/// What the device can do; kernels choose variants from this.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    pub f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+    pub timestamps: bool,
+    pub timestamps_in_passes: bool,
+    pub cooperative_matrix: bool,
+    pub max_storage_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+    pub max_workgroups_per_dim: u32,
+    pub storage_offset_align: u32,
+}
+
+/// One line per adapter for `fado devices` and error messages.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub features: Vec<String>,
+    pub limits: Vec<(String, u64)>,
+    pub subgroup_sizes: (u32, u32),
+}
+
+/// A device and queue plus everything derived from them once.
+pub struct GpuContext {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Caps,
+    pub pipelines: PipelineCache,
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // Vulkan, Metal and DX12 only: the GL backend lacks the storage limits and features a model needs.
+    desc.backends = wgpu::Backends::PRIMARY;
+    wgpu::Instance::new(desc)
+}
+
+fn all_adapters() -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance().enumerate_adapters(wgpu::Backends::PRIMARY))
+}
+
+const INSTALL_HINT: &str = "install a Vulkan driver (on Debian/Ubuntu without a GPU: \
+`apt-get install -y mesa-vulkan-drivers libvulkan1` gives the lavapipe CPU device)";
+
+fn rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+}
+
+fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let l = a.limits();
+    let f = a.features();
+    let interesting = wanted_features() | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    let features = (f & interesting)
+        .iter_names()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        features,
+        limits: vec![
+            ("max_buffer_size".into(), l.max_buffer_size),
+            (
+                "max_storage_buffer_binding_size".into(),
+                l.max_storage_buffer_binding_size as u64,
+            ),
+            (
+                "max_storage_buffers_per_shader_stage".into(),
+                l.max_storage_buffers_per_shader_stage as u64,
+            ),
+            (
+                "max_compute_workgroup_storage_size".into(),
+                l.max_compute_workgroup_storage_size as u64,
+            ),
+            (
+                "max_compute_invocations_per_workgroup".into(),
+                l.max_compute_invocations_per_workgroup as u64,
+            ),
+            (
+                "max_compute_workgroups_per_dimension".into(),
+                l.max_compute_workgroups_per_dimension as u64,
+            ),
+        ],
+        subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+    }
+}
+
+impl GpuContext {
+    /// Every adapter wgpu can see, in `fado devices` order.
+    pub fn list_adapters() -> Vec<AdapterSummary> {
+        all_adapters()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| summarize(i, a))
+            .collect()
+    }
+
+    /// Open the chosen (or best) adapter with everything it offers that Fado uses.
+    pub fn new(opts: &GpuOptions) -> Result<Arc<GpuContext>> {
+        let adapters = all_adapters();
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(format!(
+                "wgpu found no Vulkan/Metal/DX12 adapter; {INSTALL_HINT}"
+            )));
+        }
+        let sel = opts
+            .adapter
+            .clone()
+            .or_else(|| std::env::var("FADO_ADAPTER").ok().filter(|s| !s.is_empty()));
+        let adapter = match sel {
+            Some(s) => {
+                let found = if let Ok(i) = s.parse::<usize>() {
+                    adapters.get(i).cloned()
+                } else {
+                    let needle = s.to_lowercase();
+                    adapters
+                        .iter()
+                        .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                        .cloned()
+                };
+                found.ok_or_else(|| {
+                    let names: Vec<String> = adapters
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| format!("{i}: {}", a.get_info().name))
+                        .collect();
+                    Error::NoAdapter(format!(
+                        "no adapter matches `{s}`; available: {}",
+                        names.join(", ")
+                    ))
+                })?
+            }
+            None => adapters
+                .iter()
+                .min_by_key(|a| rank(a.get_info().device_type))
+                .cloned()
+                .expect("non-empty"),
+        };
+        Self::from_adapter(adapter, opts)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Arc<GpuContext>> {
+        let info = adapter.get_info();
+        let mut features = adapter.features() & wanted_features();
+        if opts.disable_f16 {
+            features.remove(wgpu::Features::SHADER_F16);
+        }
+        if opts.disable_subgroups {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
+        // A 9B model needs storage bindings far above the WebGPU defaults: ask for all the adapter has.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("fado"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::gpu(format!("opening adapter `{}`", info.name), e))?;
+        let limits = device.limits();
+        let caps = Caps {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min: info.subgroup_min_size,
+            subgroup_max: info.subgroup_max_size,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps_in_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            cooperative_matrix: false,
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            storage_offset_align: limits.min_storage_buffer_offset_alignment,
+        };
+        Ok(Arc::new(GpuContext {
+            pipelines: PipelineCache::default(),
+            adapter,
+            device,
+            queue,
+            info,
+            caps,
+        }))
+    }
+
+    /// A short name for reports: `"llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)"`.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// Allocate a storage buffer, turning an allocation the device refuses into an error.
+    pub fn storage_buffer(&self, label: &str, size: u64) -> Result<Arc<wgpu::Buffer>> {
+        let size = size.max(4).div_ceil(4) * 4;
+        if size > self.caps.max_buffer {
+            return Err(Error::OutOfMemory {
+                what: format!("allocating `{label}`"),
+                needed: size,
+                available: self.caps.max_buffer,
+                hint: " (the adapter's max_buffer_size); use a smaller --ctx or a quantized model"
+                    .into(),
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::OutOfMemory {
+                what: format!("allocating `{label}`"),
+                needed: size,
+                available: self.caps.max_buffer,
+                hint: format!(" ({e}); use a smaller --ctx or a quantized model"),
+            });
+        }
+        Ok(Arc::new(buf))
+    }
+
+    /// A fresh tensor in its own buffer (contents undefined).
+    pub fn empty(&self, label: &str, desc: TensorDesc) -> Result<Tensor> {
+        let buffer = self.storage_buffer(label, desc.size_bytes())?;
+        Ok(Tensor {
+            desc,
+            buffer,
+            offset: 0,
+        })
+    }
+
+    /// A tensor holding `bytes` (already in the dtype's GPU layout).
+    pub fn upload(&self, label: &str, desc: TensorDesc, bytes: &[u8]) -> Result<Tensor> {
+        if bytes.len() as u64 > desc.size_bytes() {
+            return Err(Error::op(
+                "upload",
+                format!(
+                    "`{label}`: {} bytes given for {desc} ({} bytes)",
+                    bytes.len(),
+                    desc.size_bytes()
+                ),
+            ));
+        }
+        let t = self.empty(label, desc)?;
+        self.write(&t, 0, bytes);
+        Ok(t)
+    }
+
+    /// Upload f32 values as an f32 tensor.
+    pub fn upload_f32(&self, label: &str, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let desc = TensorDesc::f32(shape.to_vec());
+        if desc.numel() != data.len() {
+            return Err(Error::op(
+                "upload",
+                format!(
+                    "`{label}`: {} values for shape {shape:?} ({} elements)",
+                    data.len(),
+                    desc.numel()
+                ),
+            ));
+        }
+        self.upload(label, desc, bytemuck::cast_slice(data))
+    }
+
+    /// Write bytes into a tensor at a byte offset (padded to 4 bytes as wgpu requires).
+    pub fn write(&self, t: &Tensor, byte_offset: u64, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if bytes.len() % 4 == 0 {
+            self.queue
+                .write_buffer(&t.buffer, t.offset + byte_offset, bytes);
+        } else {
+            let mut v = bytes.to_vec();
+            v.resize(bytes.len().div_ceil(4) * 4, 0);
+            self.queue
+                .write_buffer(&t.buffer, t.offset + byte_offset, &v);
+        }
+    }
+
+    /// Fill a tensor with NaN bit patterns so that elements a kernel fails to write show up.
+    pub fn poison(&self, t: &Tensor) {
+        let n = (t.size_bytes() / 4) as usize;
+        let v = vec![0x7fc0_0000u32; n];
+        self.queue
+            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(&v));
+    }
+
+    /// Copy `len` bytes starting at `byte_offset` of a tensor back to the host (waits for the GPU).
+    pub fn read_bytes(&self, t: &Tensor, byte_offset: u64, len: u64) -> Result<Vec<u8>> {
+        let len4 = len.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: len4.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&t.buffer, t.offset + byte_offset, &staging, 0, len4);
+        self.queue.submit(Some(enc.finish()));
+        self.map_read(&staging, len)
+    }
+
+    /// Map a MAP_READ buffer and copy out its first `len` bytes.
+    pub fn map_read(&self, staging: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::gpu("waiting for the GPU", e))?;
+        rx.recv()
+            .map_err(|e| Error::gpu("reading back", e))?
+            .map_err(|e| Error::gpu("mapping a readback buffer", e))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::gpu("mapping a readback buffer", e))?;
+            view[..len as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Read a whole f32 tensor.
+    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(t, 0, (t.desc.numel() * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Wait until the queue is idle.
+    pub fn sync(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::gpu("waiting for the GPU", e))
+    }
+}

@@ -1,0 +1,113 @@
+//! Compute pipelines and bind-group layouts, created once per variant and shared.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::shader;
+
+/// What sits at one binding slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BindingKind {
+    Uniform,
+    Storage { read_only: bool },
+}
+
+/// A pipeline variant: shader file, entry point, preprocessor defines and binding layout.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub defines: BTreeMap<String, String>,
+    pub bindings: Vec<BindingKind>,
+}
+
+pub struct CachedPipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub struct PipelineCache {
+    map: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
+}
+
+impl PipelineCache {
+    pub fn get(&self, device: &wgpu::Device, key: &PipelineKey) -> Result<Arc<CachedPipeline>> {
+        if let Some(p) = self.map.lock().expect("pipeline cache").get(key) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(build(device, key)?);
+        self.map
+            .lock()
+            .expect("pipeline cache")
+            .insert(key.clone(), p.clone());
+        Ok(p)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("pipeline cache").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn build(device: &wgpu::Device, key: &PipelineKey) -> Result<CachedPipeline> {
+    let src = shader::preprocess(key.shader, &key.defines)?;
+    let what = format!(
+        "compiling `{}::{}` {:?}",
+        key.shader, key.entry, key.defines
+    );
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(key.shader),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = key
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: match b {
+                BindingKind::Uniform => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                BindingKind::Storage { read_only } => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *read_only,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(key.entry),
+        entries: &entries,
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(key.entry),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(key.entry),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some(key.entry),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::gpu(what, e));
+    }
+    Ok(CachedPipeline { pipeline, layout })
+}

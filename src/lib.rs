@@ -1,0 +1,15 @@
+//! Fado: a portable GPU inference runtime for Llama-family language models (AMALIA, EuroLLM,
+//! Llama 2/3, Mistral, SmolLM2, TinyLlama) on WGSL compute kernels through wgpu.
+//!
+//! Layers, bottom up: [`gpu`] (device, pipelines), [`tensor`], [`ops`] (one module per op:
+//! dispatch + CPU reference), [`graph`] (IR, memory planner, executor).
+
+pub mod error;
+pub mod gpu;
+pub mod graph;
+pub mod model;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Model description and builders.
+
+pub mod config;

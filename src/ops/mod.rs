@@ -1,0 +1,165 @@
+//! Ops: one module per op, each holding its shape rules, its kernel dispatch and its CPU
+//! reference (the specification the GPU kernel is tested against).
+//!
+//! Every kernel is bound the same way:
+//! - binding 0: `uniform` params of the dispatch (static, written once when the graph is built);
+//! - binding 1: `uniform` [`Step`] (the few values that change between decode steps);
+//! - binding 2…: storage buffers, in the order of the call's [`Arg`]s.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use crate::error::{Error, Result};
+use crate::gpu::Caps;
+use crate::tensor::{DType, TensorDesc};
+
+pub mod add;
+pub mod embedding;
+pub mod rmsnorm;
+pub mod swiglu;
+
+/// Values that change between executions of the same graph. Mirrors `struct Step` in
+/// `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    /// Position (in the sequence) of the first token of this execution.
+    pub pos: u32,
+    /// Keys/values valid in the cache after this execution (`pos + tokens`).
+    pub kv_len: u32,
+    pub _pad: [u32; 2],
+}
+
+impl Step {
+    pub fn new(pos: u32, tokens: u32) -> Self {
+        Step {
+            pos,
+            kv_len: pos + tokens,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// A storage binding of a kernel call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// Input `i`, read only.
+    In(usize),
+    /// Input `i`, written in place (KV cache, residual stream).
+    InOut(usize),
+    /// Output `i`.
+    Out(usize),
+    /// Scratch buffer `i` of [`Op::scratch`].
+    Scratch(usize),
+}
+
+/// One dispatch of one pipeline.
+#[derive(Clone, Debug)]
+pub struct KernelCall {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub defines: BTreeMap<String, String>,
+    /// Static uniform parameters (u32 words; floats as bits).
+    pub params: Vec<u32>,
+    pub args: Vec<Arg>,
+    pub workgroups: [u32; 3],
+}
+
+impl KernelCall {
+    pub fn new(shader: &'static str, entry: &'static str) -> Self {
+        KernelCall {
+            shader,
+            entry,
+            defines: BTreeMap::new(),
+            params: Vec::new(),
+            args: Vec::new(),
+            workgroups: [1, 1, 1],
+        }
+    }
+    pub fn define(mut self, k: &str, v: impl ToString) -> Self {
+        self.defines.insert(k.to_string(), v.to_string());
+        self
+    }
+    pub fn params(mut self, p: &[u32]) -> Self {
+        self.params = p.to_vec();
+        self
+    }
+    pub fn args(mut self, a: &[Arg]) -> Self {
+        self.args = a.to_vec();
+        self
+    }
+    pub fn workgroups(mut self, x: u32, y: u32, z: u32) -> Self {
+        self.workgroups = [x, y, z];
+        self
+    }
+}
+
+/// An operation over tensors. Ops validate shapes and dtypes when added to a graph, so a
+/// built graph cannot fail for shape reasons at run time.
+pub trait Op: Debug + Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Check the inputs and return the descriptions of the outputs.
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>>;
+    /// Bytes of each scratch buffer the kernels need.
+    fn scratch(&self, _inputs: &[&TensorDesc]) -> Vec<u64> {
+        Vec::new()
+    }
+    /// The dispatches that compute the op.
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>>;
+}
+
+/// Shared shape checks with messages that name the op, the shapes and what was expected.
+pub(crate) fn expect_inputs(op: &'static str, inputs: &[&TensorDesc], n: usize) -> Result<()> {
+    if inputs.len() != n {
+        return Err(Error::op(
+            op,
+            format!("expected {n} inputs, got {}", inputs.len()),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn expect_dtype(
+    op: &'static str,
+    what: &str,
+    t: &TensorDesc,
+    allowed: &[DType],
+) -> Result<()> {
+    if !allowed.contains(&t.dtype) {
+        let names: Vec<&str> = allowed.iter().map(|d| d.name()).collect();
+        return Err(Error::op(
+            op,
+            format!(
+                "{what} is {t}: dtype {} is not supported here (expected one of {})",
+                t.dtype,
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn expect_rank(op: &'static str, what: &str, t: &TensorDesc, rank: usize) -> Result<()> {
+    if t.rank() != rank {
+        return Err(Error::op(
+            op,
+            format!("{what} is {t}: expected {rank} dimensions"),
+        ));
+    }
+    Ok(())
+}
+
+/// Split a workgroup count that may exceed the per-dimension limit over x and y.
+pub(crate) fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
+    if groups <= max_per_dim {
+        [groups.max(1), 1, 1]
+    } else {
+        let y = groups.div_ceil(max_per_dim);
+        [groups.div_ceil(y), y, 1]
+    }
+}
+
+/// f32 bits for the params uniform.
+pub(crate) fn fbits(x: f32) -> u32 {
+    x.to_bits()
+}

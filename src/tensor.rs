@@ -1,0 +1,149 @@
+//! Tensors: a dtype, a shape, and a place in a GPU buffer.
+//!
+//! Shapes are row-major, outermost first. A linear layer's weight is `[out, in]` as in
+//! Hugging Face checkpoints, so `y = x · Wᵀ`. 16-bit floats are stored packed two per `u32`
+//! and widened inside the kernels; block-quantized types keep their blocks.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Element type of a tensor as stored on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// Token ids and other indices.
+    U32,
+    F16,
+    BF16,
+    /// Block-quantized formats (GGUF names). Block size in elements and bytes per block below.
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl DType {
+    /// Elements per block (1 for plain floats).
+    pub fn block_len(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 | DType::F16 | DType::BF16 => 1,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q4K | DType::Q5K | DType::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block as stored in GGUF files.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
+            DType::Q4_1 => 20,
+            DType::Q4K => 144,
+            DType::Q5K => 176,
+            DType::Q6K => 210,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// Bytes for `n` elements (n a multiple of the block length for quantized types).
+    pub fn bytes_for(self, n: usize) -> usize {
+        n.div_ceil(self.block_len()) * self.block_bytes()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::U32 => "u32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q4K => "q4_k",
+            DType::Q5K => "q5_k",
+            DType::Q6K => "q6_k",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a tensor is, without where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TensorDesc {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl TensorDesc {
+    pub fn new(dtype: DType, shape: impl Into<Vec<usize>>) -> Self {
+        TensorDesc {
+            dtype,
+            shape: shape.into(),
+        }
+    }
+    pub fn f32(shape: impl Into<Vec<usize>>) -> Self {
+        Self::new(DType::F32, shape)
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes as stored (16-bit types padded to whole `u32`s so the buffer can be bound as `array<u32>`).
+    pub fn size_bytes(&self) -> u64 {
+        let b = self.dtype.bytes_for(self.numel());
+        (b.div_ceil(4) * 4) as u64
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// Size of the last dimension.
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+    /// Product of all dimensions but the last.
+    pub fn rows(&self) -> usize {
+        let r = self.shape.len();
+        if r == 0 {
+            1
+        } else {
+            self.shape[..r - 1].iter().product()
+        }
+    }
+}
+
+impl fmt::Display for TensorDesc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:?}", self.dtype, self.shape)
+    }
+}
+
+/// A tensor resident on the GPU: a description plus a byte range of a buffer.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub desc: TensorDesc,
+    pub buffer: Arc<wgpu::Buffer>,
+    pub offset: u64,
+}
+
+impl Tensor {
+    pub fn dtype(&self) -> DType {
+        self.desc.dtype
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.desc.shape
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.desc.size_bytes()
+    }
+}

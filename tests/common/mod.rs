@@ -1,0 +1,84 @@
+//! Shared test helpers: one GPU context per test binary, seeded data, tolerance checks.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use fado::gpu::{GpuContext, GpuOptions};
+use fado::graph::Graph;
+use fado::ops::{Op, Step};
+use fado::tensor::Tensor;
+
+pub use fado::rng::Rng;
+
+/// Relative tolerance of the f32 compute path.
+pub const F32_RTOL: f32 = 1e-4;
+/// Tolerance when 16-bit values are involved on the GPU side (f16 arithmetic, f16 KV cache).
+pub const F16_RTOL: f32 = 1e-2;
+
+/// The test device: the machine's Vulkan adapter (lavapipe without a GPU). Never skips.
+pub fn ctx() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::new(&GpuOptions::from_env()) {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "kernel tests need a Vulkan adapter and found none: {e}\n\
+             On Debian/Ubuntu: sudo apt-get install -y mesa-vulkan-drivers libvulkan1 (or run .ci/run)"
+        ),
+    })
+    .clone()
+}
+
+/// Assert `got ≈ want` element-wise: |g − w| ≤ atol + rtol·|w|; NaN (an unwritten, poisoned
+/// element) always fails. Reports the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length differs");
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g.is_nan() {
+            panic!("{what}: element {i} is NaN (unwritten?), expected {w}");
+        }
+        let err = (g - w).abs();
+        let lim = atol + rtol * w.abs();
+        if err > lim && worst.is_none_or(|(_, e)| err - lim > e) {
+            worst = Some((i, err - lim));
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i} is {} but expected {} (rtol {rtol}, atol {atol}); {} elements",
+            got[i],
+            want[i],
+            got.len()
+        );
+    }
+}
+
+/// Scale-aware check used for reductions: max |g − w| ≤ rtol · max |w| (+ tiny), NaN fails.
+pub fn assert_close_rel_max(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    assert_close(what, got, want, 0.0, rtol * scale);
+}
+
+/// Run a single op on GPU tensors through the graph executor, with outputs poisoned first.
+pub fn run_op(op: impl Op + 'static, inputs: &[&Tensor], step: Step) -> Vec<Vec<f32>> {
+    let ctx = ctx();
+    let mut g = Graph::new();
+    let ids: Vec<_> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| g.external(format!("in{i}"), t))
+        .collect();
+    let outs = g.add(op, &ids).expect("op rejected valid inputs");
+    let exe = g.compile(&ctx, &outs).expect("compile");
+    for o in &outs {
+        ctx.poison(exe.tensor(*o));
+    }
+    exe.run(step).expect("run");
+    outs.iter()
+        .map(|o| exe.read_f32(*o).expect("read"))
+        .collect()
+}
+
+pub fn upload(name: &str, shape: &[usize], data: &[f32]) -> Tensor {
+    ctx().upload_f32(name, shape, data).expect("upload")
+}
