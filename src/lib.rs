@@ -10,6 +10,7 @@ pub mod graph;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod sampling;
 pub mod tensor;
 
 pub use error::{Error, Result};
