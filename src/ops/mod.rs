@@ -15,6 +15,7 @@ use crate::tensor::{DType, TensorDesc};
 
 pub mod add;
 pub mod embedding;
+pub mod matmul;
 pub mod rmsnorm;
 pub mod rows;
 pub mod swiglu;
