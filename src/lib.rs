@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod graph;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod rng;
 pub mod tensor;
 
