@@ -11,6 +11,7 @@ pub mod graph;
 pub mod loader;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod rng;
 pub mod sampling;
 pub mod tensor;
