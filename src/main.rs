@@ -23,6 +23,10 @@ struct Args {
 enum Cmd {
     /// List GPU adapters with their backend, type, features and key limits.
     Devices,
+    /// Generate text from a prompt.
+    Run(cli::run::RunArgs),
+    /// Multi-turn chat in the terminal.
+    Chat(cli::run::ChatArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         .init();
     let result = match args.cmd {
         Cmd::Devices => cli::devices(),
+        Cmd::Run(a) => cli::run::run(a, args.adapter),
+        Cmd::Chat(a) => cli::run::chat(a, args.adapter),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,9 @@
 //! Subcommand implementations (thin: the library does the work).
 
+pub mod args;
+pub mod load;
+pub mod run;
+
 use fado::gpu::GpuContext;
 use fado::{Error, Result};
 
