@@ -601,7 +601,18 @@ fn gguf_truncated_at_any_byte_is_an_error_naming_the_file() {
     let (path, end) = small_valid_gguf(&dir);
     let bytes = std::fs::read(&path).expect("read");
     let cut_path = dir.join("cut.gguf");
-    for cut in 0..end {
+    // Every byte of the header; in the data section, each tensor's edges and a stride.
+    let f = GgufFile::open(&path).expect("open");
+    let header_end = f.data_offset() as usize + 1;
+    let mut cuts: Vec<usize> = (0..header_end)
+        .chain((header_end..end).step_by(97))
+        .collect();
+    for t in f.tensor_infos() {
+        let (s, e) = (t.file_offset as usize, (t.file_offset + t.size) as usize);
+        cuts.extend([s, s + 1, e - 1].into_iter().filter(|&c| c < end));
+    }
+    cuts.push(end - 1);
+    for cut in cuts {
         std::fs::write(&cut_path, &bytes[..cut]).expect("write");
         let msg = err_text(GgufFile::open(&cut_path));
         assert!(msg.contains("cut.gguf"), "cut at {cut}: {msg}");
@@ -1326,6 +1337,43 @@ fn hf_config_errors_name_the_field_and_file() {
     assert_mentions(
         &err_text(parse_cfg(without(base.clone(), "architectures"), None)),
         &["'architectures'"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
+            with(base.clone(), "hidden_act", json!("gelu")),
+            None,
+        )),
+        &["hidden_act \"gelu\" is not supported"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
+            with(base.clone(), "attention_bias", json!(true)),
+            None,
+        )),
+        &["attention_bias"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
+            with(
+                base.clone(),
+                "rope_scaling",
+                json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+            ),
+            None,
+        )),
+        &["rope_scaling.low_freq_factor < rope_scaling.high_freq_factor"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
+            with(
+                base.clone(),
+                "rope_scaling",
+                json!({"type": "linear", "factor": 0.0}),
+            ),
+            None,
+        )),
+        &["'rope_scaling.factor' must be positive"],
     );
     assert_mentions(
         &err_text(parse_cfg(
