@@ -1463,3 +1463,37 @@ fn for_each_tensor_reports_monotone_progress_ending_at_the_total() {
         .all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1));
     assert_eq!(calls.last().copied(), Some((bytes, m.total_bytes())));
 }
+
+#[test]
+fn gguf_llama3_sized_vocabulary_metadata_parses_within_the_caps() {
+    let dir = scratch("bigvocab");
+    let n_tokens = 128_256usize;
+    let tokens: Vec<MetaValue> = (0..n_tokens)
+        .map(|i| MetaValue::String(format!("tok{i}")))
+        .collect();
+    let merges: Vec<MetaValue> = (0..280_147)
+        .map(|i| MetaValue::String(format!("a{i} b{i}")))
+        .collect();
+    let types: Vec<MetaValue> = (0..n_tokens)
+        .map(|i| MetaValue::I32((i % 3) as i32))
+        .collect();
+    let md = vec![
+        ("tokenizer.ggml.model".to_string(), MetaValue::from("gpt2")),
+        ("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens)),
+        ("tokenizer.ggml.merges".into(), MetaValue::Array(merges)),
+        ("tokenizer.ggml.token_type".into(), MetaValue::Array(types)),
+    ];
+    let path = dir.join("vocab.gguf");
+    gguf::write_raw(&path, 3, &md, &[]).expect("write");
+    let t = std::time::Instant::now();
+    let f = GgufFile::open(&path).expect("open");
+    let dt = t.elapsed();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    eprintln!("parsed {size} bytes of tokenizer metadata in {dt:?}");
+    let toks = f
+        .meta("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .expect("tokens");
+    assert_eq!(toks.len(), n_tokens);
+    assert_eq!(toks[128_255].as_str(), Some("tok128255"));
+}
