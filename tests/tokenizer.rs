@@ -383,3 +383,10 @@ fn gguf_metadata_errors_are_named() {
         .to_string();
     assert!(err.contains("no-such"), "{err}");
 }
+
+#[test]
+fn tokenizer_and_template_are_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<fado::chat_template::ChatTemplate>();
+}
