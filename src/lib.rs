@@ -8,9 +8,12 @@ pub mod chat_template;
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod loader;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod rng;
+pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -1,0 +1,266 @@
+//! GGUF block-quantized formats: exact CPU dequantizers (the specification the GPU kernels are
+//! tested against), quantizers, and the layout the blocks take on the GPU.
+//!
+//! | dtype | elems | bytes | block (GGUF, little-endian)                                   | value                       |
+//! |-------|-------|-------|---------------------------------------------------------------|-----------------------------|
+//! | Q8_0  | 32    | 34    | f16 d, i8 q[32]                                               | d·q                         |
+//! | Q4_0  | 32    | 18    | f16 d, u8 qs[16] (elem j: low nibble of qs[j], j+16: high)    | d·(q − 8)                   |
+//! | Q4_1  | 32    | 20    | f16 d, f16 m, u8 qs[16] (as Q4_0)                             | d·q + m                     |
+//! | Q4_K  | 256   | 144   | f16 d, f16 dmin, u8 scales[12], u8 qs[128]                    | d·sc_s·q − dmin·m_s         |
+//! | Q5_K  | 256   | 176   | f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]         | d·sc_s·(q + 16·h) − dmin·m_s |
+//! | Q6_K  | 256   | 210   | u8 ql[128], u8 qh[64], i8 scales[16], f16 d                   | d·sc_16·(q − 32)            |
+//!
+//! The K-quant element order is documented in [`kquants`].
+//!
+//! # GPU layout
+//!
+//! WGSL reads storage buffers as `array<u32>`, so every field a kernel reads must sit at a
+//! 4-byte-aligned offset. [`gpu_layout`] rearranges a tensor's GGUF bytes (rows of blocks, blocks
+//! in row-major order, `nb` blocks in all) without changing their total size — the GPU copy is
+//! exactly the file size rounded up to 4 bytes, the same as [`TensorDesc::size_bytes`]:
+//!
+//! - **Q4_K, Q5_K** (144 and 176 bytes, every field aligned): unchanged, byte-exact GGUF blocks.
+//! - **Q8_0, Q4_0, Q6_K** (34, 18, 210 bytes): two sections. First the blocks without their
+//!   trailing/leading f16 scale, back to back (`nb × 32`, `nb × 16` or `nb × 208` bytes — the
+//!   quants, and for Q6_K `ql, qh, scales` exactly as in GGUF); then the `nb` f16 scales `d`
+//!   packed two per `u32` (block `2i` in the low half).
+//! - **Q4_1** (20 bytes): first `nb × 16` bytes of quants, then `nb` words `(d, m)` (d low half).
+//!
+//! Splitting the scales out keeps adjacent threads' loads adjacent (thread `i` reads quants of
+//! block `i`, 4-byte aligned) without the cross-word shifting that in-place 34-byte blocks need.
+//!
+//! [`TensorDesc::size_bytes`]: crate::tensor::TensorDesc::size_bytes
+
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+pub mod kquants;
+pub mod q4;
+pub mod q8_0;
+
+/// Whether `dtype` is one of the block-quantized formats handled here.
+pub fn is_quantized(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q5K | DType::Q6K
+    )
+}
+
+fn check_len(what: &'static str, dtype: DType, bytes: usize, n: usize) -> Result<()> {
+    if !is_quantized(dtype) {
+        return Err(Error::op(
+            what,
+            format!("dtype {dtype} is not a block-quantized format (expected q8_0, q4_0, q4_1, q4_k, q5_k or q6_k)"),
+        ));
+    }
+    let bl = dtype.block_len();
+    if n % bl != 0 {
+        return Err(Error::op(
+            what,
+            format!(
+                "{n} elements of {dtype}: the count must be a multiple of the block length {bl}"
+            ),
+        ));
+    }
+    let want = n / bl * dtype.block_bytes();
+    if bytes != want {
+        return Err(Error::op(
+            what,
+            format!(
+                "{n} elements of {dtype} take {want} bytes ({} blocks of {}), got {bytes}",
+                n / bl,
+                dtype.block_bytes()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Dequantize `n` elements of GGUF blocks of `dtype`.
+pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    check_len("dequantize", dtype, bytes.len(), n)?;
+    let mut out = vec![0f32; n];
+    let bl = dtype.block_len();
+    let bb = dtype.block_bytes();
+    for (blk, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(bl)) {
+        match dtype {
+            DType::Q8_0 => q8_0::dequantize_block(blk, y),
+            DType::Q4_0 => q4::dequantize_block_q4_0(blk, y),
+            DType::Q4_1 => q4::dequantize_block_q4_1(blk, y),
+            DType::Q4K => kquants::dequantize_block_q4_k(blk, y),
+            DType::Q5K => kquants::dequantize_block_q5_k(blk, y),
+            DType::Q6K => kquants::dequantize_block_q6_k(blk, y),
+            _ => unreachable!("checked by check_len"),
+        }
+    }
+    Ok(out)
+}
+
+/// Quantize `values` into GGUF blocks of `dtype` (Q8_0, Q4_0 and Q4_K; the length must be a
+/// multiple of the block length).
+pub fn quantize(dtype: DType, values: &[f32]) -> Result<Vec<u8>> {
+    let bl = dtype.block_len();
+    if !matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4K) {
+        return Err(Error::op(
+            "quantize",
+            format!("quantizing to {dtype} is not implemented (supported: q8_0, q4_0, q4_k)"),
+        ));
+    }
+    if values.len() % bl != 0 {
+        return Err(Error::op(
+            "quantize",
+            format!(
+                "{} values into {dtype}: the count must be a multiple of the block length {bl}",
+                values.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(dtype.bytes_for(values.len()));
+    for x in values.chunks_exact(bl) {
+        match dtype {
+            DType::Q8_0 => q8_0::quantize_block(x, &mut out),
+            DType::Q4_0 => q4::quantize_block_q4_0(x, &mut out),
+            DType::Q4K => kquants::quantize_block_q4_k(x, &mut out),
+            _ => unreachable!("checked above"),
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes the GPU copy of a `[rows, cols]` tensor of `dtype` takes: the GGUF size rounded up to 4
+/// (equal to `TensorDesc::size_bytes`).
+pub fn gpu_layout_bytes(dtype: DType, rows: usize, cols: usize) -> u64 {
+    (dtype.bytes_for(rows * cols).div_ceil(4) * 4) as u64
+}
+
+/// Where the quants and the scales of a tensor live in its GPU layout (in bytes), see the module
+/// docs. `scales` is `None` for the formats kept as whole GGUF blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuSections {
+    /// Bytes per block in the first section.
+    pub body_bytes: usize,
+    /// Byte offset of the scale section (`nb × body_bytes`).
+    pub scales_offset: Option<usize>,
+}
+
+/// The section geometry of `dtype`'s GPU layout for `blocks` blocks.
+pub fn gpu_sections(dtype: DType, blocks: usize) -> GpuSections {
+    let (body, split) = match dtype {
+        DType::Q8_0 => (32, true),
+        DType::Q4_0 => (16, true),
+        DType::Q4_1 => (16, true),
+        DType::Q6K => (208, true),
+        d => (d.block_bytes(), false),
+    };
+    GpuSections {
+        body_bytes: body,
+        scales_offset: split.then_some(blocks * body),
+    }
+}
+
+/// Rearrange the GGUF bytes of a `[rows, cols]` tensor into the GPU layout (module docs).
+/// The result is [`gpu_layout_bytes`] long.
+pub fn gpu_layout(dtype: DType, rows: usize, cols: usize, gguf_bytes: &[u8]) -> Result<Vec<u8>> {
+    check_len("gpu_layout", dtype, gguf_bytes.len(), rows * cols).map_err(|e| {
+        Error::op(
+            "gpu_layout",
+            format!("tensor {dtype}[{rows}, {cols}]: {e}"),
+        )
+    })?;
+    if cols % dtype.block_len() != 0 {
+        return Err(Error::op(
+            "gpu_layout",
+            format!(
+                "tensor {dtype}[{rows}, {cols}]: rows of {cols} elements are not whole blocks of {}",
+                dtype.block_len()
+            ),
+        ));
+    }
+    let bb = dtype.block_bytes();
+    let nb = gguf_bytes.len() / bb;
+    let total = gpu_layout_bytes(dtype, rows, cols) as usize;
+    let sec = gpu_sections(dtype, nb);
+    let Some(soff) = sec.scales_offset else {
+        let mut v = gguf_bytes.to_vec();
+        v.resize(total, 0);
+        return Ok(v);
+    };
+    let mut out = vec![0u8; total];
+    for (i, blk) in gguf_bytes.chunks_exact(bb).enumerate() {
+        let body = &mut out[i * sec.body_bytes..(i + 1) * sec.body_bytes];
+        match dtype {
+            DType::Q8_0 | DType::Q4_0 => {
+                body.copy_from_slice(&blk[2..]);
+                out[soff + 2 * i..soff + 2 * i + 2].copy_from_slice(&blk[..2]);
+            }
+            DType::Q4_1 => {
+                body.copy_from_slice(&blk[4..]);
+                out[soff + 4 * i..soff + 4 * i + 4].copy_from_slice(&blk[..4]);
+            }
+            DType::Q6K => {
+                body.copy_from_slice(&blk[..208]);
+                out[soff + 2 * i..soff + 2 * i + 2].copy_from_slice(&blk[208..]);
+            }
+            _ => unreachable!("only split formats have a scale section"),
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn rd_f16(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+pub(crate) fn f16_bytes(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_le_bytes()
+}
+
+/// Round half away from zero, as C's `roundf`.
+pub(crate) fn round(x: f32) -> i32 {
+    x.round() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_layout_keeps_the_file_size() {
+        for dtype in [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q4K,
+            DType::Q5K,
+            DType::Q6K,
+        ] {
+            let (rows, cols) = (3, 2 * dtype.block_len());
+            let n = dtype.bytes_for(rows * cols);
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let g = gpu_layout(dtype, rows, cols, &bytes).unwrap();
+            assert_eq!(g.len() as u64, gpu_layout_bytes(dtype, rows, cols));
+            assert!(g.len() < n + 4, "{dtype}: {} bytes for {n}", g.len());
+        }
+    }
+
+    #[test]
+    fn length_mismatch_names_dtype_and_sizes() {
+        let e = dequantize(DType::Q4K, &[0u8; 100], 256)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("q4_k") && e.contains("144") && e.contains("100"),
+            "{e}"
+        );
+        let e = dequantize(DType::Q8_0, &[0u8; 34], 31)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("multiple of the block length 32"), "{e}");
+        let e = gpu_layout(DType::Q8_0, 2, 48, &[0u8; 102])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("q8_0[2, 48]"), "{e}");
+    }
+}
