@@ -29,7 +29,11 @@ pub fn encode_raw(model: &Model, text: &str) -> Result<Vec<u32>> {
 }
 
 /// Render a conversation with the model's chat template and tokenize it.
-pub fn encode_chat(model: &Model, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+pub fn encode_chat(
+    model: &Model,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>> {
     let bos = model.tokenizer.bos_token().unwrap_or("");
     let eos = model.tokenizer.eos_token().unwrap_or("");
     let text = model

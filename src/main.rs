@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "fado", version, about = "Portable GPU inference for Llama-family LLMs (AMALIA, EuroLLM, Llama, SmolLM2) on any Vulkan/Metal/DX12 GPU")]
+#[command(
+    name = "fado",
+    version,
+    about = "Portable GPU inference for Llama-family LLMs (AMALIA, EuroLLM, Llama, SmolLM2) on any Vulkan/Metal/DX12 GPU"
+)]
 struct Args {
     /// GPU adapter to use: index or name substring (see `fado devices`). Also FADO_ADAPTER.
     #[arg(long, global = true, env = "FADO_ADAPTER")]
@@ -31,7 +35,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = if args.verbose { "fado=debug" } else { "fado=warn" };
+    let filter = if args.verbose {
+        "fado=debug"
+    } else {
+        "fado=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -143,13 +143,20 @@ impl Session {
         if !self.graphs.contains_key(&key) {
             // Bound the number of prefill remainders kept around.
             if self.graphs.len() > 8 {
-                self.graphs.retain(|k, _| k.tokens == 1 || k.tokens == PREFILL_CHUNK);
+                self.graphs
+                    .retain(|k, _| k.tokens == 1 || k.tokens == PREFILL_CHUNK);
             }
             let ids = Tensor {
                 desc: TensorDesc::new(DType::U32, [tokens]),
                 ..self.ids.clone()
             };
-            let fwd = llama::forward(&self.model.config, &self.model.weights, &self.cache, &ids, Some(k))?;
+            let fwd = llama::forward(
+                &self.model.config,
+                &self.model.weights,
+                &self.cache,
+                &ids,
+                Some(k),
+            )?;
             let topk = fwd.topk.expect("asked for top-k");
             let exe = fwd.graph.compile(&self.model.ctx, &[topk, fwd.logits])?;
             self.graphs.insert(
@@ -209,7 +216,9 @@ impl Session {
     /// Append `tokens` to the cache and return the top-k candidates for the next token.
     pub fn prefill(&mut self, tokens: &[u32], k: usize) -> Result<Vec<(u32, f32)>> {
         if tokens.is_empty() {
-            return Err(Error::Request("empty prompt: nothing to generate from".into()));
+            return Err(Error::Request(
+                "empty prompt: nothing to generate from".into(),
+            ));
         }
         self.check_ids(tokens)?;
         let need = self.history.len() + tokens.len();

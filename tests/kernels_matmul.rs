@@ -142,7 +142,13 @@ fn matmul_matches_reference_for_every_dtype_on_ragged_shapes() {
 fn matmul_matches_reference_on_larger_prefill_shapes() {
     let mut rng = Rng::new(13);
     // M = 200 crosses several 64-row tiles with a ragged last one.
-    for &(n, k) in &[(257usize, 129usize), (130, 1000), (63, 576), (5, 7), (257, 64)] {
+    for &(n, k) in &[
+        (257usize, 129usize),
+        (130, 1000),
+        (63, 576),
+        (5, 7),
+        (257, 64),
+    ] {
         check_shape(&mut rng, 200, n, k);
     }
 }
@@ -164,7 +170,13 @@ fn matmul_keeps_the_leading_dimensions_of_x() {
 #[test]
 fn matmul_add_into_adds_to_y_in_place() {
     let mut rng = Rng::new(15);
-    for &(m, n, k) in &[(1usize, 130usize, 129usize), (1, 63, 576), (1, 5, 7), (7, 257, 64), (33, 63, 1000)] {
+    for &(m, n, k) in &[
+        (1usize, 130usize, 129usize),
+        (1, 63, 576),
+        (1, 5, 7),
+        (7, 257, 64),
+        (33, 63, 1000),
+    ] {
         let x = rng.vec(m * k, 1.0);
         let w32 = rng.vec(n * k, 1.0);
         let y0 = rng.vec(m * n, 4.0);
@@ -221,7 +233,10 @@ fn matmul_rejects_inconsistent_shapes_and_dtypes_with_a_named_error() {
             .unwrap(),
     );
     let e = g.add(Matmul, &[x, wq]).unwrap_err().to_string();
-    assert!(e.contains("matmul") && e.contains("q4_0") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("matmul") && e.contains("q4_0") && e.contains("not supported"),
+        "{e}"
+    );
 
     let wu = g.external(
         "wu",
@@ -239,13 +254,22 @@ fn matmul_rejects_inconsistent_shapes_and_dtypes_with_a_named_error() {
     let ybad = g.external("y", &ctx.upload_f32("y", &[3, 63], &[0.0; 189]).unwrap());
     let e = g.add(MatmulAddInto, &[x, w, ybad]).unwrap_err().to_string();
     assert!(
-        e.contains("matmul_add_into") && e.contains("f32[3, 63]") && e.contains("expected y to be f32[3, 64]"),
+        e.contains("matmul_add_into")
+            && e.contains("f32[3, 63]")
+            && e.contains("expected y to be f32[3, 64]"),
         "{e}"
     );
 
-    let xi = g.external("xi", &ctx.upload("xi", TensorDesc::new(DType::U32, [3, 100]), &[]).unwrap());
+    let xi = g.external(
+        "xi",
+        &ctx.upload("xi", TensorDesc::new(DType::U32, [3, 100]), &[])
+            .unwrap(),
+    );
     let e = g.add(Matmul, &[xi, w]).unwrap_err().to_string();
-    assert!(e.contains("x is u32[3, 100]") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("x is u32[3, 100]") && e.contains("not supported"),
+        "{e}"
+    );
 
     let e = g.add(Matmul, &[x]).unwrap_err().to_string();
     assert!(e.contains("expected 2 inputs"), "{e}");

@@ -13,7 +13,9 @@ use fado::session::Session;
 use serde_json::Value;
 
 fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
 }
 
 fn expected(name: &str) -> Value {
@@ -22,11 +24,19 @@ fn expected(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn load(path: PathBuf) -> Arc<Model> {
@@ -41,14 +51,25 @@ fn check(model: &Arc<Model>, exp: &Value) {
         let mut s = Session::new(model.clone(), 128).unwrap();
         s.prefill(&prompt, 1).unwrap();
         let got = s.last_logits().unwrap();
-        assert_close_rel_max(&format!("{name}: last logits"), &got, &floats(&p["last_logits"]), F32_RTOL);
+        assert_close_rel_max(
+            &format!("{name}: last logits"),
+            &got,
+            &floats(&p["last_logits"]),
+            F32_RTOL,
+        );
         let want = ids(&p["greedy_tokens"]);
         let mut s = Session::new(model.clone(), 128).unwrap();
         let mut no_eos = SamplingParams::greedy();
         no_eos.seed = 1;
-        let g = s.generate(&prompt, &no_eos, want.len(), &mut |_| true).unwrap();
+        let g = s
+            .generate(&prompt, &no_eos, want.len(), &mut |_| true)
+            .unwrap();
         // EOS ends generation early; transformers' reference ran with EOS disabled.
-        assert_eq!(g.tokens[..], want[..g.tokens.len()], "{name}: greedy tokens");
+        assert_eq!(
+            g.tokens[..],
+            want[..g.tokens.len()],
+            "{name}: greedy tokens"
+        );
     }
 }
 

@@ -26,7 +26,9 @@ fn parse_quant(s: &str) -> std::result::Result<DType, String> {
         "q8_0" => Ok(DType::Q8_0),
         "q4_0" => Ok(DType::Q4_0),
         "q4_k" => Ok(DType::Q4K),
-        _ => Err(format!("unknown quantization `{s}` (use q8_0, q4_0 or q4_k)")),
+        _ => Err(format!(
+            "unknown quantization `{s}` (use q8_0, q4_0 or q4_k)"
+        )),
     }
 }
 

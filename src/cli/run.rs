@@ -136,7 +136,11 @@ pub fn chat(a: ChatArgs, adapter: Option<String>) -> Result<()> {
     if let Some(s) = &a.system {
         msgs.push(Message::new("system", s.clone()));
     }
-    eprintln!("fado chat — {} on {}. /reset clears the conversation, /exit or Ctrl-D quits.", model.name, model.ctx.adapter_name());
+    eprintln!(
+        "fado chat — {} on {}. /reset clears the conversation, /exit or Ctrl-D quits.",
+        model.name,
+        model.ctx.adapter_name()
+    );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {

@@ -9,7 +9,10 @@
 use super::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
-use crate::ops::{attention::Attention, embedding::Embedding, matmul, rmsnorm::RmsNorm, rope::RopeKv, rows::TakeLastRow, swiglu::SwiGluCat, topk::TopK};
+use crate::ops::{
+    attention::Attention, embedding::Embedding, matmul, rmsnorm::RmsNorm, rope::RopeKv,
+    rows::TakeLastRow, swiglu::SwiGluCat, topk::TopK,
+};
 use crate::tensor::Tensor;
 
 /// One decoder block's weights (Hugging Face names in comments).

@@ -55,9 +55,11 @@ fn meta_view(v: &MetaValue) -> Option<Meta<'_>> {
             Some(MetaValue::String(_)) => {
                 Meta::StrArray(a.iter().filter_map(|x| x.as_str()).collect())
             }
-            Some(MetaValue::F32(_)) | Some(MetaValue::F64(_)) => {
-                Meta::F32Array(a.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect())
-            }
+            Some(MetaValue::F32(_)) | Some(MetaValue::F64(_)) => Meta::F32Array(
+                a.iter()
+                    .filter_map(|x| x.as_f64().map(|f| f as f32))
+                    .collect(),
+            ),
             Some(_) => Meta::I32Array(
                 a.iter()
                     .filter_map(|x| x.as_i64().map(|i| i as i32))
@@ -72,7 +74,10 @@ fn text_side(src: &dyn WeightSource) -> Result<(Tokenizer, ChatTemplate)> {
         let get = |k: &str| meta.get(k).and_then(meta_view);
         let tok = Tokenizer::from_gguf_metadata(&get)?;
         let tpl = match meta.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
-            Some(s) => ChatTemplate::with_origin(s, format!("{}: tokenizer.chat_template", src.path().display()))?,
+            Some(s) => ChatTemplate::with_origin(
+                s,
+                format!("{}: tokenizer.chat_template", src.path().display()),
+            )?,
             None => ChatTemplate::chatml(),
         };
         return Ok((tok, tpl));
@@ -92,7 +97,13 @@ fn text_side(src: &dyn WeightSource) -> Result<(Tokenizer, ChatTemplate)> {
     let tpl = match ChatTemplate::from_model_dir(&dir)? {
         Some(t) => t,
         None => match tok.chat_template() {
-            Some(s) => ChatTemplate::with_origin(s, format!("{}: chat_template", dir.join("tokenizer_config.json").display()))?,
+            Some(s) => ChatTemplate::with_origin(
+                s,
+                format!(
+                    "{}: chat_template",
+                    dir.join("tokenizer_config.json").display()
+                ),
+            )?,
             None => ChatTemplate::chatml(),
         },
     };
@@ -107,7 +118,11 @@ impl Model {
     }
 
     /// Load onto an existing GPU context.
-    pub fn load_on(ctx: Arc<GpuContext>, path: impl AsRef<Path>, opts: &ModelOptions) -> Result<Arc<Model>> {
+    pub fn load_on(
+        ctx: Arc<GpuContext>,
+        path: impl AsRef<Path>,
+        opts: &ModelOptions,
+    ) -> Result<Arc<Model>> {
         let path = path.as_ref();
         let src = loader::open(path)?;
         let mut config = src.config().clone();

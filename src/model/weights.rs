@@ -104,7 +104,12 @@ impl Uploader<'_> {
     }
 
     /// Matrices stacked by rows into one `[Σ rows, cols]` GPU tensor (q|k|v, gate|up, or one).
-    pub fn matrix(&mut self, label: &str, parts: &[(String, usize)], cols: usize) -> Result<Tensor> {
+    pub fn matrix(
+        &mut self,
+        label: &str,
+        parts: &[(String, usize)],
+        cols: usize,
+    ) -> Result<Tensor> {
         let entries: Vec<TensorEntry> = parts
             .iter()
             .map(|(n, r)| self.entry(n, &[*r, cols]))
@@ -113,7 +118,7 @@ impl Uploader<'_> {
         let same = entries.iter().all(|e| e.dtype == entries[0].dtype);
         let src_dtype = entries[0].dtype;
         let target = match self.policy.quant {
-            Some(q) if src_dtype.is_float() && cols % q.block_len() == 0 => q,
+            Some(q) if src_dtype.is_float() && cols.is_multiple_of(q.block_len()) => q,
             _ if same && gpu_matmul_supports(src_dtype) => src_dtype,
             // Mixed formats (e.g. Q4_K_M's q/k in Q4_K, v in Q6_K) or a format without a
             // kernel: widen to f16.
@@ -154,7 +159,11 @@ impl Uploader<'_> {
             self.put(name, e.desc(), &bytes)?
         } else {
             let v = widen(&e, &b)?;
-            self.put(name, TensorDesc::new(DType::F16, [vocab, hidden]), &f16_bytes(&v))?
+            self.put(
+                name,
+                TensorDesc::new(DType::F16, [vocab, hidden]),
+                &f16_bytes(&v),
+            )?
         };
         self.tick(&e);
         Ok(t)
@@ -196,7 +205,11 @@ pub fn upload(
                 ],
                 h,
             )?,
-            o: u.matrix(&n("self_attn.o_proj.weight"), &[(n("self_attn.o_proj.weight"), h)], qd)?,
+            o: u.matrix(
+                &n("self_attn.o_proj.weight"),
+                &[(n("self_attn.o_proj.weight"), h)],
+                qd,
+            )?,
             mlp_norm: u.vector(&n("post_attention_layernorm.weight"), h)?,
             gate_up: u.matrix(
                 &n("mlp.gate_up"),
@@ -206,7 +219,11 @@ pub fn upload(
                 ],
                 h,
             )?,
-            down: u.matrix(&n("mlp.down_proj.weight"), &[(n("mlp.down_proj.weight"), h)], i_dim)?,
+            down: u.matrix(
+                &n("mlp.down_proj.weight"),
+                &[(n("mlp.down_proj.weight"), h)],
+                i_dim,
+            )?,
         });
     }
     let norm = u.vector("model.norm.weight", h)?;
@@ -214,13 +231,25 @@ pub fn upload(
         if gpu_matmul_supports(embed.dtype()) {
             embed.clone()
         } else {
-            u.matrix("lm_head.weight", &[("model.embed_tokens.weight".into(), cfg.vocab_size)], h)?
+            u.matrix(
+                "lm_head.weight",
+                &[("model.embed_tokens.weight".into(), cfg.vocab_size)],
+                h,
+            )?
         }
     } else {
-        u.matrix("lm_head.weight", &[("lm_head.weight".into(), cfg.vocab_size)], h)?
+        u.matrix(
+            "lm_head.weight",
+            &[("lm_head.weight".into(), cfg.vocab_size)],
+            h,
+        )?
     };
     let inv = cfg.rope_inv_freq();
-    let inv_freq = u.put("rope_inv_freq", TensorDesc::f32([inv.len()]), bytemuck::cast_slice(&inv))?;
+    let inv_freq = u.put(
+        "rope_inv_freq",
+        TensorDesc::f32([inv.len()]),
+        bytemuck::cast_slice(&inv),
+    )?;
     Ok((
         Weights {
             embed,

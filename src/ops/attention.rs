@@ -82,11 +82,7 @@ fn storage_bytes(r: usize, bk: usize, d4: usize) -> usize {
 fn choose_tiles(g: usize, d: usize, decode: bool, limit: u32) -> Option<Tiles> {
     let d4 = d / 4;
     let limit = limit.min(STORAGE_BUDGET) as usize;
-    let mut bq = if decode {
-        1
-    } else {
-        (PREFILL_ROWS / g).max(1)
-    };
+    let mut bq = if decode { 1 } else { (PREFILL_ROWS / g).max(1) };
     loop {
         for bk in [32, 16, 8] {
             if storage_bytes(bq * g, bk, d4) <= limit {
@@ -253,7 +249,10 @@ impl Op for AttentionSplit {
         if self.split.chunks == 0 || self.split.min_chunk == 0 {
             return Err(Error::op(
                 "attention",
-                format!("{:?}: expected at least one chunk of at least one row", self.split),
+                format!(
+                    "{:?}: expected at least one chunk of at least one row",
+                    self.split
+                ),
             ));
         }
         self.attn.check(inputs)

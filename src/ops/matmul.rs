@@ -192,11 +192,11 @@ pub fn gemv_reduction(caps: &Caps) -> (GemvReduction, u32) {
 fn gemv_call(caps: &Caps, n: u32, k: u32, w: DType) -> KernelCall {
     // The widest load that divides K, so that every row starts on a load boundary.
     let vec = match w {
-        DType::F32 if k % 4 == 0 => 4,
+        DType::F32 if k.is_multiple_of(4) => 4,
         DType::F32 => 1,
-        _ if k % 8 == 0 => 8,
-        _ if k % 4 == 0 => 4,
-        _ if k % 2 == 0 => 2,
+        _ if k.is_multiple_of(8) => 8,
+        _ if k.is_multiple_of(4) => 4,
+        _ if k.is_multiple_of(2) => 2,
         _ => 1,
     };
     let (red, tpr) = gemv_reduction(caps);
@@ -226,7 +226,7 @@ fn matmul_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType, t: Tiles) -> Kerne
         .define("TM", t.tm)
         .define("TN", t.tn)
         .define(weight_define(w), 1)
-        .define("VEC4", (k % 4 == 0) as u32)
+        .define("VEC4", k.is_multiple_of(4) as u32)
         .params(&[m, n, k, gx, tiles_n, 0, 0, 0])
         .workgroups(gx, gy, 1)
 }

@@ -47,13 +47,13 @@ pub(crate) fn check_cache(
 
 /// Head-count and head-size rules shared by RoPE and attention.
 pub(crate) fn check_heads(op: &'static str, hq: usize, hkv: usize, d: usize) -> Result<()> {
-    if hq == 0 || hkv == 0 || hq % hkv != 0 {
+    if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
         return Err(Error::op(
             op,
             format!("{hq} query heads and {hkv} kv heads: expected a whole number of query heads per kv head"),
         ));
     }
-    if d == 0 || d % 4 != 0 || d > 256 {
+    if d == 0 || !d.is_multiple_of(4) || d > 256 {
         return Err(Error::op(
             op,
             format!("head_dim {d}: expected a multiple of 4 between 4 and 256"),
@@ -105,7 +105,10 @@ impl Op for RopeKv {
         let t = qkv.shape[0] as u32;
         let threads = t as u64 * (qkv.shape[1] / 4) as u64;
         let groups = u32::try_from(threads.div_ceil(WORKGROUP as u64)).map_err(|_| {
-            Error::op(self.name(), format!("qkv is {qkv}: too many tokens for one dispatch"))
+            Error::op(
+                self.name(),
+                format!("qkv is {qkv}: too many tokens for one dispatch"),
+            )
         })?;
         let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
         Ok(vec![KernelCall::new("rope.wgsl", "rope_kv")
@@ -122,7 +125,13 @@ impl Op for RopeKv {
                 0,
                 0,
             ])
-            .args(&[Arg::In(0), Arg::In(1), Arg::InOut(2), Arg::InOut(3), Arg::Out(0)])
+            .args(&[
+                Arg::In(0),
+                Arg::In(1),
+                Arg::InOut(2),
+                Arg::InOut(3),
+                Arg::Out(0),
+            ])
             .workgroups(gx, gy, 1)])
     }
 }
