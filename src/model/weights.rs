@@ -50,12 +50,6 @@ fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
     })
 }
 
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-        .collect()
-}
-
 pub(crate) struct Uploader<'a> {
     pub ctx: &'a GpuContext,
     pub src: &'a dyn WeightSource,
@@ -121,8 +115,8 @@ impl Uploader<'_> {
             Some(q) if src_dtype.is_float() && cols.is_multiple_of(q.block_len()) => q,
             _ if same && gpu_matmul_supports(src_dtype) => src_dtype,
             // Mixed formats (e.g. Q4_K_M's q/k in Q4_K, v in Q6_K) or a format without a
-            // kernel: widen to f16.
-            _ => DType::F16,
+            // kernel: widen to f32, which keeps the dequantized values exact.
+            _ => DType::F32,
         };
         let mut data: Vec<u8> = Vec::new();
         if same && target == src_dtype {
@@ -144,7 +138,7 @@ impl Uploader<'_> {
                 let q = quant::quantize(target, &vals)?;
                 quant::gpu_layout(target, rows, cols, &q)?
             } else {
-                f16_bytes(&vals)
+                bytemuck::cast_slice(&vals).to_vec()
             };
         }
         self.put(label, TensorDesc::new(target, [rows, cols]), &data)
@@ -155,14 +149,13 @@ impl Uploader<'_> {
         let e = self.entry(name, &[vocab, hidden])?;
         let b = self.src.bytes(name)?;
         let t = if e.dtype.is_float() {
-            let bytes = b.to_vec();
-            self.put(name, e.desc(), &bytes)?
+            self.put(name, e.desc(), &b)?
         } else {
             let v = widen(&e, &b)?;
             self.put(
                 name,
-                TensorDesc::new(DType::F16, [vocab, hidden]),
-                &f16_bytes(&v),
+                TensorDesc::f32([vocab, hidden]),
+                bytemuck::cast_slice(&v),
             )?
         };
         self.tick(&e);
