@@ -31,6 +31,8 @@ enum Cmd {
     Run(cli::run::RunArgs),
     /// Multi-turn chat in the terminal.
     Chat(cli::run::ChatArgs),
+    /// Prompt-processing and generation speed (llama-bench style), on a model or synthetic weights.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::Devices => cli::devices(),
         Cmd::Run(a) => cli::run::run(a, args.adapter),
         Cmd::Chat(a) => cli::run::chat(a, args.adapter),
+        Cmd::Bench(a) => cli::bench::bench(a, args.adapter),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -156,7 +156,7 @@ pub(crate) fn expect_rank(op: &'static str, what: &str, t: &TensorDesc, rank: us
 }
 
 /// Split a workgroup count that may exceed the per-dimension limit over x and y.
-pub(crate) fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
+pub fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
     if groups <= max_per_dim {
         [groups.max(1), 1, 1]
     } else {
