@@ -14,9 +14,13 @@ use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
 pub mod add;
+pub mod attention;
 pub mod embedding;
 pub mod rmsnorm;
+pub mod rope;
+pub mod softmax;
 pub mod swiglu;
+pub mod topk;
 
 /// Values that change between executions of the same graph. Mirrors `struct Step` in
 /// `shaders/common.wgsl`.
