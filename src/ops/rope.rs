@@ -47,13 +47,13 @@ pub(crate) fn check_cache(
 
 /// Head-count and head-size rules shared by RoPE and attention.
 pub(crate) fn check_heads(op: &'static str, hq: usize, hkv: usize, d: usize) -> Result<()> {
-    if hq == 0 || hkv == 0 || hq % hkv != 0 {
+    if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
         return Err(Error::op(
             op,
             format!("{hq} query heads and {hkv} kv heads: expected a whole number of query heads per kv head"),
         ));
     }
-    if d == 0 || d % 4 != 0 || d > 256 {
+    if d == 0 || !d.is_multiple_of(4) || d > 256 {
         return Err(Error::op(
             op,
             format!("head_dim {d}: expected a multiple of 4 between 4 and 256"),
