@@ -570,3 +570,67 @@ fn attention_rejects_mismatched_shapes_with_named_errors() {
         .to_string();
     assert!(err.contains("qkv") && err.contains("1024"), "{err}");
 }
+
+#[test]
+fn rope_then_attention_prefill_and_decode_steps_continue_one_cache() {
+    // The layer's real sequence: fused QKV rows → RopeKv (q out, K/V into the cache) → Attention,
+    // in one graph; a prefill of 13 tokens, then decode steps reusing the same cache.
+    let ctx = ctx();
+    let mut rng = Rng::new(51);
+    let (hq, hkv, d, cap) = (6usize, 2usize, 64usize, 40usize);
+    let width = (hq + 2 * hkv) * d;
+    let freqs = inv_freq(d, 10000.0);
+    let scale = 1.0 / (d as f32).sqrt();
+    let nan = vec![f32::NAN; cap * hkv * d];
+    let kc = cache(&ctx, "k", [cap, hkv, d], &nan, DType::F32);
+    let vc = cache(&ctx, "v", [cap, hkv, d], &nan, DType::F32);
+    let inv = upload("inv_freq", &[d / 2], &freqs);
+    let (mut ref_k, mut ref_v) = (nan.clone(), nan.clone());
+    let mut pos = 0usize;
+    for t in [13usize, 1, 1, 1, 5, 1] {
+        let qkv = rng.vec(t * width, 1.5);
+        let qkv_t = upload("qkv", &[t, width], &qkv);
+        let mut g = Graph::new();
+        let ins: Vec<_> = [&qkv_t, &inv, &kc, &vc]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| g.external(format!("in{i}"), x))
+            .collect();
+        let rope = RopeKv {
+            n_heads: hq,
+            n_kv_heads: hkv,
+            head_dim: d,
+            interleaved: false,
+        };
+        let q = g.add1(rope, &ins).unwrap();
+        let attn = Attention {
+            n_heads: hq,
+            n_kv_heads: hkv,
+            head_dim: d,
+            scale,
+        };
+        let out = g.add1(attn, &[q, ins[2], ins[3]]).unwrap();
+        let exe = g.compile(&ctx, &[out]).unwrap();
+        ctx.poison(exe.tensor(out));
+        exe.run(Step::new(pos as u32, t as u32)).unwrap();
+        let got = exe.read_f32(out).unwrap();
+
+        let positions: Vec<u32> = (pos..pos + t).map(|p| p as u32).collect();
+        let part = |lo: usize, hi: usize| -> Vec<f32> {
+            qkv.chunks(width).flat_map(|r| r[lo..hi].to_vec()).collect()
+        };
+        let (qw, kw) = (hq * d, hkv * d);
+        let q_ref = rope_cpu(&part(0, qw), &positions, &freqs, d, false);
+        let k_rows = rope_cpu(&part(qw, qw + kw), &positions, &freqs, d, false);
+        ref_k[pos * kw..(pos + t) * kw].copy_from_slice(&k_rows);
+        ref_v[pos * kw..(pos + t) * kw].copy_from_slice(&part(qw + kw, width));
+        let want = attention_cpu(&q_ref, &ref_k, &ref_v, t, pos, hq, hkv, d, scale);
+        assert_close_rel_max(
+            &format!("rope→attention t {t} at pos {pos}"),
+            &got,
+            &want,
+            ATTN_RTOL,
+        );
+        pos += t;
+    }
+}
