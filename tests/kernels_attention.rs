@@ -322,6 +322,14 @@ const PREFILL_CASES: &[AttnCase] = &[
         pos: 3,
         cap: 12,
     },
+    AttnCase {
+        hq: 8,
+        hkv: 2,
+        d: 256,
+        t: 9,
+        pos: 30,
+        cap: 50,
+    },
 ];
 
 /// Caches `[cap, hkv, d]`: valid rows random, rows at and past `kv_len` NaN (stale garbage that
@@ -444,6 +452,14 @@ const DECODE_CASES: &[AttnCase] = &[
         t: 1,
         pos: 199,
         cap: 200,
+    },
+    AttnCase {
+        hq: 8,
+        hkv: 2,
+        d: 256,
+        t: 1,
+        pos: 70,
+        cap: 80,
     },
 ];
 

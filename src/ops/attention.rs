@@ -322,3 +322,32 @@ pub fn attention_cpu(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_fit_the_portable_minimum_workgroup_storage() {
+        // WebGPU guarantees 16 KiB. Every head size with up to 8 query heads per kv head must
+        // fit it, and up to 16 heads for head_dim ≤ 128 (larger groups need a device with more
+        // workgroup storage, or get a named error when the graph is built).
+        for d in (4..=256).step_by(4) {
+            for g in 1..=if d <= 128 { 16 } else { 8 } {
+                for decode in [false, true] {
+                    let t = choose_tiles(g, d, decode, 16 * 1024);
+                    let t = t.unwrap_or_else(|| panic!("d {d} g {g} decode {decode}: no tiles"));
+                    assert!(storage_bytes(t.bq * g, t.bk, d / 4) <= 16 * 1024);
+                    assert!(t.bq * g <= PREFILL_WG as usize && (!decode || t.bq == 1));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_decode_split_grows_with_the_cache() {
+        assert_eq!(DecodeSplit::for_capacity(1).chunks, 1);
+        assert_eq!(DecodeSplit::for_capacity(4096).chunks, 32);
+        assert_eq!(DecodeSplit::for_capacity(1 << 20).chunks, MAX_CHUNKS);
+    }
+}
