@@ -182,7 +182,7 @@ impl Attention {
             fbits(self.scale),
             split.chunks.max(1),
             split.min_chunk.max(1),
-            0,
+            kc.shape[0] as u32,
             0,
         ];
         let call = KernelCall::new("attention.wgsl", "attn")
