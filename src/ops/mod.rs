@@ -19,7 +19,6 @@ pub mod embedding;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
-pub mod rows;
 pub mod softmax;
 pub mod swiglu;
 pub mod topk;
