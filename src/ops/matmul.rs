@@ -5,10 +5,11 @@
 //! (f32, or f16 / bf16 packed two per `u32`), row-major as in Hugging Face checkpoints.
 //! Output: f32 `[.., N]`, the leading dimensions of `x` kept.
 //!
-//! Kernels: one token (M = 1, decode) runs the bandwidth-bound GEMV of `shaders/gemv.wgsl`
-//! (several rows per workgroup, one row's dot product reduced by a subgroup when the device has
-//! subgroups, by workgroup memory otherwise); M ≥ 2 (prefill) runs the tiled, register-blocked
-//! matmul of `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant` (see the hook in
+//! Kernels: up to [`GEMV_MAX_ROWS`] rows (M = 1 is decode) run the bandwidth-bound GEMV of
+//! `shaders/gemv.wgsl` (several weight rows per workgroup, each weight load used for every row of
+//! x, one row's dot product reduced by a subgroup when the device has subgroups, by workgroup
+//! memory otherwise); longer prefills run the tiled, register-blocked matmul of
+//! `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant` (see the hook in
 //! [`kernels_for`]).
 
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
@@ -18,6 +19,9 @@ use crate::tensor::{DType, TensorDesc};
 
 /// Threads per GEMV workgroup.
 pub const GEMV_WG: u32 = 256;
+/// Rows of x up to which the GEMV kernel (weights read once for all rows) is used instead of
+/// the tiled matmul.
+pub const GEMV_MAX_ROWS: usize = 8;
 /// GEMV threads per output row when the reduction goes through workgroup memory (or when the
 /// device's subgroup size is not fixed).
 pub const GEMV_TPR: u32 = 32;
@@ -148,8 +152,8 @@ pub fn kernels_for(
     } else {
         [Arg::In(0), Arg::In(1), Arg::Out(0)]
     };
-    let call = if m == 1 {
-        gemv_call(caps, n as u32, k as u32, w.dtype)
+    let call = if (1..=GEMV_MAX_ROWS).contains(&m) {
+        gemv_call(caps, m as u32, n as u32, k as u32, w.dtype)
     } else {
         matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, TILES)
     };
@@ -189,7 +193,7 @@ pub fn gemv_reduction(caps: &Caps) -> (GemvReduction, u32) {
     }
 }
 
-fn gemv_call(caps: &Caps, n: u32, k: u32, w: DType) -> KernelCall {
+fn gemv_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType) -> KernelCall {
     // The widest load that divides K, so that every row starts on a load boundary.
     let vec = match w {
         DType::F32 if k % 4 == 0 => 4,
@@ -205,13 +209,14 @@ fn gemv_call(caps: &Caps, n: u32, k: u32, w: DType) -> KernelCall {
     KernelCall::new("gemv.wgsl", "gemv")
         .define("WG", GEMV_WG)
         .define("TPR", tpr)
+        .define("MR", m)
         .define("VEC", vec)
         .define(&format!("V{vec}"), 1)
         .define(weight_define(w), 1)
         .define("X_VEC4", (vec >= 4) as u32)
         .define("SUBGROUPS", (red != GemvReduction::Workgroup) as u32)
         .define("SG_ROW", (red == GemvReduction::SubgroupRow) as u32)
-        .params(&[k, n, gx, 0])
+        .params(&[k, n, gx, m])
         .workgroups(gx, gy, 1)
 }
 
