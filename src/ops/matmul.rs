@@ -26,25 +26,25 @@ pub const GEMV_MAX_ROWS: usize = 8;
 /// device's subgroup size is not fixed).
 pub const GEMV_TPR: u32 = 32;
 
-/// Output tile of the matmul kernel and the per-thread register block.
+/// Tile shape of the matmul kernel: 16×16 threads, each computing `s`×`s` blocks of 4×4
+/// outputs, so a workgroup covers 64·s rows by 64·s columns; `bk` is the k-step staged in
+/// workgroup memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiles {
-    pub bm: u32,
-    pub bn: u32,
+    pub s: u32,
     pub bk: u32,
-    pub tm: u32,
-    pub tn: u32,
 }
 
-/// The tiles the matmul kernel uses: 64×64 outputs per workgroup, 4×4 per thread (256 threads),
-/// k-steps of 16.
-pub const TILES: Tiles = Tiles {
-    bm: 64,
-    bn: 64,
-    bk: 16,
-    tm: 4,
-    tn: 4,
-};
+/// The tiles for an `m`×`n` product: 128×128 (8×8 outputs per thread, twice the arithmetic
+/// per workgroup-memory read) once both sides fill them, else 64×64 so short prefills waste
+/// less of each tile.
+pub fn tiles_for(m: usize, n: usize) -> Tiles {
+    if m > 64 && n > 64 {
+        Tiles { s: 2, bk: 16 }
+    } else {
+        Tiles { s: 1, bk: 16 }
+    }
+}
 
 /// `y = x · Wᵀ`. Inputs (x, w); output y.
 #[derive(Clone, Debug)]
@@ -155,7 +155,7 @@ pub fn kernels_for(
     let call = if (1..=GEMV_MAX_ROWS).contains(&m) {
         gemv_call(caps, m as u32, n as u32, k as u32, w.dtype)
     } else {
-        matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, TILES)
+        matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, tiles_for(m, n))
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
 }
@@ -221,15 +221,14 @@ fn gemv_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType) -> KernelCall {
 }
 
 fn matmul_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType, t: Tiles) -> KernelCall {
-    let tiles_n = n.div_ceil(t.bn);
-    let tiles = m.div_ceil(t.bm) * tiles_n;
+    let tile = 64 * t.s;
+    let tiles_n = n.div_ceil(tile);
+    let tiles = m.div_ceil(tile) * tiles_n;
     let [gx, gy, _] = grid_2d(tiles, caps.max_workgroups_per_dim);
     KernelCall::new("matmul.wgsl", "matmul")
-        .define("BM", t.bm)
-        .define("BN", t.bn)
+        .define("S", t.s)
+        .define("S2", (t.s == 2) as u32)
         .define("BK", t.bk)
-        .define("TM", t.tm)
-        .define("TN", t.tn)
         .define(weight_define(w), 1)
         .define("VEC4", (k % 4 == 0) as u32)
         .params(&[m, n, k, gx, tiles_n, 0, 0, 0])
