@@ -18,7 +18,7 @@ fn deq(dtype: DType, bytes: &[u8]) -> Vec<f32> {
 #[test]
 fn q8_0_block_dequantizes_to_d_times_signed_bytes() {
     let mut b = F16_HALF.to_vec();
-    let q: Vec<i8> = (0..32).map(|i| i as i8 - 16).chain([]).collect();
+    let q: Vec<i8> = (0..32).map(|i| i as i8 - 16).collect();
     b.extend(q.iter().map(|v| *v as u8));
     b[2 + 31] = 0x80; // -128
     let y = deq(DType::Q8_0, &b);
@@ -26,8 +26,8 @@ fn q8_0_block_dequantizes_to_d_times_signed_bytes() {
     assert_eq!(y[16], 0.0);
     assert_eq!(y[30], 7.0);
     assert_eq!(y[31], -64.0);
-    for i in 0..31 {
-        assert_eq!(y[i], 0.5 * (i as f32 - 16.0), "element {i}");
+    for (i, v) in y[..31].iter().enumerate() {
+        assert_eq!(*v, 0.5 * (i as f32 - 16.0), "element {i}");
     }
 }
 
@@ -83,7 +83,11 @@ fn k_qs() -> Vec<u8> {
 fn k_quant_scale_packing_matches_hand_packed_bytes() {
     assert_eq!(kquants::pack_scale_min(&SC, &MN), PACKED);
     for s in 0..8 {
-        assert_eq!(kquants::scale_min(s, &PACKED), (SC[s], MN[s]), "sub-block {s}");
+        assert_eq!(
+            kquants::scale_min(s, &PACKED),
+            (SC[s], MN[s]),
+            "sub-block {s}"
+        );
     }
     // Every 6-bit value survives in every position.
     for v in 0..64u8 {
@@ -125,7 +129,9 @@ fn q4_k_block_decodes_scales_mins_and_nibble_order() {
 
 #[test]
 fn q5_k_block_adds_the_high_bit_of_qh_per_sub_block() {
-    let qh: Vec<u8> = (0..32).map(|l| if l == 3 { 0xff } else { 1 << (l % 8) }).collect();
+    let qh: Vec<u8> = (0..32)
+        .map(|l| if l == 3 { 0xff } else { 1 << (l % 8) })
+        .collect();
     let mut b = F16_ONE.to_vec();
     b.extend_from_slice(&F16_HALF);
     b.extend_from_slice(&PACKED);
@@ -215,7 +221,10 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 fn fixture() -> serde_json::Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quant-vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/quant-vectors.json"
+    );
     let text = std::fs::read_to_string(path).expect("tests/fixtures/quant-vectors.json");
     serde_json::from_str(&text).expect("fixture JSON")
 }
@@ -288,7 +297,10 @@ fn q8_0_round_trip_error_is_within_half_a_step() {
         let d = xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
         for (a, b) in xb.iter().zip(yb) {
             // half a step, plus the f16 rounding of d times |q| ≤ 127
-            assert!((a - b).abs() <= d * (0.5 + 127.0 / 2048.0), "{a} → {b}, d {d}");
+            assert!(
+                (a - b).abs() <= d * (0.5 + 127.0 / 2048.0),
+                "{a} → {b}, d {d}"
+            );
         }
     }
     assert_eq!(round_trip(DType::Q8_0, &[0.0; 32]), vec![0.0; 32]);
@@ -383,5 +395,8 @@ fn quantize_rejects_unsupported_formats_and_ragged_lengths() {
     let e = quant::dequantize(DType::F16, &[0; 4], 2)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("f16") && e.contains("not a block-quantized"), "{e}");
+    assert!(
+        e.contains("f16") && e.contains("not a block-quantized"),
+        "{e}"
+    );
 }

@@ -15,6 +15,7 @@ use crate::tensor::{DType, TensorDesc};
 
 pub mod add;
 pub mod embedding;
+pub mod matmul_quant;
 pub mod rmsnorm;
 pub mod swiglu;
 

@@ -129,7 +129,10 @@ fn fit_sub_block(x: &[f32]) -> (f32, f32) {
             .iter()
             .map(|v| round(iscale * (v - xmin)).clamp(0, 15) as f32)
             .collect();
-        let (sq, sqq) = (qs.iter().sum::<f32>(), qs.iter().map(|q| q * q).sum::<f32>());
+        let (sq, sqq) = (
+            qs.iter().sum::<f32>(),
+            qs.iter().map(|q| q * q).sum::<f32>(),
+        );
         let (sx, sqx) = (
             x.iter().sum::<f32>(),
             qs.iter().zip(x).map(|(q, v)| q * v).sum::<f32>(),
@@ -167,7 +170,11 @@ pub fn quantize_block_q4_k(x: &[f32], out: &mut Vec<u8>) {
     }
     let max_scale = scales.iter().fold(0f32, |m, v| m.max(*v));
     let max_min = mins.iter().fold(0f32, |m, v| m.max(*v));
-    let inv_s = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_s = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_m = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];

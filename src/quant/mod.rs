@@ -56,7 +56,7 @@ fn check_len(what: &'static str, dtype: DType, bytes: usize, n: usize) -> Result
         ));
     }
     let bl = dtype.block_len();
-    if n % bl != 0 {
+    if !n.is_multiple_of(bl) {
         return Err(Error::op(
             what,
             format!(
@@ -108,7 +108,7 @@ pub fn quantize(dtype: DType, values: &[f32]) -> Result<Vec<u8>> {
             format!("quantizing to {dtype} is not implemented (supported: q8_0, q4_0, q4_k)"),
         ));
     }
-    if values.len() % bl != 0 {
+    if !values.len().is_multiple_of(bl) {
         return Err(Error::op(
             "quantize",
             format!(
@@ -163,13 +163,9 @@ pub fn gpu_sections(dtype: DType, blocks: usize) -> GpuSections {
 /// Rearrange the GGUF bytes of a `[rows, cols]` tensor into the GPU layout (module docs).
 /// The result is [`gpu_layout_bytes`] long.
 pub fn gpu_layout(dtype: DType, rows: usize, cols: usize, gguf_bytes: &[u8]) -> Result<Vec<u8>> {
-    check_len("gpu_layout", dtype, gguf_bytes.len(), rows * cols).map_err(|e| {
-        Error::op(
-            "gpu_layout",
-            format!("tensor {dtype}[{rows}, {cols}]: {e}"),
-        )
-    })?;
-    if cols % dtype.block_len() != 0 {
+    check_len("gpu_layout", dtype, gguf_bytes.len(), rows * cols)
+        .map_err(|e| Error::op("gpu_layout", format!("tensor {dtype}[{rows}, {cols}]: {e}")))?;
+    if !cols.is_multiple_of(dtype.block_len()) {
         return Err(Error::op(
             "gpu_layout",
             format!(
