@@ -92,14 +92,18 @@ fn run(ctx: &Arc<GpuContext>, x: &Tensor, w: &Tensor, y_in: Option<&Tensor>) -> 
 }
 
 fn check_format(dtype: DType, ks: &[usize], seed: u64) {
+    check_shapes(dtype, ks, NS, MS, seed);
+}
+
+fn check_shapes(dtype: DType, ks: &[usize], ns: &[usize], ms: &[usize], seed: u64) {
     let mut rng = Rng::new(seed);
     let contexts = [ctx(), ctx_no_subgroups()];
     assert!(!contexts[1].caps.subgroups);
     for &k in ks {
-        for &n in NS {
+        for &n in ns {
             let gguf = random_blocks(&mut rng, dtype, n, k);
             let wf = quant::dequantize(dtype, &gguf, n * k).expect("dequantize");
-            for &m in MS {
+            for &m in ms {
                 let x = rng.vec(m * k, 1.0);
                 let want = matmul_quant::cpu(&x, &wf, k);
                 for c in &contexts {
@@ -142,6 +146,20 @@ fn q5_k_gemv_and_matmul_match_dequantized_reference() {
 #[test]
 fn q6_k_gemv_and_matmul_match_dequantized_reference() {
     check_format(DType::Q6K, &[256, 768], 6);
+}
+
+#[test]
+fn rows_longer_than_a_workgroup_of_chunks_use_every_thread() {
+    // More 32-value chunks per row than GEMV threads (64), not a multiple of it: every thread
+    // and every subgroup contributes to the reduction.
+    for (i, dtype) in matmul_quant::QUANTIZED.iter().enumerate() {
+        let k = if dtype.block_len() == 32 {
+            32 * 67
+        } else {
+            256 * 9
+        };
+        check_shapes(*dtype, &[k], &[3, 6], &[1, 2], 20 + i as u64);
+    }
 }
 
 #[test]
