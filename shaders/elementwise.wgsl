@@ -5,6 +5,7 @@
 //   add_into : 2 b, 3 a (read_write)    a[i] += b[i]            (residual stream, in place)
 //   swiglu   : 2 gate, 3 up, 4 y        y[i] = silu(gate[i]) * up[i]
 //   swiglu_cat: 2 gu, 3 y               gu is [rows, 2*n'] with gate then up in each row
+//   copy_rows: 2 x, 3 y                 y[i] = x[half + i]      (take the last row of a prefill)
 // Bindings 0 params {n, gx, half, _}; 1 step (unused).
 // Dispatch: ceil(n / WG) workgroups of WG threads, spread over (gx, gy).
 #include "common.wgsl"
@@ -70,6 +71,20 @@ fn swiglu_cat(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         let g = gu[r * 2u * p.half + c];
         let u = gu[r * 2u * p.half + p.half + c];
         y[i] = silu(g) * u;
+    }
+}
+#endif
+
+#if COPY
+// copy_rows: 2 x, 3 y          y[i] = x[half + i] for i < n   (half = source element offset)
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size({{WG}})
+fn copy_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = wg_linear(wg, p.gx) * {{WG}}u + li;
+    if (i < p.n) {
+        y[i] = x[p.half + i];
     }
 }
 #endif

@@ -4,13 +4,17 @@
 //! Layers, bottom up: [`gpu`] (device, pipelines), [`tensor`], [`ops`] (one module per op:
 //! dispatch + CPU reference), [`graph`] (IR, memory planner, executor).
 
+pub mod chat_template;
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod loader;
 pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod rng;
+pub mod sampling;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

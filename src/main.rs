@@ -1,1 +1,55 @@
-fn main() {}
+//! The `fado` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "fado", version, about = "Portable GPU inference for Llama-family LLMs (AMALIA, EuroLLM, Llama, SmolLM2) on any Vulkan/Metal/DX12 GPU")]
+struct Args {
+    /// GPU adapter to use: index or name substring (see `fado devices`). Also FADO_ADAPTER.
+    #[arg(long, global = true, env = "FADO_ADAPTER")]
+    adapter: Option<String>,
+    /// Print the full error chain and debug logs.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List GPU adapters with their backend, type, features and key limits.
+    Devices,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = if args.verbose { "fado=debug" } else { "fado=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match args.cmd {
+        Cmd::Devices => cli::devices(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if args.verbose {
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    eprintln!("  caused by: {s}");
+                    src = s.source();
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

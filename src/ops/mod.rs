@@ -15,8 +15,10 @@ use crate::tensor::{DType, TensorDesc};
 
 pub mod add;
 pub mod embedding;
+pub mod matmul;
 pub mod matmul_quant;
 pub mod rmsnorm;
+pub mod rows;
 pub mod swiglu;
 
 /// Values that change between executions of the same graph. Mirrors `struct Step` in

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian/Ubuntu machine to generated text: installs the Vulkan
+# driver if needed, fetches the default model, builds Fado (release) and runs it.
+#   scripts/run.sh                      # default prompt
+#   scripts/run.sh "Your prompt"        # your prompt, as a chat message
+#   scripts/run.sh "Prompt" --max-tokens 64 --temperature 0.7
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cargo >/dev/null; then
+  echo "scripts/run.sh needs a Rust toolchain (cargo ≥ 1.87); install it with rustup first" >&2
+  exit 1
+fi
+scripts/setup.sh
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+cargo build --release --quiet
+PROMPT="${1:-Write one sentence about Lisbon.}"
+shift || true
+exec target/release/fado run --chat --prompt "$PROMPT" "$@"

@@ -1,0 +1,273 @@
+//! Linear layers: `y = x · Wᵀ` ([`Matmul`]) and `y += x · Wᵀ` in place ([`MatmulAddInto`], the
+//! residual add fused into o_proj / down_proj).
+//!
+//! Inputs: `x` f32 `[.., K]` (M rows = product of the leading dimensions) and `w` `[N, K]`
+//! (f32, or f16 / bf16 packed two per `u32`), row-major as in Hugging Face checkpoints.
+//! Output: f32 `[.., N]`, the leading dimensions of `x` kept.
+//!
+//! Kernels: one token (M = 1, decode) runs the bandwidth-bound GEMV of `shaders/gemv.wgsl`
+//! (several rows per workgroup, one row's dot product reduced by a subgroup when the device has
+//! subgroups, by workgroup memory otherwise); M ≥ 2 (prefill) runs the tiled, register-blocked
+//! matmul of `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant` (see the hook in
+//! [`kernels_for`]).
+
+use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
+use crate::error::{Error, Result};
+use crate::gpu::Caps;
+use crate::tensor::{DType, TensorDesc};
+
+/// Threads per GEMV workgroup.
+pub const GEMV_WG: u32 = 256;
+/// GEMV threads per output row when the reduction goes through workgroup memory (or when the
+/// device's subgroup size is not fixed).
+pub const GEMV_TPR: u32 = 32;
+
+/// Output tile of the matmul kernel and the per-thread register block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+/// The tiles the matmul kernel uses: 64×64 outputs per workgroup, 4×4 per thread (256 threads),
+/// k-steps of 16.
+pub const TILES: Tiles = Tiles {
+    bm: 64,
+    bn: 64,
+    bk: 16,
+    tm: 4,
+    tn: 4,
+};
+
+/// `y = x · Wᵀ`. Inputs (x, w); output y.
+#[derive(Clone, Debug)]
+pub struct Matmul;
+
+/// `y += x · Wᵀ`. Inputs (x, w, y); y is written in place and there are no outputs.
+#[derive(Clone, Debug)]
+pub struct MatmulAddInto;
+
+/// Check x and w (and y for the in-place form); returns (M, N, K) and y's description.
+fn check(
+    op: &'static str,
+    x: &TensorDesc,
+    w: &TensorDesc,
+    y: Option<&TensorDesc>,
+) -> Result<(usize, usize, usize, TensorDesc)> {
+    expect_dtype(op, "x", x, &[DType::F32])?;
+    if x.rank() == 0 {
+        return Err(Error::op(
+            op,
+            format!("x is {x}: expected at least one dimension [.., K]"),
+        ));
+    }
+    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        // quantized formats: see matmul_quant (the module that will take DType::is_float() ==
+        // false weights, except U32, through `crate::ops::matmul_quant::kernels`).
+        return Err(Error::op(
+            op,
+            format!(
+                "w is {w}: dtype {} is not supported for weights (expected one of f32, f16, bf16)",
+                w.dtype
+            ),
+        ));
+    }
+    if w.rank() != 2 {
+        return Err(Error::op(
+            op,
+            format!("x is {x} and w is {w}: expected w to have 2 dimensions [N, K]"),
+        ));
+    }
+    let k = x.cols();
+    if w.shape[1] != k {
+        return Err(Error::op(
+            op,
+            format!("x is {x} and w is {w}: expected w's last dimension {k}"),
+        ));
+    }
+    let n = w.shape[0];
+    let mut shape = x.shape.clone();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    let out = TensorDesc::f32(shape);
+    if let Some(y) = y {
+        if *y != out {
+            return Err(Error::op(
+                op,
+                format!("x is {x}, w is {w} and y is {y}: expected y to be {out}"),
+            ));
+        }
+    }
+    Ok((x.rows(), n, k, out))
+}
+
+impl Op for Matmul {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        expect_inputs(self.name(), inputs, 2)?;
+        let (_, _, _, y) = check(self.name(), inputs[0], inputs[1], None)?;
+        Ok(vec![y])
+    }
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        kernels_for(self.name(), caps, inputs[0], inputs[1], None)
+    }
+}
+
+impl Op for MatmulAddInto {
+    fn name(&self) -> &'static str {
+        "matmul_add_into"
+    }
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        expect_inputs(self.name(), inputs, 3)?;
+        check(self.name(), inputs[0], inputs[1], Some(inputs[2]))?;
+        Ok(vec![])
+    }
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        kernels_for(self.name(), caps, inputs[0], inputs[1], Some(inputs[2]))
+    }
+}
+
+/// The dispatches for `y (+)= x · Wᵀ`; `y` is given for the in-place form (input 2).
+pub fn kernels_for(
+    op: &'static str,
+    caps: &Caps,
+    x: &TensorDesc,
+    w: &TensorDesc,
+    y: Option<&TensorDesc>,
+) -> Result<Vec<KernelCall>> {
+    let (m, n, k, _) = check(op, x, w, y)?;
+    let add_into = y.is_some();
+    let args = if add_into {
+        [Arg::In(0), Arg::In(1), Arg::InOut(2)]
+    } else {
+        [Arg::In(0), Arg::In(1), Arg::Out(0)]
+    };
+    let call = if m == 1 {
+        gemv_call(caps, n as u32, k as u32, w.dtype)
+    } else {
+        matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, TILES)
+    };
+    Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
+}
+
+fn weight_define(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "W_F16",
+        DType::BF16 => "W_BF16",
+        _ => "W_F32",
+    }
+}
+
+/// How the GEMV reduces one row's partial sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvReduction {
+    /// Workgroup-memory tree over [`GEMV_TPR`] threads (no subgroups).
+    Workgroup,
+    /// `subgroupAdd`, then the row's subgroup sums through workgroup memory (subgroup size not
+    /// fixed: rows of max(GEMV_TPR, largest subgroup) threads).
+    Subgroup,
+    /// One subgroup per row (the subgroup size is fixed): `subgroupAdd` alone, no barrier.
+    SubgroupRow,
+}
+
+/// The GEMV reduction and threads per row this device gets.
+pub fn gemv_reduction(caps: &Caps) -> (GemvReduction, u32) {
+    let (lo, hi) = (caps.subgroup_min, caps.subgroup_max);
+    let usable = caps.subgroups && lo >= 1 && hi.is_power_of_two() && hi <= GEMV_WG;
+    if !usable {
+        (GemvReduction::Workgroup, GEMV_TPR)
+    } else if lo == hi {
+        (GemvReduction::SubgroupRow, hi)
+    } else {
+        (GemvReduction::Subgroup, GEMV_TPR.max(hi))
+    }
+}
+
+fn gemv_call(caps: &Caps, n: u32, k: u32, w: DType) -> KernelCall {
+    // The widest load that divides K, so that every row starts on a load boundary.
+    let vec = match w {
+        DType::F32 if k % 4 == 0 => 4,
+        DType::F32 => 1,
+        _ if k % 8 == 0 => 8,
+        _ if k % 4 == 0 => 4,
+        _ if k % 2 == 0 => 2,
+        _ => 1,
+    };
+    let (red, tpr) = gemv_reduction(caps);
+    let rows = GEMV_WG / tpr;
+    let [gx, gy, _] = grid_2d(n.div_ceil(rows), caps.max_workgroups_per_dim);
+    KernelCall::new("gemv.wgsl", "gemv")
+        .define("WG", GEMV_WG)
+        .define("TPR", tpr)
+        .define("VEC", vec)
+        .define(&format!("V{vec}"), 1)
+        .define(weight_define(w), 1)
+        .define("X_VEC4", (vec >= 4) as u32)
+        .define("SUBGROUPS", (red != GemvReduction::Workgroup) as u32)
+        .define("SG_ROW", (red == GemvReduction::SubgroupRow) as u32)
+        .params(&[k, n, gx, 0])
+        .workgroups(gx, gy, 1)
+}
+
+fn matmul_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType, t: Tiles) -> KernelCall {
+    let tiles_n = n.div_ceil(t.bn);
+    let tiles = m.div_ceil(t.bm) * tiles_n;
+    let [gx, gy, _] = grid_2d(tiles, caps.max_workgroups_per_dim);
+    KernelCall::new("matmul.wgsl", "matmul")
+        .define("BM", t.bm)
+        .define("BN", t.bn)
+        .define("BK", t.bk)
+        .define("TM", t.tm)
+        .define("TN", t.tn)
+        .define(weight_define(w), 1)
+        .define("VEC4", (k % 4 == 0) as u32)
+        .params(&[m, n, k, gx, tiles_n, 0, 0, 0])
+        .workgroups(gx, gy, 1)
+}
+
+/// CPU reference: `y[m, n] = Σ_k x[m, k] · w[n, k]` with f64 accumulation; x `[m, k]`, w `[n, k]`.
+pub fn cpu(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut y = vec![0.0; m * n];
+    for i in 0..m {
+        let xr = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &w[j * k..(j + 1) * k];
+            let s: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+            y[i * n + j] = s as f32;
+        }
+    }
+    y
+}
+
+/// f32 values as little-endian f16 bytes (the GPU layout of an f16 tensor), rounded to nearest.
+pub fn to_f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+/// f32 values as little-endian bf16 bytes (the GPU layout of a bf16 tensor), rounded to nearest.
+pub fn to_bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+/// Round f32 values through a 16-bit dtype (what the GPU sees after [`to_f16_bytes`] /
+/// [`to_bf16_bytes`]); other dtypes are returned unchanged.
+pub fn round_to(dtype: DType, v: &[f32]) -> Vec<f32> {
+    match dtype {
+        DType::F16 => v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect(),
+        DType::BF16 => v
+            .iter()
+            .map(|x| half::bf16::from_f32(*x).to_f32())
+            .collect(),
+        _ => v.to_vec(),
+    }
+}
