@@ -21,12 +21,9 @@ pub struct WeightPolicy {
     pub quant: Option<DType>,
 }
 
-/// Block formats the matmul kernels read in place (others are widened to f16 at load).
-const QUANT_KERNELS: &[DType] = &[];
-
-/// Whether the matmul kernels read `dtype` directly.
+/// Whether the matmul kernels read `dtype` directly (every float and GGUF block format here).
 pub fn gpu_matmul_supports(dtype: DType) -> bool {
-    dtype.is_float() || quant::is_quantized(dtype) && QUANT_KERNELS.contains(&dtype)
+    dtype.is_float() || quant::is_quantized(dtype)
 }
 
 fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
@@ -221,7 +218,9 @@ pub fn upload(
     }
     let norm = u.vector("model.norm.weight", h)?;
     let lm_head = if cfg.tie_word_embeddings && src.get("lm_head.weight").is_err() {
-        if gpu_matmul_supports(embed.dtype()) {
+        // Tied: share the table unless the file's table is block-quantized (the gather kernel
+        // got a widened copy; the vocabulary GEMV reads the blocks).
+        if !quant::is_quantized(src.get("model.embed_tokens.weight")?.dtype) {
             embed.clone()
         } else {
             u.matrix(

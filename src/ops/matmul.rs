@@ -15,6 +15,7 @@
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
+use crate::quant;
 use crate::tensor::{DType, TensorDesc};
 
 /// Threads per GEMV workgroup.
@@ -68,13 +69,14 @@ fn check(
             format!("x is {x}: expected at least one dimension [.., K]"),
         ));
     }
-    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) {
-        // quantized formats: see matmul_quant (the module that will take DType::is_float() ==
-        // false weights, except U32, through `crate::ops::matmul_quant::kernels`).
+    // Block-quantized weights are computed by `matmul_quant`'s kernels.
+    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) && !quant::is_quantized(w.dtype)
+    {
         return Err(Error::op(
             op,
             format!(
-                "w is {w}: dtype {} is not supported for weights (expected one of f32, f16, bf16)",
+                "w is {w}: dtype {} is not supported for weights (expected one of f32, f16, bf16, \
+                 q8_0, q4_0, q4_1, q4_k, q5_k, q6_k)",
                 w.dtype
             ),
         ));
@@ -147,6 +149,9 @@ pub fn kernels_for(
 ) -> Result<Vec<KernelCall>> {
     let (m, n, k, _) = check(op, x, w, y)?;
     let add_into = y.is_some();
+    if quant::is_quantized(w.dtype) {
+        return super::matmul_quant::kernels(caps, x, w, add_into);
+    }
     let args = if add_into {
         [Arg::In(0), Arg::In(1), Arg::InOut(2)]
     } else {
