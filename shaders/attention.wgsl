@@ -9,7 +9,8 @@
 //
 // Entry `attn` — one workgroup per (block of BQ query tokens, kv head); its R = BQ·G rows are
 // every (token, query head) pair of the block whose head belongs to the kv head. Per K/V tile of
-// BK rows: (1) load K, V; (2) scores S = Q·Kᵀ (scale folded into Q), causal mask; (3) per row,
+// BK rows: (1) load K, V; (2) scores S = Q·Kᵀ (scale folded into Q; each thread one key for RB
+// rows, so a K read serves RB rows), causal mask; (3) per row,
 // online-softmax update of the running max m and sum l, S → P; (4) O = O·α + P·V, with O in
 // registers (ACC vec4 per thread).
 //   Bindings: 0 params {t, hq, hkv, scale, chunks, min_chunk, cap}; 1 step; 2 q; 3 k_cache; 4 v_cache; then
@@ -73,6 +74,8 @@ const BQ: u32 = {{BQ}}u;      // query tokens per workgroup
 const R: u32 = {{BQ}}u * {{G}}u;
 const BK: u32 = {{BK}}u;      // keys per tile
 const ACC: u32 = {{ACC}}u;    // ceil(R·D4 / WG) output vec4s per thread
+const RG: u32 = WG / BK;      // row groups of the score step (BK divides WG)
+const RB: u32 = (R + RG - 1u) / RG; // score rows per thread
 
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
 #if KV_F16
@@ -158,17 +161,30 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             vs[j * D4 + c] = vv;
         }
         workgroupBarrier();
-        // (2) Scores with the causal mask.
-        for (var i = li; i < R * BK; i += WG) {
-            let row = i / BK;
-            let j = i % BK;
-            var s = 0.0;
-            for (var c = 0u; c < D4; c++) {
-                s += dot(qs[row * DS + c], ks[j * DS + c]);
+        // (2) Scores with the causal mask. Thread li takes key j = li % BK for rows
+        // li / BK + RG·m (m < RB): each K vec4 read serves RB rows.
+        {
+            let j = li % BK;
+            let rg = li / BK;
+            var s: array<f32, RB>;
+            for (var m = 0u; m < RB; m++) {
+                s[m] = 0.0;
             }
-            let tok = t0 + row / G;
-            let ok = j < nk && tok < p.t && k0 + j <= step.pos + tok;
-            ss[i] = select(NEG, s, ok);
+            for (var c = 0u; c < D4; c++) {
+                let kv = ks[j * DS + c];
+                for (var m = 0u; m < RB; m++) {
+                    let row = min(rg + RG * m, R - 1u);
+                    s[m] += dot(qs[row * DS + c], kv);
+                }
+            }
+            for (var m = 0u; m < RB; m++) {
+                let row = rg + RG * m;
+                let tok = t0 + row / G;
+                let ok = j < nk && tok < p.t && k0 + j <= step.pos + tok;
+                if (row < R) {
+                    ss[row * BK + j] = select(NEG, s[m], ok);
+                }
+            }
         }
         workgroupBarrier();
         // (3) Online softmax, one thread per row.

@@ -1,16 +1,17 @@
 // topk.wgsl — top-k of one logits row (sorted by value descending, ties: lower index first), as
 // a two-stage reduction, and the repetition/presence/frequency penalty applied in place.
 //
-// Candidates are (index, key) with key an order-preserving u32 image of the f32 value (larger
+// Candidates are (key, index) with key an order-preserving u32 image of the f32 value (larger
 // float ↔ larger key; -inf is a valid key > 0); key 0 with index NONE means "no candidate"
-// (NaN logits are never candidates). Each stage runs K rounds; round r finds the best candidate
-// strictly below the winner of round r − 1, so the winners come out sorted. With K = 1 this is a
-// plain one-pass argmax.
+// (NaN logits are never candidates). In each stage a thread reads ITEMS candidates once and keeps
+// them sorted in private memory (for K = 1 only its best: a one-pass argmax); then K rounds each
+// pick the best head of all threads' lists (a workgroup reduction) and the owner of the winner
+// advances its head, so the winners come out sorted.
 //
-// Entry `topk_partial` — bindings 2 logits f32 [V]; 3 cand vec2<u32> [NB·K] (scratch).
-//   Workgroup b takes logits [b·SEG, min(V, (b+1)·SEG)) (cached in workgroup memory when CACHE)
-//   and writes its K best to cand[b·K ..]. Dispatch (NB = ceil(V / SEG)) spread over (gx, gy).
-// Entry `topk_final` (FINAL) — bindings 2 cand [n_cand]; 3 out u32 [2K]: K indices, then K
+// Entry `topk_partial` — bindings 2 logits f32 [V]; 3 cand vec2<u32> [NB·K] (scratch) as
+//   (index, key). Workgroup b takes logits [b·SEG, min(V, (b+1)·SEG)), SEG = WG·ITEMS, and writes
+//   its K best to cand[b·K ..]. Dispatch (NB = ceil(V / SEG)) spread over (gx, gy).
+// Entry `topk_final` (FINAL) — bindings 2 cand [n_cand ≤ WG·ITEMS]; 3 out u32 [2K]: K indices, then K
 //   values as f32 bits (-inf bits and index 0xFFFFFFFF where fewer than K candidates exist).
 //   Dispatch (1, 1, 1).
 // Entry `penalize` (PENALIZE) — bindings 2 logits f32 [V] (in place); 3 ids u32 [P]; 4 counts
@@ -48,6 +49,7 @@ fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 const K: u32 = {{K}}u;
 const WG: u32 = {{WG}}u;
+const ITEMS: u32 = {{ITEMS}}u;
 
 #if FINAL
 @group(0) @binding(2) var<storage, read_write> cand: array<vec2<u32>>;
@@ -55,9 +57,6 @@ const WG: u32 = {{WG}}u;
 #else
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read_write> cand: array<vec2<u32>>;
-#endif
-#if CACHE
-var<workgroup> seg: array<f32, {{SEG}}>;
 #endif
 var<workgroup> red: array<vec2<u32>, {{WG}}>; // (key, index)
 var<workgroup> win: vec2<u32>;
@@ -77,7 +76,7 @@ fn unkey(k: u32) -> u32 {
     return select(~k, k ^ 0x80000000u, (k & 0x80000000u) != 0u);
 }
 
-// (key a, index a) ranks above (key b, index b).
+// (key a, index a) ranks above (key b, index b); "no candidate" (0, NONE) ranks below all.
 fn above(a: vec2<u32>, b: vec2<u32>) -> bool {
     return a.x > b.x || (a.x == b.x && a.y < b.y);
 }
@@ -92,7 +91,7 @@ fn topk_final(@builtin(local_invocation_index) li: u32,
 #else
 fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
                 @builtin(subgroup_invocation_id) sg_lane: u32,
-              @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32) {
+                @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32) {
     let b = wg_linear(wg, p.gx);
 #endif
 #else
@@ -111,32 +110,47 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let begin = b * p.seg;
     let n = min(p.v, begin + p.seg) - min(p.v, begin);
 #endif
-#if CACHE
-    for (var i = li; i < n; i += WG) {
-        seg[i] = logits[begin + i];
-    }
-    workgroupBarrier();
+    // This thread's candidates (strided, so loads coalesce), best first.
+#if K1
+    var best = vec2<u32>(0u, NONE);
+#else
+    var mine: array<vec2<u32>, ITEMS>;
 #endif
-    // Winner of the previous round; everything valid ranks below the start value.
-    var prev = vec2<u32>(NONE, 0u);
-    for (var r = 0u; r < K; r++) {
-        var best = vec2<u32>(0u, NONE);
-        for (var i = li; i < n; i += WG) {
+    for (var it = 0u; it < ITEMS; it++) {
+        let i = li + it * WG;
+        var cnd = vec2<u32>(0u, NONE);
+        if (i < n) {
 #if FINAL
             let c = cand[i];
-            let cnd = vec2<u32>(c.y, c.x);
+            cnd = vec2<u32>(c.y, c.x);
 #else
-#if CACHE
-            let v = seg[i];
-#else
-            let v = logits[begin + i];
+            cnd = vec2<u32>(okey(logits[begin + i]), begin + i);
 #endif
-            let cnd = vec2<u32>(okey(v), begin + i);
-#endif
-            if (cnd.x != 0u && above(prev, cnd) && above(cnd, best)) {
-                best = cnd;
+            if (cnd.x == 0u) {
+                cnd = vec2<u32>(0u, NONE);
             }
         }
+#if K1
+        if (above(cnd, best)) {
+            best = cnd;
+        }
+#else
+        var j = it;
+        while (j > 0u && above(cnd, mine[j - 1u])) {
+            mine[j] = mine[j - 1u];
+            j -= 1u;
+        }
+        mine[j] = cnd;
+#endif
+    }
+    var head = 0u;
+    for (var r = 0u; r < K; r++) {
+#if !K1
+        var best = vec2<u32>(0u, NONE);
+        if (head < ITEMS) {
+            best = mine[head];
+        }
+#endif
 #if SUBGROUPS
         let km = subgroupMax(best.x);
         let im = subgroupMin(select(NONE, best.y, best.x == km));
@@ -170,14 +184,16 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         let w = win;
         if (li == 0u) {
 #if FINAL
-            out[r] = select(w.y, NONE, w.x == 0u);
+            out[r] = w.y;
             out[K + r] = unkey(w.x);
 #else
-            cand[b * K + r] = vec2<u32>(select(w.y, NONE, w.x == 0u), w.x);
+            cand[b * K + r] = vec2<u32>(w.y, w.x);
 #endif
         }
-        // No candidate left: later rounds find none either (nothing ranks below key 0).
-        prev = select(w, vec2<u32>(0u, 0u), w.x == 0u);
+        // Indices are unique, so exactly one thread owns a real winner.
+        if (w.x != 0u && w.y == best.y) {
+            head += 1u;
+        }
         workgroupBarrier();
     }
 }

@@ -177,3 +177,20 @@ fn penalize_matches_reference_and_skips_unused_slots() {
     assert_ne!(want[3], logits[3]);
     assert_eq!(want[4], logits[4]);
 }
+
+#[test]
+fn topk_takes_many_winners_from_one_thread() {
+    // The best values all sit at indices ≡ 3 (mod 256), descending with the index: in every
+    // workgroup one thread holds all of them and the first workgroup's are the overall best, so
+    // that thread's private list runs dry and the next winners come from other workgroups.
+    let ctx = ctx();
+    let mut rng = Rng::new(45);
+    let v = 20000;
+    let mut logits = rng.vec(v, 1.0);
+    for i in (3..v).step_by(256) {
+        logits[i] = 100.0 - (i / 256) as f32;
+    }
+    for k in [33usize, 64] {
+        check_topk(&ctx, &logits, k, "strided maxima");
+    }
+}

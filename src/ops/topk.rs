@@ -3,7 +3,8 @@
 //! [`TopK`]: logits f32 `[1, V]` → u32 `[2k]`: the k best token ids, then their logits as f32
 //! bits, sorted by value descending (ties: lower id first); a decode step reads back `8k` bytes
 //! instead of `4V`. Two dispatches: per-workgroup top-k candidates into scratch, then a one-workgroup
-//! merge. `k = 1` is a single-pass argmax. Slots past the number of non-NaN logits hold id
+//! merge; each reads its data once (threads keep sorted private lists) and then runs k cheap
+//! selection rounds. `k = 1` is a single-pass argmax. Slots past the number of non-NaN logits hold id
 //! `u32::MAX` and `-inf`.
 //!
 //! [`Penalize`]: repetition, presence and frequency penalties applied in place to the logits
@@ -17,9 +18,9 @@ use crate::tensor::{DType, TensorDesc};
 pub const WORKGROUP: u32 = 256;
 /// Largest supported k.
 pub const MAX_K: usize = 64;
-/// Logits per stage-1 workgroup for argmax (streamed) and for k > 1 (cached in workgroup memory).
-const SEG_ARGMAX: u32 = WORKGROUP * 16;
-const SEG_CACHED: u32 = 2048;
+/// Logits per stage-1 thread: for argmax (a running maximum) and for k > 1 (a sorted private list).
+const ITEMS_ARGMAX: u32 = 16;
+const ITEMS_TOPK: u32 = 32;
 /// Unused slot of [`Penalize`]'s id list (and "no candidate" in [`TopK`]'s output).
 pub const NO_TOKEN: u32 = u32::MAX;
 
@@ -40,12 +41,15 @@ fn vocab(op: &'static str, logits: &TensorDesc) -> Result<usize> {
 }
 
 impl TopK {
-    fn seg(&self) -> u32 {
+    fn items(&self) -> u32 {
         if self.k == 1 {
-            SEG_ARGMAX
+            ITEMS_ARGMAX
         } else {
-            SEG_CACHED
+            ITEMS_TOPK
         }
+    }
+    fn seg(&self) -> u32 {
+        WORKGROUP * self.items()
     }
     fn blocks(&self, v: usize) -> u32 {
         (v as u32).div_ceil(self.seg())
@@ -86,16 +90,17 @@ impl Op for TopK {
                 .define("K", k)
                 .define("WG", WORKGROUP)
                 .define("SUBGROUPS", caps.subgroups as u32)
+                .define("K1", (k == 1) as u32)
                 .params(&params)
         };
         Ok(vec![
             common("topk_partial")
-                .define("CACHE", (k > 1) as u32)
-                .define("SEG", self.seg())
+                .define("ITEMS", self.items())
                 .args(&[Arg::In(0), Arg::Scratch(0)])
                 .workgroups(gx, gy, 1),
             common("topk_final")
                 .define("FINAL", 1)
+                .define("ITEMS", n_cand.div_ceil(WORKGROUP))
                 .args(&[Arg::Scratch(0), Arg::Out(0)])
                 .workgroups(1, 1, 1),
         ])
