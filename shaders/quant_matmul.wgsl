@@ -10,7 +10,7 @@
 // Entries:
 //   gemv   (m == 1): a workgroup computes ROWS outputs; its threads take the row's 32-value
 //          chunks in turn (adjacent threads read adjacent chunks), each thread dequantizes its
-//          chunk of every one of the ROWS rows against the same 32 x values, then the workgroup
+//          chunk of every one of the ROWS rows and multiplies it with the same 32 x values, then the workgroup
 //          reduces: subgroupAdd + one partial per subgroup in workgroup memory when SUBGROUPS,
 //          else a tree in workgroup memory. Dispatch: ceil(n / ROWS) workgroups over (gx, gy).
 //   matmul (m ≥ 2): a workgroup computes a BM × WG tile of y: thread i owns W row n0 + i and
@@ -41,14 +41,6 @@ fn store(i: u32, v: f32) {
 #endif
 }
 
-fn dot_chunk(wv: array<vec4<f32>, 8>, xv: array<vec4<f32>, 8>) -> f32 {
-    var s = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-        s += dot(wv[i], xv[i]);
-    }
-    return s;
-}
-
 #if ROWS
 const ROWS: u32 = {{ROWS}}u;
 var<workgroup> red: array<f32, {{RED}}>;
@@ -74,7 +66,12 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var r = 0u; r < ROWS; r++) {
             // Rows past the end repeat the last row; their sums are dropped.
             let row = min(r0 + r, p.n - 1u);
-            acc[r] += dot_chunk(load_chunk(row * p.nbr + b, sub), xv);
+            let ch = chunk_at(row * p.nbr + b, sub);
+            var s = vec4<f32>(0.0);
+            for (var i = 0u; i < 8u; i++) {
+                s += chunk_vec4(ch, i) * xv[i];
+            }
+            acc[r] += s.x + s.y + s.z + s.w;
         }
     }
 #if SUBGROUPS
@@ -137,13 +134,12 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             xs[i] = v;
         }
         workgroupBarrier();
-        let wv = load_chunk(row * p.nbr + c / SUBS, c % SUBS);
-        for (var m = 0u; m < BM; m++) {
-            var s = 0.0;
-            for (var i = 0u; i < 8u; i++) {
-                s += dot(wv[i], xs[m * 8u + i]);
+        let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
+        for (var i = 0u; i < 8u; i++) {
+            let wv = chunk_vec4(ch, i);
+            for (var m = 0u; m < BM; m++) {
+                acc[m] += dot(wv, xs[m * 8u + i]);
             }
-            acc[m] += s;
         }
         workgroupBarrier();
     }
