@@ -10,8 +10,8 @@
 //           matmul: BM (x rows per workgroup).
 // Entries:
 //   gemv   (m == 1): a workgroup computes WG / TPR outputs; the TPR threads of a row take its
-//          32-value chunks in turn (adjacent threads read adjacent chunks), dequantize and
-//          multiply by x, then reduce: subgroupAdd + one partial per subgroup in workgroup
+//          32-value chunks eight threads to a chunk, one quant word (4 values) per thread, so
+//          adjacent threads read adjacent words; they dequantize, multiply by x, then reduce: subgroupAdd + one partial per subgroup in workgroup
 //          memory when SUBGROUPS, else a tree over the row's TPR slots of workgroup memory.
 //          Dispatch: ceil(n / (WG / TPR)) workgroups over (gx, gy).
 //   matmul (m ≥ 2): a workgroup computes a BM × WG tile of y: thread i owns W row n0 + i and
@@ -60,14 +60,13 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let lane = li % TPR;
     // Threads of rows past the end redo the last row; their sums are dropped.
     let row = min(r0 + li / TPR, p.n - 1u);
+    // Eight threads share a chunk, one quant word (4 values) each, so that a subgroup's loads
+    // are contiguous words; the chunk's scales are read by all eight (one cached line).
+    let j = lane & 7u;
     var acc = 0.0;
-    for (var c = lane; c < p.chunks; c += TPR) {
+    for (var c = lane >> 3u; c < p.chunks; c += TPR / 8u) {
         let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
-        var s = vec4<f32>(0.0);
-        for (var i = 0u; i < 8u; i++) {
-            s += chunk_vec4(ch, i) * x[c * 8u + i];
-        }
-        acc += s.x + s.y + s.z + s.w;
+        acc += dot(chunk_vec4(ch, j), x[c * 8u + j]);
     }
 #if SUBGROUPS
     // TPR is a multiple of the subgroup size (the host checks), so no subgroup spans two rows.
