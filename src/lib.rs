@@ -6,6 +6,7 @@
 
 pub mod chat_template;
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod graph;
 pub mod loader;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod quant;
 pub mod rng;
 pub mod sampling;
+pub mod session;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "fado", version, about = "Portable GPU inference for Llama-family LLMs (AMALIA, EuroLLM, Llama, SmolLM2) on any Vulkan/Metal/DX12 GPU")]
+#[command(
+    name = "fado",
+    version,
+    about = "Portable GPU inference for Llama-family LLMs (AMALIA, EuroLLM, Llama, SmolLM2) on any Vulkan/Metal/DX12 GPU"
+)]
 struct Args {
     /// GPU adapter to use: index or name substring (see `fado devices`). Also FADO_ADAPTER.
     #[arg(long, global = true, env = "FADO_ADAPTER")]
@@ -23,11 +27,21 @@ struct Args {
 enum Cmd {
     /// List GPU adapters with their backend, type, features and key limits.
     Devices,
+    /// Generate text from a prompt.
+    Run(cli::run::RunArgs),
+    /// Multi-turn chat in the terminal.
+    Chat(cli::run::ChatArgs),
+    /// Prompt-processing and generation speed (llama-bench style), on a model or synthetic weights.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = if args.verbose { "fado=debug" } else { "fado=warn" };
+    let filter = if args.verbose {
+        "fado=debug"
+    } else {
+        "fado=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -37,6 +51,9 @@ fn main() -> ExitCode {
         .init();
     let result = match args.cmd {
         Cmd::Devices => cli::devices(),
+        Cmd::Run(a) => cli::run::run(a, args.adapter),
+        Cmd::Chat(a) => cli::run::chat(a, args.adapter),
+        Cmd::Bench(a) => cli::bench::bench(a, args.adapter),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

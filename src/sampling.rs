@@ -88,8 +88,7 @@ impl SamplingParams {
         if !(self.presence_penalty.is_finite() && (-2.0..=2.0).contains(&self.presence_penalty)) {
             return bad("presence_penalty", self.presence_penalty, "in [-2, 2]");
         }
-        if !(self.frequency_penalty.is_finite() && (-2.0..=2.0).contains(&self.frequency_penalty))
-        {
+        if !(self.frequency_penalty.is_finite() && (-2.0..=2.0).contains(&self.frequency_penalty)) {
             return bad("frequency_penalty", self.frequency_penalty, "in [-2, 2]");
         }
         Ok(())

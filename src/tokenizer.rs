@@ -413,6 +413,14 @@ impl Tokenizer {
         })
     }
 
+    /// [`from_gguf_metadata`](Self::from_gguf_metadata) over the loader's parsed metadata map
+    /// (`GgufFile::metadata()`).
+    pub fn from_gguf_map(
+        metadata: &std::collections::BTreeMap<String, crate::loader::gguf::MetaValue>,
+    ) -> Result<Self> {
+        Self::from_gguf_metadata(&|key| metadata.get(key).and_then(meta_from_loader))
+    }
+
     /// Whether `encode(text, true)` puts the BOS token first.
     fn detect_add_bos(&self) -> Result<bool> {
         let Some((_, bos_id)) = &self.bos else {
@@ -550,6 +558,63 @@ impl Tokenizer {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// The loader's GGUF value as a tokenizer [`Meta`]; `None` for shapes the tokenizer never reads
+/// (nested or mixed arrays).
+pub fn meta_from_loader(v: &crate::loader::gguf::MetaValue) -> Option<Meta<'_>> {
+    use crate::loader::gguf::MetaValue as V;
+    Some(match v {
+        V::String(s) => Meta::Str(s),
+        V::U8(x) => Meta::U32(u32::from(*x)),
+        V::U16(x) => Meta::U32(u32::from(*x)),
+        V::U32(x) => Meta::U32(*x),
+        V::I8(x) => Meta::I32(i32::from(*x)),
+        V::I16(x) => Meta::I32(i32::from(*x)),
+        V::I32(x) => Meta::I32(*x),
+        V::U64(x) => Meta::U64(*x),
+        V::I64(x) => Meta::I64(*x),
+        V::F32(x) => Meta::F32(*x),
+        V::F64(x) => Meta::F32(*x as f32),
+        V::Bool(b) => Meta::Bool(*b),
+        V::Array(items) => match items.first() {
+            None => Meta::StrArray(Vec::new()),
+            Some(V::String(_)) => Meta::StrArray(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        V::String(s) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()?,
+            ),
+            Some(V::F32(_)) => Meta::F32Array(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        V::F32(x) => Some(*x),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()?,
+            ),
+            Some(_) => Meta::I32Array(
+                items
+                    .iter()
+                    .map(|i| match *i {
+                        V::I32(x) => Some(x),
+                        V::U32(x) => i32::try_from(x).ok(),
+                        V::I8(x) => Some(i32::from(x)),
+                        V::U8(x) => Some(i32::from(x)),
+                        V::I16(x) => Some(i32::from(x)),
+                        V::U16(x) => Some(i32::from(x)),
+                        V::I64(x) => i32::try_from(x).ok(),
+                        V::U64(x) => i32::try_from(x).ok(),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()?,
+            ),
+        },
+    })
 }
 
 fn detok_from_decoder(decoder: Option<&DecoderWrapper>) -> Detok {

@@ -94,6 +94,16 @@ fn assert_matmul_close(what: &str, got: &[f32], want: &[f32], scale: &[f64]) {
     }
 }
 
+/// The contexts a product of `m` rows must be checked on: the tiled matmul (m > GEMV_MAX_ROWS)
+/// has no subgroup variant, so the second context would only repeat the same kernel.
+fn contexts_for(m: usize) -> Vec<(&'static str, Arc<GpuContext>)> {
+    let mut c = contexts();
+    if m > matmul::GEMV_MAX_ROWS {
+        c.truncate(1);
+    }
+    c
+}
+
 /// Check `Matmul` for one shape on every context and weight dtype.
 fn check_shape(rng: &mut Rng, m: usize, n: usize, k: usize) {
     let x = rng.vec(m * k, 1.0);
@@ -102,7 +112,7 @@ fn check_shape(rng: &mut Rng, m: usize, n: usize, k: usize) {
         let w = matmul::round_to(dtype, &w32);
         let want = matmul::cpu(&x, &w, m, n, k);
         let scale = abs_scale(&x, &w, m, n, k);
-        for (label, ctx) in contexts() {
+        for (label, ctx) in contexts_for(m) {
             let xt = ctx.upload_f32("x", &[m, k], &x).expect("upload x");
             let wt = upload_weight(&ctx, &w32, n, k, dtype);
             let got = run_on(&ctx, Matmul, &[&xt, &wt]);
@@ -127,9 +137,23 @@ fn gemv_matches_reference_for_every_dtype_on_ragged_shapes() {
 }
 
 #[test]
+fn small_prefill_gemv_matches_reference_for_every_dtype_on_ragged_shapes() {
+    let mut rng = Rng::new(16);
+    // 2 and 7 rows run the multi-row GEMV; 8 is its largest variant.
+    for &m in &[2usize, 7, 8] {
+        for &k in KS {
+            for &n in NS {
+                check_shape(&mut rng, m, n, k);
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_matches_reference_for_every_dtype_on_ragged_shapes() {
     let mut rng = Rng::new(12);
-    for &m in &[2usize, 7, 33] {
+    // 9 is the smallest M on the tiled path, 33 crosses no tile edge in M but is ragged.
+    for &m in &[9usize, 33] {
         for &k in KS {
             for &n in NS {
                 check_shape(&mut rng, m, n, k);
@@ -164,7 +188,15 @@ fn matmul_keeps_the_leading_dimensions_of_x() {
 #[test]
 fn matmul_add_into_adds_to_y_in_place() {
     let mut rng = Rng::new(15);
-    for &(m, n, k) in &[(1usize, 130usize, 129usize), (1, 63, 576), (1, 5, 7), (7, 257, 64), (33, 63, 1000)] {
+    for &(m, n, k) in &[
+        (1usize, 130usize, 129usize),
+        (1, 63, 576),
+        (1, 5, 7),
+        (3, 257, 1000),
+        (7, 257, 64),
+        (33, 63, 1000),
+        (70, 130, 129),
+    ] {
         let x = rng.vec(m * k, 1.0);
         let w32 = rng.vec(n * k, 1.0);
         let y0 = rng.vec(m * n, 4.0);
@@ -178,7 +210,7 @@ fn matmul_add_into_adds_to_y_in_place() {
                 .zip(&y0)
                 .map(|(s, y)| s + y.abs() as f64)
                 .collect();
-            for (label, ctx) in contexts() {
+            for (label, ctx) in contexts_for(m) {
                 let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
                 let wt = upload_weight(&ctx, &w32, n, k, dtype);
                 let yt = ctx.upload_f32("y", &[m, n], &y0).unwrap();

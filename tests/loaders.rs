@@ -601,7 +601,18 @@ fn gguf_truncated_at_any_byte_is_an_error_naming_the_file() {
     let (path, end) = small_valid_gguf(&dir);
     let bytes = std::fs::read(&path).expect("read");
     let cut_path = dir.join("cut.gguf");
-    for cut in 0..end {
+    // Every byte of the header; in the data section, each tensor's edges and a stride.
+    let f = GgufFile::open(&path).expect("open");
+    let header_end = f.data_offset() as usize + 1;
+    let mut cuts: Vec<usize> = (0..header_end)
+        .chain((header_end..end).step_by(97))
+        .collect();
+    for t in f.tensor_infos() {
+        let (s, e) = (t.file_offset as usize, (t.file_offset + t.size) as usize);
+        cuts.extend([s, s + 1, e - 1].into_iter().filter(|&c| c < end));
+    }
+    cuts.push(end - 1);
+    for cut in cuts {
         std::fs::write(&cut_path, &bytes[..cut]).expect("write");
         let msg = err_text(GgufFile::open(&cut_path));
         assert!(msg.contains("cut.gguf"), "cut at {cut}: {msg}");
@@ -1329,6 +1340,43 @@ fn hf_config_errors_name_the_field_and_file() {
     );
     assert_mentions(
         &err_text(parse_cfg(
+            with(base.clone(), "hidden_act", json!("gelu")),
+            None,
+        )),
+        &["hidden_act \"gelu\" is not supported"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
+            with(base.clone(), "attention_bias", json!(true)),
+            None,
+        )),
+        &["attention_bias"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
+            with(
+                base.clone(),
+                "rope_scaling",
+                json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+            ),
+            None,
+        )),
+        &["rope_scaling.low_freq_factor < rope_scaling.high_freq_factor"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
+            with(
+                base.clone(),
+                "rope_scaling",
+                json!({"type": "linear", "factor": 0.0}),
+            ),
+            None,
+        )),
+        &["'rope_scaling.factor' must be positive"],
+    );
+    assert_mentions(
+        &err_text(parse_cfg(
             with(base.clone(), "num_attention_heads", json!("two")),
             None,
         )),
@@ -1414,4 +1462,38 @@ fn for_each_tensor_reports_monotone_progress_ending_at_the_total() {
         .windows(2)
         .all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1));
     assert_eq!(calls.last().copied(), Some((bytes, m.total_bytes())));
+}
+
+#[test]
+fn gguf_llama3_sized_vocabulary_metadata_parses_within_the_caps() {
+    let dir = scratch("bigvocab");
+    let n_tokens = 128_256usize;
+    let tokens: Vec<MetaValue> = (0..n_tokens)
+        .map(|i| MetaValue::String(format!("tok{i}")))
+        .collect();
+    let merges: Vec<MetaValue> = (0..280_147)
+        .map(|i| MetaValue::String(format!("a{i} b{i}")))
+        .collect();
+    let types: Vec<MetaValue> = (0..n_tokens)
+        .map(|i| MetaValue::I32((i % 3) as i32))
+        .collect();
+    let md = vec![
+        ("tokenizer.ggml.model".to_string(), MetaValue::from("gpt2")),
+        ("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens)),
+        ("tokenizer.ggml.merges".into(), MetaValue::Array(merges)),
+        ("tokenizer.ggml.token_type".into(), MetaValue::Array(types)),
+    ];
+    let path = dir.join("vocab.gguf");
+    gguf::write_raw(&path, 3, &md, &[]).expect("write");
+    let t = std::time::Instant::now();
+    let f = GgufFile::open(&path).expect("open");
+    let dt = t.elapsed();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    eprintln!("parsed {size} bytes of tokenizer metadata in {dt:?}");
+    let toks = f
+        .meta("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .expect("tokens");
+    assert_eq!(toks.len(), n_tokens);
+    assert_eq!(toks[128_255].as_str(), Some("tok128255"));
 }

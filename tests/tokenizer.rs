@@ -383,3 +383,32 @@ fn gguf_metadata_errors_are_named() {
         .to_string();
     assert!(err.contains("no-such"), "{err}");
 }
+
+#[test]
+fn tokenizer_and_template_are_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<fado::chat_template::ChatTemplate>();
+}
+
+/// The runtime's own GGUF loader feeds the tokenizer the same metadata as the test reader.
+#[test]
+fn tokenizer_from_loader_metadata() {
+    let path = fixtures().join("tiny-llama-f16.gguf");
+    let file = fado::loader::gguf::GgufFile::open(&path).expect("open GGUF");
+    let tok = Tokenizer::from_gguf_map(file.metadata()).expect("tokenizer from loader metadata");
+    let reference = from_gguf(&path);
+    for text in [
+        "<|im_start|>user\nOlá 👋<|im_end|>",
+        "123456789012345 and 3.14159",
+        "",
+    ] {
+        assert_eq!(
+            tok.encode(text, true).expect("encode"),
+            reference.encode(text, true).expect("encode"),
+            "{text:?}"
+        );
+    }
+    assert_eq!(tok.vocab_size(), reference.vocab_size());
+    assert_eq!(tok.chat_template(), reference.chat_template());
+}

@@ -1,5 +1,10 @@
 //! Subcommand implementations (thin: the library does the work).
 
+pub mod args;
+pub mod bench;
+pub mod load;
+pub mod run;
+
 use fado::gpu::GpuContext;
 use fado::{Error, Result};
 
@@ -14,7 +19,10 @@ pub fn devices() -> Result<()> {
     }
     for a in adapters {
         println!("[{}] {}", a.index, a.name);
-        println!("    backend: {}   type: {}   driver: {}", a.backend, a.device_type, a.driver);
+        println!(
+            "    backend: {}   type: {}   driver: {}",
+            a.backend, a.device_type, a.driver
+        );
         println!(
             "    features: {}",
             if a.features.is_empty() {
@@ -23,7 +31,10 @@ pub fn devices() -> Result<()> {
                 a.features.join(", ")
             }
         );
-        println!("    subgroup size: {}..{}", a.subgroup_sizes.0, a.subgroup_sizes.1);
+        println!(
+            "    subgroup size: {}..{}",
+            a.subgroup_sizes.0, a.subgroup_sizes.1
+        );
         for (k, v) in &a.limits {
             println!("    {k}: {v}{}", human(*v));
         }

@@ -123,7 +123,7 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
             ("max_buffer_size".into(), l.max_buffer_size),
             (
                 "max_storage_buffer_binding_size".into(),
-                l.max_storage_buffer_binding_size as u64,
+                l.max_storage_buffer_binding_size,
             ),
             (
                 "max_storage_buffers_per_shader_stage".into(),
@@ -229,7 +229,7 @@ impl GpuContext {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix: false,
-            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
@@ -331,7 +331,7 @@ impl GpuContext {
         if bytes.is_empty() {
             return;
         }
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue
                 .write_buffer(&t.buffer, t.offset + byte_offset, bytes);
         } else {

@@ -34,10 +34,11 @@ pub const MAX_DIMS: usize = 4;
 const MAX_NAME_LEN: u64 = 1 << 16;
 /// Longest metadata string (chat templates are tens of KiB).
 const MAX_STRING_LEN: u64 = 1 << 28;
-/// Most elements in one metadata array (vocabularies are ~256k).
-const MAX_ARRAY_LEN: u64 = 1 << 24;
-/// Most metadata values in a file, arrays' elements included.
-const MAX_META_VALUES: u64 = 1 << 25;
+/// Most elements in one metadata array (the largest vocabularies are ~256k tokens).
+const MAX_ARRAY_LEN: u64 = 1 << 22;
+/// Most metadata values in a file, arrays' elements included (bounds the parsed metadata to
+/// a few hundred MiB whatever the file claims).
+const MAX_META_VALUES: u64 = 1 << 23;
 /// Arrays of arrays deeper than this are refused.
 const MAX_NESTING: usize = 4;
 /// Largest accepted `general.alignment`.

@@ -166,6 +166,24 @@ pub fn parse(
         ));
     }
 
+    // The Llama block Fado builds: SiLU-gated MLP, no biases.
+    if let Some(act) = f.present("hidden_act") {
+        if act.as_str() != Some("silu") {
+            return Err(Error::model(
+                config_path,
+                format!("hidden_act {act} is not supported (supported: \"silu\")"),
+            ));
+        }
+    }
+    for k in ["attention_bias", "mlp_bias"] {
+        if f.bool_opt(k)? == Some(true) {
+            return Err(Error::model(
+                config_path,
+                format!("{k}: true is not supported (Llama layers without biases only)"),
+            ));
+        }
+    }
+
     let vocab_size = f.usize_req("vocab_size")?;
     let hidden_size = f.usize_req("hidden_size")?;
     let intermediate_size = f.usize_req("intermediate_size")?;
@@ -295,14 +313,32 @@ fn rope_scaling(s: &Fields<'_>) -> Result<RopeScaling> {
     };
     match ty.as_str() {
         "default" => Ok(RopeScaling::None),
+        "linear" | "llama3" if s.f32_req("factor")? <= 0.0 => Err(Error::model(
+            s.path,
+            format!("field '{}factor' must be positive", s.prefix),
+        )),
+        "llama3" => {
+            let low_freq_factor = s.f32_req("low_freq_factor")?;
+            let high_freq_factor = s.f32_req("high_freq_factor")?;
+            if !(low_freq_factor > 0.0 && high_freq_factor > low_freq_factor) {
+                return Err(Error::model(
+                    s.path,
+                    format!(
+                        "llama3 rope scaling needs 0 < {p}low_freq_factor < {p}high_freq_factor, got {low_freq_factor} and {high_freq_factor}",
+                        p = s.prefix
+                    ),
+                ));
+            }
+            Ok(RopeScaling::Llama3 {
+                factor: s.f32_req("factor")?,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: s
+                    .usize_req("original_max_position_embeddings")?,
+            })
+        }
         "linear" => Ok(RopeScaling::Linear {
             factor: s.f32_req("factor")?,
-        }),
-        "llama3" => Ok(RopeScaling::Llama3 {
-            factor: s.f32_req("factor")?,
-            low_freq_factor: s.f32_req("low_freq_factor")?,
-            high_freq_factor: s.f32_req("high_freq_factor")?,
-            original_max_position_embeddings: s.usize_req("original_max_position_embeddings")?,
         }),
         other => Err(Error::model(
             s.path,

@@ -246,7 +246,7 @@ pub(crate) fn check_permutable(
     n_head: usize,
     heads_key: &str,
 ) -> Result<()> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(Error::model(
             path,
             format!(

@@ -1,3 +1,157 @@
-//! Model description and builders.
+//! A loaded model: hyperparameters, GPU weights, tokenizer and chat template.
 
 pub mod config;
+pub mod llama;
+pub mod synthetic;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::chat_template::ChatTemplate;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, GpuOptions};
+use crate::loader::{self, WeightSource};
+use crate::tensor::DType;
+use crate::tokenizer::Tokenizer;
+
+pub use config::LlamaConfig;
+pub use weights::WeightPolicy;
+
+/// How to load a model.
+#[derive(Default)]
+pub struct ModelOptions {
+    pub gpu: GpuOptions,
+    /// Re-quantize float weights to this block format while loading.
+    pub quant: Option<DType>,
+    /// Called with (bytes done, bytes total) while weights stream to the GPU.
+    pub progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+pub struct Model {
+    pub ctx: Arc<GpuContext>,
+    pub config: LlamaConfig,
+    pub weights: llama::Weights,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+    /// File or folder name, for reports.
+    pub name: String,
+    pub path: PathBuf,
+    /// Bytes of weights resident on the GPU.
+    pub weights_bytes: u64,
+}
+
+fn text_side(src: &dyn WeightSource) -> Result<(Tokenizer, ChatTemplate)> {
+    if let Some(meta) = src.gguf_metadata() {
+        let tok = Tokenizer::from_gguf_map(meta)?;
+        let tpl = match meta.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(s) => ChatTemplate::with_origin(
+                s,
+                format!("{}: tokenizer.chat_template", src.path().display()),
+            )?,
+            None => ChatTemplate::chatml(),
+        };
+        return Ok((tok, tpl));
+    }
+    let dir = src
+        .hf_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| src.path().parent().unwrap_or(Path::new(".")).to_path_buf());
+    let tj = dir.join("tokenizer.json");
+    if !tj.is_file() {
+        return Err(Error::model(
+            &dir,
+            "no tokenizer.json in the model folder; copy the model's tokenizer.json next to config.json",
+        ));
+    }
+    let tok = Tokenizer::from_file(&tj)?;
+    let tpl = match ChatTemplate::from_model_dir(&dir)? {
+        Some(t) => t,
+        None => match tok.chat_template() {
+            Some(s) => ChatTemplate::with_origin(
+                s,
+                format!(
+                    "{}: chat_template",
+                    dir.join("tokenizer_config.json").display()
+                ),
+            )?,
+            None => ChatTemplate::chatml(),
+        },
+    };
+    Ok((tok, tpl))
+}
+
+impl Model {
+    /// Open the adapter and load a model (Hugging Face folder, safetensors file or GGUF file).
+    pub fn load(path: impl AsRef<Path>, opts: &ModelOptions) -> Result<Arc<Model>> {
+        let ctx = GpuContext::new(&opts.gpu)?;
+        Self::load_on(ctx, path, opts)
+    }
+
+    /// Load onto an existing GPU context.
+    pub fn load_on(
+        ctx: Arc<GpuContext>,
+        path: impl AsRef<Path>,
+        opts: &ModelOptions,
+    ) -> Result<Arc<Model>> {
+        let path = path.as_ref();
+        let src = loader::open(path)?;
+        let mut config = src.config().clone();
+        let (tokenizer, chat_template) = text_side(src.as_ref())?;
+        for id in tokenizer.eos_ids() {
+            if !config.eos_token_ids.contains(id) {
+                config.eos_token_ids.push(*id);
+            }
+        }
+        if config.bos_token_id.is_none() {
+            config.bos_token_id = tokenizer.bos_id();
+        }
+        if let Some(q) = opts.quant {
+            if !matches!(q, DType::Q8_0 | DType::Q4_0 | DType::Q4K) {
+                return Err(Error::Config(format!(
+                    "--quant {q} is not supported (use q8_0, q4_0 or q4_k)"
+                )));
+            }
+        }
+        let progress = opts.progress.as_deref().map(|p| p as &dyn Fn(u64, u64));
+        let (weights, weights_bytes) = weights::upload(
+            &ctx,
+            src.as_ref(),
+            &config,
+            WeightPolicy { quant: opts.quant },
+            progress,
+        )?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Ok(Arc::new(Model {
+            ctx,
+            config,
+            weights,
+            tokenizer,
+            chat_template,
+            name,
+            path: path.to_path_buf(),
+            weights_bytes,
+        }))
+    }
+}
+
+impl Model {
+    /// A model of `cfg`'s exact shapes with random weights of `dtype` generated on the GPU
+    /// (`fado bench --synthetic`). Its tokenizer is a 256-token byte tokenizer.
+    pub fn synthetic(ctx: Arc<GpuContext>, name: &str, cfg: LlamaConfig, dtype: DType) -> Result<Arc<Model>> {
+        let (weights, weights_bytes) = synthetic::weights(&ctx, &cfg, dtype)?;
+        Ok(Arc::new(Model {
+            ctx,
+            config: cfg,
+            weights,
+            tokenizer: synthetic::byte_tokenizer()?,
+            chat_template: ChatTemplate::chatml(),
+            name: format!("synthetic {name} ({dtype})"),
+            path: PathBuf::new(),
+            weights_bytes,
+        }))
+    }
+}

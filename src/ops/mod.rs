@@ -14,12 +14,16 @@ use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
 pub mod add;
+pub mod attention;
 pub mod embedding;
 pub mod matmul;
 pub mod matmul_quant;
 pub mod rmsnorm;
+pub mod rope;
 pub mod rows;
+pub mod softmax;
 pub mod swiglu;
+pub mod topk;
 
 /// Values that change between executions of the same graph. Mirrors `struct Step` in
 /// `shaders/common.wgsl`.
@@ -153,7 +157,7 @@ pub(crate) fn expect_rank(op: &'static str, what: &str, t: &TensorDesc, rank: us
 }
 
 /// Split a workgroup count that may exceed the per-dimension limit over x and y.
-pub(crate) fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
+pub fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
     if groups <= max_per_dim {
         [groups.max(1), 1, 1]
     } else {

@@ -54,7 +54,7 @@ impl Op for SwiGluCat {
         expect_inputs(self.name(), inputs, 1)?;
         let gu = inputs[0];
         expect_dtype(self.name(), "gate|up", gu, &[DType::F32])?;
-        if gu.rank() == 0 || gu.cols() % 2 != 0 {
+        if gu.rank() == 0 || !gu.cols().is_multiple_of(2) {
             return Err(Error::op(
                 self.name(),
                 format!("gate|up is {gu}: expected an even last dimension (gate then up)"),

@@ -8,6 +8,7 @@ use fado::graph::Graph;
 use fado::ops::{Op, Step};
 use fado::tensor::Tensor;
 
+#[allow(unused_imports)]
 pub use fado::rng::Rng;
 
 /// Relative tolerance of the f32 compute path.

@@ -1,0 +1,232 @@
+// attention.wgsl — causal attention over the KV cache, flash style (online softmax, K/V tiles in
+// workgroup memory, the T×kv_len score matrix never materialized), with grouped-query heads
+// sharing each K/V tile.
+//
+// q f32 [T, HQ, D] (already rotated and not yet scaled); k_cache, v_cache [C, HKV, D] (f32, or
+// f16 packed two per u32 with KV_F16). Query token t sits at position step.pos + t and attends
+// to cache rows 0 ..= step.pos + t (all < step.kv_len, clamped to the capacity C). Query head
+// h uses kv head h / G.
+//
+// Entry `attn` — one workgroup per (block of BQ query tokens, kv head); its R = BQ·G rows are
+// every (token, query head) pair of the block whose head belongs to the kv head. Per K/V tile of
+// BK rows: (1) load K, V; (2) scores S = Q·Kᵀ (scale folded into Q), causal mask; (3) per row,
+// online-softmax update of the running max m and sum l, S → P; (4) O = O·α + P·V, with O in
+// registers (ACC vec4 per thread).
+//   Bindings: 0 params {t, hq, hkv, scale, chunks, min_chunk, cap}; 1 step; 2 q; 3 k_cache; 4 v_cache; then
+//     prefill: 5 out f32 [T, HQ·D]                      dispatch (ceil(T / BQ), HKV, 1)
+//     SPLIT:   5 part f32 [S, HQ, D] (unnormalized O),   dispatch (S, HKV, 1), T = 1
+//              6 ml vec2 [S, HQ] (m, l)
+//   With SPLIT (decode) workgroup x handles chunk x of the keys 0 .. kv_len, chunks of
+//   clen = max(min_chunk, ceil(kv_len / S)) rows; a chunk starting at or past kv_len writes
+//   nothing, and the reduce pass does not read it.
+// Entry `attn_reduce` (define REDUCE) — one workgroup per query head merges the non-empty chunks:
+//   out = Σ_c e^(m_c − M)·O_c / Σ_c e^(m_c − M)·l_c.  Bindings: 2 part, 3 ml, 4 out f32 [1, HQ·D].
+// Features: none (workgroup memory only). D a multiple of 4; the host sizes BQ, BK to the
+// device's workgroup storage.
+#include "common.wgsl"
+
+struct Params { t: u32, hq: u32, hkv: u32, scale: f32, chunks: u32, min_chunk: u32, cap: u32, _b: u32 }
+
+const D4: u32 = {{D4}}u;      // head_dim / 4
+const WG: u32 = {{WG}}u;
+const NEG: f32 = -3.0e38;     // masked score
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+
+// Valid cache rows; never past the capacity, even for a step the host should have refused.
+fn kv_len() -> u32 { return min(step.kv_len, p.cap); }
+
+#if REDUCE
+@group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> ml: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+
+@compute @workgroup_size({{WG}})
+fn attn_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let h = wg.x;
+    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
+    let n = min(p.chunks, (kv_len() + clen - 1u) / clen);
+    var mx = NEG;
+    for (var c = 0u; c < n; c++) {
+        mx = max(mx, ml[c * p.hq + h].x);
+    }
+    var l = 0.0;
+    for (var c = 0u; c < n; c++) {
+        let v = ml[c * p.hq + h];
+        l += exp(v.x - mx) * v.y;
+    }
+    for (var i = li; i < D4; i += WG) {
+        var o = vec4<f32>(0.0);
+        for (var c = 0u; c < n; c++) {
+            o += exp(ml[c * p.hq + h].x - mx) * part[(c * p.hq + h) * D4 + i];
+        }
+        out[h * D4 + i] = o / l;
+    }
+}
+
+#else
+
+const DS: u32 = {{D4}}u + 1u; // padded row stride (vec4s) of the Q and K tiles
+const G: u32 = {{G}}u;        // query heads per kv head
+const BQ: u32 = {{BQ}}u;      // query tokens per workgroup
+const R: u32 = {{BQ}}u * {{G}}u;
+const BK: u32 = {{BK}}u;      // keys per tile
+const ACC: u32 = {{ACC}}u;    // ceil(R·D4 / WG) output vec4s per thread
+
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
+#if KV_F16
+@group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;
+fn load_k(i: u32) -> vec4<f32> { let w = k_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+fn load_v(i: u32) -> vec4<f32> { let w = v_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+#else
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
+fn load_k(i: u32) -> vec4<f32> { return k_cache[i]; }
+fn load_v(i: u32) -> vec4<f32> { return v_cache[i]; }
+#endif
+#if SPLIT
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;
+#else
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+#endif
+
+var<workgroup> qs: array<vec4<f32>, {{QS_LEN}}>;  // R · DS
+var<workgroup> ks: array<vec4<f32>, {{KS_LEN}}>;  // BK · DS
+var<workgroup> vs: array<vec4<f32>, {{VS_LEN}}>;  // BK · D4
+var<workgroup> ss: array<f32, {{SS_LEN}}>;        // R · BK: scores, then probabilities
+var<workgroup> m_sh: array<f32, {{R}}>;
+var<workgroup> l_sh: array<f32, {{R}}>;
+var<workgroup> a_sh: array<f32, {{R}}>;
+
+@compute @workgroup_size({{WG}})
+fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let hk = wg.y;
+#if SPLIT
+    let chunk = wg.x;
+    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
+    let k_begin = chunk * clen;
+    if (k_begin >= kv_len()) {
+        return;
+    }
+    let k_end = min(kv_len(), k_begin + clen);
+    let t0 = 0u;
+#else
+    let t0 = wg.x * BQ;
+    let t_last = min(t0 + BQ, p.t) - 1u;
+    let k_begin = 0u;
+    let k_end = min(kv_len(), step.pos + t_last + 1u);
+#endif
+
+    // Q rows of this block, pre-scaled; rows past the last token are zero and never written.
+    for (var i = li; i < R * D4; i += WG) {
+        let row = i / D4;
+        let c = i % D4;
+        let tok = t0 + row / G;
+        let h = hk * G + row % G;
+        var v = vec4<f32>(0.0);
+        if (tok < p.t) {
+            v = q[(tok * p.hq + h) * D4 + c] * p.scale;
+        }
+        qs[row * DS + c] = v;
+    }
+    if (li < R) {
+        m_sh[li] = NEG;
+        l_sh[li] = 0.0;
+    }
+    var acc: array<vec4<f32>, ACC>;
+    for (var a = 0u; a < ACC; a++) {
+        acc[a] = vec4<f32>(0.0);
+    }
+
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+        let nk = min(BK, k_end - k0);
+        // (1) K and V tiles; rows past nk are zero (their scores are masked).
+        for (var i = li; i < BK * D4; i += WG) {
+            let j = i / D4;
+            let c = i % D4;
+            var kv = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
+            if (j < nk) {
+                let g = ((k0 + j) * p.hkv + hk) * D4 + c;
+                kv = load_k(g);
+                vv = load_v(g);
+            }
+            ks[j * DS + c] = kv;
+            vs[j * D4 + c] = vv;
+        }
+        workgroupBarrier();
+        // (2) Scores with the causal mask.
+        for (var i = li; i < R * BK; i += WG) {
+            let row = i / BK;
+            let j = i % BK;
+            var s = 0.0;
+            for (var c = 0u; c < D4; c++) {
+                s += dot(qs[row * DS + c], ks[j * DS + c]);
+            }
+            let tok = t0 + row / G;
+            let ok = j < nk && tok < p.t && k0 + j <= step.pos + tok;
+            ss[i] = select(NEG, s, ok);
+        }
+        workgroupBarrier();
+        // (3) Online softmax, one thread per row.
+        if (li < R) {
+            let m_old = m_sh[li];
+            var mx = m_old;
+            for (var j = 0u; j < BK; j++) {
+                mx = max(mx, ss[li * BK + j]);
+            }
+            var sum = 0.0;
+            for (var j = 0u; j < BK; j++) {
+                let s = ss[li * BK + j];
+                let pj = select(0.0, exp(s - mx), s > -1.0e38);
+                ss[li * BK + j] = pj;
+                sum += pj;
+            }
+            let alpha = exp(m_old - mx);
+            a_sh[li] = alpha;
+            m_sh[li] = mx;
+            l_sh[li] = l_sh[li] * alpha + sum;
+        }
+        workgroupBarrier();
+        // (4) O = O·α + P·V.
+        for (var a = 0u; a < ACC; a++) {
+            let i = li + a * WG;
+            if (i < R * D4) {
+                let row = i / D4;
+                let c = i % D4;
+                var o = acc[a] * a_sh[row];
+                for (var j = 0u; j < nk; j++) {
+                    o += ss[row * BK + j] * vs[j * D4 + c];
+                }
+                acc[a] = o;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var a = 0u; a < ACC; a++) {
+        let i = li + a * WG;
+        if (i < R * D4) {
+            let row = i / D4;
+            let c = i % D4;
+            let tok = t0 + row / G;
+            let h = hk * G + row % G;
+#if SPLIT
+            let slot = chunk * p.hq + h;
+            part[slot * D4 + c] = acc[a];
+            if (c == 0u) {
+                ml[slot] = vec2<f32>(m_sh[row], l_sh[row]);
+            }
+#else
+            if (tok < p.t) {
+                out[(tok * p.hq + h) * D4 + c] = acc[a] / l_sh[row];
+            }
+#endif
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,184 @@
+// topk.wgsl — top-k of one logits row (sorted by value descending, ties: lower index first), as
+// a two-stage reduction, and the repetition/presence/frequency penalty applied in place.
+//
+// Candidates are (index, key) with key an order-preserving u32 image of the f32 value (larger
+// float ↔ larger key; -inf is a valid key > 0); key 0 with index NONE means "no candidate"
+// (NaN logits are never candidates). Each stage runs K rounds; round r finds the best candidate
+// strictly below the winner of round r − 1, so the winners come out sorted. With K = 1 this is a
+// plain one-pass argmax.
+//
+// Entry `topk_partial` — bindings 2 logits f32 [V]; 3 cand vec2<u32> [NB·K] (scratch).
+//   Workgroup b takes logits [b·SEG, min(V, (b+1)·SEG)) (cached in workgroup memory when CACHE)
+//   and writes its K best to cand[b·K ..]. Dispatch (NB = ceil(V / SEG)) spread over (gx, gy).
+// Entry `topk_final` (FINAL) — bindings 2 cand [n_cand]; 3 out u32 [2K]: K indices, then K
+//   values as f32 bits (-inf bits and index 0xFFFFFFFF where fewer than K candidates exist).
+//   Dispatch (1, 1, 1).
+// Entry `penalize` (PENALIZE) — bindings 2 logits f32 [V] (in place); 3 ids u32 [P]; 4 counts
+//   f32 [P]. One thread per entry; id 0xFFFFFFFF (or ≥ V) is an unused slot. Ids must be distinct.
+// Features: SUBGROUPS reduces each round with subgroupMax/Min, else through workgroup memory.
+#include "common.wgsl"
+
+struct Params { v: u32, n: u32, gx: u32, seg: u32, repeat: f32, presence: f32, frequency: f32, _a: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+
+const NONE: u32 = 0xffffffffu;
+
+#if PENALIZE
+@group(0) @binding(2) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(3) var<storage, read> ids: array<u32>;
+@group(0) @binding(4) var<storage, read> counts: array<f32>;
+
+@compute @workgroup_size({{WG}})
+fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) {
+        return;
+    }
+    let id = ids[i];
+    if (id >= p.v) {
+        return;
+    }
+    var l = logits[id];
+    l = select(l * p.repeat, l / p.repeat, l > 0.0);
+    logits[id] = l - (p.presence + p.frequency * counts[i]);
+}
+#else
+
+const K: u32 = {{K}}u;
+const WG: u32 = {{WG}}u;
+
+#if FINAL
+@group(0) @binding(2) var<storage, read_write> cand: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+#else
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> cand: array<vec2<u32>>;
+#endif
+#if CACHE
+var<workgroup> seg: array<f32, {{SEG}}>;
+#endif
+var<workgroup> red: array<vec2<u32>, {{WG}}>; // (key, index)
+var<workgroup> win: vec2<u32>;
+
+fn okey(v: f32) -> u32 {
+    let b = bitcast<u32>(v);
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        return 0u; // NaN: never a candidate
+    }
+    return select(b ^ 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+fn unkey(k: u32) -> u32 {
+    if (k == 0u) {
+        return 0xff800000u; // -inf for "no candidate"
+    }
+    return select(~k, k ^ 0x80000000u, (k & 0x80000000u) != 0u);
+}
+
+// (key a, index a) ranks above (key b, index b).
+fn above(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.x > b.x || (a.x == b.x && a.y < b.y);
+}
+
+@compute @workgroup_size({{WG}})
+#if SUBGROUPS
+#if FINAL
+fn topk_final(@builtin(local_invocation_index) li: u32,
+              @builtin(subgroup_invocation_id) sg_lane: u32,
+              @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32) {
+    let b = 0u;
+#else
+fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+                @builtin(subgroup_invocation_id) sg_lane: u32,
+              @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32) {
+    let b = wg_linear(wg, p.gx);
+#endif
+#else
+#if FINAL
+fn topk_final(@builtin(local_invocation_index) li: u32) {
+    let b = 0u;
+#else
+fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let b = wg_linear(wg, p.gx);
+#endif
+#endif
+#if FINAL
+    let begin = 0u;
+    let n = p.n;
+#else
+    let begin = b * p.seg;
+    let n = min(p.v, begin + p.seg) - min(p.v, begin);
+#endif
+#if CACHE
+    for (var i = li; i < n; i += WG) {
+        seg[i] = logits[begin + i];
+    }
+    workgroupBarrier();
+#endif
+    // Winner of the previous round; everything valid ranks below the start value.
+    var prev = vec2<u32>(NONE, 0u);
+    for (var r = 0u; r < K; r++) {
+        var best = vec2<u32>(0u, NONE);
+        for (var i = li; i < n; i += WG) {
+#if FINAL
+            let c = cand[i];
+            let cnd = vec2<u32>(c.y, c.x);
+#else
+#if CACHE
+            let v = seg[i];
+#else
+            let v = logits[begin + i];
+#endif
+            let cnd = vec2<u32>(okey(v), begin + i);
+#endif
+            if (cnd.x != 0u && above(prev, cnd) && above(cnd, best)) {
+                best = cnd;
+            }
+        }
+#if SUBGROUPS
+        let km = subgroupMax(best.x);
+        let im = subgroupMin(select(NONE, best.y, best.x == km));
+        if (sg_lane == 0u) {
+            red[sg_id] = vec2<u32>(km, im);
+        }
+        workgroupBarrier();
+        if (li == 0u) {
+            var w = red[0];
+            for (var s = 1u; s < n_sg; s++) {
+                if (above(red[s], w)) {
+                    w = red[s];
+                }
+            }
+            win = w;
+        }
+#else
+        red[li] = best;
+        workgroupBarrier();
+        for (var off = WG / 2u; off > 0u; off >>= 1u) {
+            if (li < off && above(red[li + off], red[li])) {
+                red[li] = red[li + off];
+            }
+            workgroupBarrier();
+        }
+        if (li == 0u) {
+            win = red[0];
+        }
+#endif
+        workgroupBarrier();
+        let w = win;
+        if (li == 0u) {
+#if FINAL
+            out[r] = select(w.y, NONE, w.x == 0u);
+            out[K + r] = unkey(w.x);
+#else
+            cand[b * K + r] = vec2<u32>(select(w.y, NONE, w.x == 0u), w.x);
+#endif
+        }
+        // No candidate left: later rounds find none either (nothing ranks below key 0).
+        prev = select(w, vec2<u32>(0u, 0u), w.x == 0u);
+        workgroupBarrier();
+    }
+}
+#endif

@@ -1,0 +1,128 @@
+//! Text in, text out: prompts (raw or through the chat template), streaming text with stop
+//! strings, on top of a [`Session`]. Used by the CLI and the server.
+
+use crate::chat_template::Message;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::sampling::SamplingParams;
+use crate::session::{FinishReason, Generation, Session};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct TextRequest {
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    /// Generation stops before any of these strings; they are not part of the text.
+    pub stop: Vec<String>,
+}
+
+/// What came out.
+#[derive(Clone, Debug)]
+pub struct TextOutput {
+    pub text: String,
+    pub generation: Generation,
+}
+
+/// Token ids of a raw prompt (with BOS when the tokenizer adds one).
+pub fn encode_raw(model: &Model, text: &str) -> Result<Vec<u32>> {
+    model.tokenizer.encode(text, true)
+}
+
+/// Render a conversation with the model's chat template and tokenize it.
+pub fn encode_chat(
+    model: &Model,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>> {
+    let bos = model.tokenizer.bos_token().unwrap_or("");
+    let eos = model.tokenizer.eos_token().unwrap_or("");
+    let text = model
+        .chat_template
+        .render(messages, add_generation_prompt, bos, eos)?;
+    // The template writes the special tokens itself (as transformers' apply_chat_template).
+    model.tokenizer.encode(&text, false)
+}
+
+/// Longest suffix of `s` that is a proper prefix of one of `stops` (text that must be held
+/// back because a stop string may be starting).
+fn held_back(s: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for stop in stops {
+        for (i, _) in stop.char_indices().skip(1) {
+            if i <= s.len() && s.ends_with(&stop[..i]) {
+                best = best.max(i);
+            }
+        }
+    }
+    best
+}
+
+/// Generate after `prompt` (appended to the session), streaming text through `on_text`, which
+/// returns `false` to cancel.
+pub fn generate_text(
+    session: &mut Session,
+    prompt: &[u32],
+    req: &TextRequest,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<TextOutput> {
+    if req.stop.iter().any(|s| s.is_empty()) {
+        return Err(Error::Request("a stop string may not be empty".into()));
+    }
+    let model = session.model().clone();
+    let mut dec = model.tokenizer.stream_decoder().skip_special_tokens(true);
+    let mut text = String::new(); // everything decoded so far
+    let mut emitted = 0usize; // bytes of `text` passed to on_text
+    let mut stopped = false;
+    let mut cancelled = false;
+    let stops = &req.stop;
+    let mut gen = session.generate(prompt, &req.params, req.max_tokens, &mut |id| {
+        text.push_str(&dec.push(id));
+        if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+            if cut > emitted && !on_text(&text[emitted..]) {
+                cancelled = true;
+            }
+            emitted = text.len().max(emitted);
+            stopped = true;
+            return false;
+        }
+        let safe = text.len() - held_back(&text, stops);
+        if safe > emitted {
+            let ok = on_text(&text[emitted..safe]);
+            emitted = safe;
+            if !ok {
+                cancelled = true;
+                return false;
+            }
+        }
+        true
+    })?;
+    if !stopped {
+        text.push_str(&dec.finish());
+        if text.len() > emitted && !cancelled {
+            on_text(&text[emitted..]);
+        }
+    }
+    if stopped {
+        gen.finish_reason = FinishReason::Stop;
+    } else if cancelled {
+        gen.finish_reason = FinishReason::Cancelled;
+    }
+    Ok(TextOutput {
+        text,
+        generation: gen,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_back;
+
+    #[test]
+    fn holds_back_a_possible_stop_prefix() {
+        let stops = vec!["<|end|>".to_string(), "\n\n".to_string()];
+        assert_eq!(held_back("hello <|e", &stops), 3);
+        assert_eq!(held_back("hello\n", &stops), 1);
+        assert_eq!(held_back("hello", &stops), 0);
+    }
+}

@@ -1,0 +1,144 @@
+//! The Llama architecture as a graph, in the order the paper describes a block:
+//! norm → qkv → rope (+ KV-cache write) → attention → o (+ residual) → norm → gate|up →
+//! silu·mul → down (+ residual). AMALIA-9B, EuroLLM, Llama 2/3, Mistral, SmolLM2 and TinyLlama
+//! all share it; they differ only in the numbers of [`LlamaConfig`].
+//!
+//! Weights are fused at load where it saves dispatches: q|k|v rows form one matrix, gate|up
+//! another. File-format details (GGUF names, permuted rows) never reach this file.
+
+use super::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, TensorId};
+use crate::ops::{
+    attention::Attention, embedding::Embedding, matmul, rmsnorm::RmsNorm, rope::RopeKv,
+    rows::TakeLastRow, swiglu::SwiGluCat, topk::TopK,
+};
+use crate::tensor::Tensor;
+
+/// One decoder block's weights (Hugging Face names in comments).
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    /// `input_layernorm.weight`
+    pub attn_norm: Tensor,
+    /// `self_attn.{q,k,v}_proj.weight`, rows concatenated: `[q_dim + 2·kv_dim, hidden]`
+    pub qkv: Tensor,
+    /// `self_attn.o_proj.weight`
+    pub o: Tensor,
+    /// `post_attention_layernorm.weight`
+    pub mlp_norm: Tensor,
+    /// `mlp.{gate,up}_proj.weight`, rows concatenated: `[2·intermediate, hidden]`
+    pub gate_up: Tensor,
+    /// `mlp.down_proj.weight`
+    pub down: Tensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct Weights {
+    /// `model.embed_tokens.weight`
+    pub embed: Tensor,
+    pub layers: Vec<LayerWeights>,
+    /// `model.norm.weight`
+    pub norm: Tensor,
+    /// `lm_head.weight` (the embedding table itself when tied)
+    pub lm_head: Tensor,
+    /// RoPE inverse frequencies `[head_dim/2]`, from [`LlamaConfig::rope_inv_freq`].
+    pub inv_freq: Tensor,
+}
+
+/// The KV cache of one sequence: per layer `[capacity, kv_heads, head_dim]`.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub capacity: usize,
+}
+
+/// What a built forward pass exposes.
+pub struct Forward {
+    pub graph: Graph,
+    /// Logits of the last token, f32 `[1, vocab]`.
+    pub logits: TensorId,
+    /// Top-k of those logits (`[2k]` u32: indices then f32 bits), when asked for.
+    pub topk: Option<TensorId>,
+}
+
+/// Build the forward pass for `tokens` token ids (read from `ids`, u32 `[tokens]`) starting at
+/// the position given at run time by the step uniform.
+pub fn forward(
+    cfg: &LlamaConfig,
+    w: &Weights,
+    cache: &KvCache,
+    ids: &Tensor,
+    topk: Option<usize>,
+) -> Result<Forward> {
+    let tokens = ids.shape()[0];
+    if tokens == 0 {
+        return Err(Error::Request("nothing to run: zero tokens".into()));
+    }
+    let mut g = Graph::new();
+    let ids = g.external("ids", ids);
+    let embed = g.external("embed_tokens", &w.embed);
+    let inv_freq = g.external("rope_inv_freq", &w.inv_freq);
+    let eps = cfg.rms_norm_eps;
+
+    let x = g.add1(Embedding, &[ids, embed])?;
+    for (i, l) in w.layers.iter().enumerate() {
+        g.set_prefix(format!("blk.{i}."));
+        let attn_norm = g.external("attn_norm", &l.attn_norm);
+        let qkv_w = g.external("qkv", &l.qkv);
+        let o_w = g.external("o", &l.o);
+        let mlp_norm = g.external("mlp_norm", &l.mlp_norm);
+        let gate_up_w = g.external("gate_up", &l.gate_up);
+        let down_w = g.external("down", &l.down);
+        let k_cache = g.external("k_cache", &cache.k[i]);
+        let v_cache = g.external("v_cache", &cache.v[i]);
+
+        // Attention.
+        let h = g.add1(RmsNorm { eps }, &[x, attn_norm])?;
+        let qkv = g.add1(matmul::Matmul, &[h, qkv_w])?;
+        let q = g.add1(
+            RopeKv {
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+                interleaved: false,
+            },
+            &[qkv, inv_freq, k_cache, v_cache],
+        )?;
+        let a = g.add1(
+            Attention {
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+                scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            },
+            &[q, k_cache, v_cache],
+        )?;
+        g.add0(matmul::MatmulAddInto, &[a, o_w, x])?;
+
+        // MLP.
+        let h = g.add1(RmsNorm { eps }, &[x, mlp_norm])?;
+        let gu = g.add1(matmul::Matmul, &[h, gate_up_w])?;
+        let act = g.add1(SwiGluCat, &[gu])?;
+        g.add0(matmul::MatmulAddInto, &[act, down_w, x])?;
+    }
+    g.set_prefix("");
+    let norm = g.external("norm", &w.norm);
+    let lm_head = g.external("lm_head", &w.lm_head);
+    let last = if tokens > 1 {
+        g.add1(TakeLastRow, &[x])?
+    } else {
+        x
+    };
+    let h = g.add1(RmsNorm { eps }, &[last, norm])?;
+    let logits = g.add1(matmul::Matmul, &[h, lm_head])?;
+    let topk = match topk {
+        Some(k) => Some(g.add1(TopK { k }, &[logits])?),
+        None => None,
+    };
+    Ok(Forward {
+        graph: g,
+        logits,
+        topk,
+    })
+}

@@ -1,0 +1,204 @@
+//! Sampling helpers that keep the vocabulary on the GPU.
+//!
+//! [`TopK`]: logits f32 `[1, V]` → u32 `[2k]`: the k best token ids, then their logits as f32
+//! bits, sorted by value descending (ties: lower id first); a decode step reads back `8k` bytes
+//! instead of `4V`. Two dispatches: per-workgroup top-k candidates into scratch, then a one-workgroup
+//! merge. `k = 1` is a single-pass argmax. Slots past the number of non-NaN logits hold id
+//! `u32::MAX` and `-inf`.
+//!
+//! [`Penalize`]: repetition, presence and frequency penalties applied in place to the logits
+//! of listed token ids.
+
+use super::{expect_dtype, expect_inputs, expect_rank, fbits, grid_2d, Arg, KernelCall, Op};
+use crate::error::{Error, Result};
+use crate::gpu::Caps;
+use crate::tensor::{DType, TensorDesc};
+
+pub const WORKGROUP: u32 = 256;
+/// Largest supported k.
+pub const MAX_K: usize = 64;
+/// Logits per stage-1 workgroup for argmax (streamed) and for k > 1 (cached in workgroup memory).
+const SEG_ARGMAX: u32 = WORKGROUP * 16;
+const SEG_CACHED: u32 = 2048;
+/// Unused slot of [`Penalize`]'s id list (and "no candidate" in [`TopK`]'s output).
+pub const NO_TOKEN: u32 = u32::MAX;
+
+#[derive(Clone, Debug)]
+pub struct TopK {
+    pub k: usize,
+}
+
+fn vocab(op: &'static str, logits: &TensorDesc) -> Result<usize> {
+    expect_dtype(op, "logits", logits, &[DType::F32])?;
+    if logits.rank() == 0 || logits.rows() != 1 || logits.cols() == 0 {
+        return Err(Error::op(
+            op,
+            format!("logits is {logits}: expected one non-empty row [1, vocab]"),
+        ));
+    }
+    Ok(logits.cols())
+}
+
+impl TopK {
+    fn seg(&self) -> u32 {
+        if self.k == 1 {
+            SEG_ARGMAX
+        } else {
+            SEG_CACHED
+        }
+    }
+    fn blocks(&self, v: usize) -> u32 {
+        (v as u32).div_ceil(self.seg())
+    }
+}
+
+impl Op for TopK {
+    fn name(&self) -> &'static str {
+        "topk"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        expect_inputs(self.name(), inputs, 1)?;
+        vocab(self.name(), inputs[0])?;
+        if self.k == 0 || self.k > MAX_K {
+            return Err(Error::op(
+                self.name(),
+                format!("k = {}: expected 1 ..= {MAX_K}", self.k),
+            ));
+        }
+        Ok(vec![TensorDesc::new(DType::U32, [2 * self.k])])
+    }
+
+    fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {
+        let v = inputs.first().map_or(1, |l| l.cols());
+        vec![self.blocks(v) as u64 * self.k as u64 * 8]
+    }
+
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let v = vocab(self.name(), inputs[0])? as u32;
+        let nb = self.blocks(v as usize);
+        let [gx, gy, _] = grid_2d(nb, caps.max_workgroups_per_dim);
+        let k = self.k as u32;
+        let n_cand = nb * k;
+        let params = [v, n_cand, gx, self.seg(), 0, 0, 0, 0];
+        let common = |entry| {
+            KernelCall::new("topk.wgsl", entry)
+                .define("K", k)
+                .define("WG", WORKGROUP)
+                .define("SUBGROUPS", caps.subgroups as u32)
+                .params(&params)
+        };
+        Ok(vec![
+            common("topk_partial")
+                .define("CACHE", (k > 1) as u32)
+                .define("SEG", self.seg())
+                .args(&[Arg::In(0), Arg::Scratch(0)])
+                .workgroups(gx, gy, 1),
+            common("topk_final")
+                .define("FINAL", 1)
+                .args(&[Arg::Scratch(0), Arg::Out(0)])
+                .workgroups(1, 1, 1),
+        ])
+    }
+}
+
+/// CPU reference: the `k` best (id, value) pairs, value descending, ties by lower id, NaN
+/// skipped, padded with `(NO_TOKEN, -inf)`.
+pub fn topk_cpu(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut idx: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| !logits[i as usize].is_nan())
+        .collect();
+    idx.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    let mut vals: Vec<f32> = idx.iter().map(|&i| logits[i as usize]).collect();
+    idx.resize(k, NO_TOKEN);
+    vals.resize(k, f32::NEG_INFINITY);
+    (idx, vals)
+}
+
+/// Repetition / presence / frequency penalties, in place on logits `[1, V]`, for the ids of
+/// `ids` u32 `[P]` with their occurrence counts in `counts` f32 `[P]`:
+/// `l = l > 0 ? l / repeat : l · repeat; l -= presence + frequency · count`.
+/// The id list has a fixed capacity `P`; unused slots hold [`NO_TOKEN`]; ids must be distinct.
+/// The host rewrites `ids`/`counts` between steps.
+#[derive(Clone, Debug)]
+pub struct Penalize {
+    pub repeat: f32,
+    pub presence: f32,
+    pub frequency: f32,
+}
+
+const PENALIZE_WG: u32 = 64;
+
+impl Op for Penalize {
+    fn name(&self) -> &'static str {
+        "penalize"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let name = self.name();
+        expect_inputs(name, inputs, 3)?;
+        vocab(name, inputs[0])?;
+        let (ids, counts) = (inputs[1], inputs[2]);
+        expect_dtype(name, "ids", ids, &[DType::U32])?;
+        expect_rank(name, "ids", ids, 1)?;
+        expect_dtype(name, "counts", counts, &[DType::F32])?;
+        if counts.shape != ids.shape {
+            return Err(Error::op(
+                name,
+                format!("ids is {ids} and counts is {counts}: expected the same length"),
+            ));
+        }
+        if !(self.repeat.is_finite() && self.repeat > 0.0) {
+            return Err(Error::op(
+                name,
+                format!(
+                    "repetition penalty {}: expected a positive number",
+                    self.repeat
+                ),
+            ));
+        }
+        Ok(Vec::new())
+    }
+
+    fn kernels(&self, _caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let v = inputs[0].cols() as u32;
+        let p = inputs[1].numel() as u32;
+        Ok(vec![KernelCall::new("topk.wgsl", "penalize")
+            .define("PENALIZE", 1)
+            .define("WG", PENALIZE_WG)
+            .params(&[
+                v,
+                p,
+                0,
+                0,
+                fbits(self.repeat),
+                fbits(self.presence),
+                fbits(self.frequency),
+                0,
+            ])
+            .args(&[Arg::InOut(0), Arg::In(1), Arg::In(2)])
+            .workgroups(p.div_ceil(PENALIZE_WG).max(1), 1, 1)])
+    }
+}
+
+/// CPU reference of [`Penalize`].
+pub fn penalize_cpu(
+    logits: &mut [f32],
+    ids: &[u32],
+    counts: &[f32],
+    repeat: f32,
+    presence: f32,
+    frequency: f32,
+) {
+    for (&id, &c) in ids.iter().zip(counts) {
+        if let Some(l) = logits.get_mut(id as usize) {
+            let x = if *l > 0.0 { *l / repeat } else { *l * repeat };
+            *l = x - (presence + frequency * c);
+        }
+    }
+}
