@@ -1,14 +1,16 @@
 // quant_blocks.wgsl — dequantization of one 32-value chunk of a block-quantized weight row,
 // pasted with `#include "quant_blocks.wgsl"` by the kernels that read quantized weights.
-// Not a kernel family of its own: it defines only `load_chunk`.
+// Not a kernel family of its own: it defines `chunk_at` and `chunk_vec4`.
 //
 // Needs, from the including file: `w: array<u32>` (the weight in the GPU layout of
 // src/quant/mod.rs) and `p.scales_word` (u32 word offset of the scale section; unused for Q4_K
 // and Q5_K). Exactly one dtype define: Q8_0, Q4_0, Q4_1, Q4K, Q5K or Q6K.
 //
-// `load_chunk(blk, sub)` returns the 32 values `sub*32 .. sub*32+32` of global block `blk`
-// (`row * blocks_per_row + block`) as 8 vec4s; `sub` is 0 for the 32-value formats and 0..8 for
-// the 256-value K-quants. Layouts (byte-exact with GGUF where the block is 4-byte aligned):
+// `chunk_at(blk, sub)` reads the scales of the 32 values `sub*32 .. sub*32+32` of global block
+// `blk` (`row * blocks_per_row + block`; `sub` is 0 for the 32-value formats and 0..8 for the
+// 256-value K-quants) into a small `Chunk`; `chunk_vec4(c, i)` then decodes values 4i .. 4i+4
+// (i < 8) from one or two words. No private arrays: kernels keep 8 vec4 products in flight
+// without spilling. Layouts (byte-exact with GGUF where the block is 4-byte aligned):
 //   Q8_0: quants at words blk*8 .. +8 (4 i8 per word), f16 d at scales_word + blk/2 (half blk&1)
 //   Q4_0: quants at words blk*4 .. +4 (word i: elems 4i.. low nibbles, 16+4i.. high), d as Q8_0
 //   Q4_1: quants as Q4_0, (d, m) packed in word scales_word + blk
@@ -48,75 +50,85 @@ fn scale_min_k4(base: u32, s: u32) -> vec2<f32> {
     return vec2<f32>(f32(sc), f32(m));
 }
 
-fn load_chunk(blk: u32, sub: u32) -> array<vec4<f32>, 8> {
-    var r: array<vec4<f32>, 8>;
+// What a chunk's values need besides their quant words: value = a·q + b (a2 for the second
+// half of a Q6_K chunk), quants at word `qs` (nibble shift `sh`), high bits at word `qh`
+// (shift `hsh`).
+struct Chunk { qs: u32, qh: u32, sh: u32, hsh: u32, a: f32, a2: f32, b: f32 }
+
+fn chunk_at(blk: u32, sub: u32) -> Chunk {
+    var c: Chunk;
 #if Q8_0
-    let d = scale_f16(blk);
-    let base = blk * 8u;
-    for (var i = 0u; i < 8u; i++) {
-        r[i] = d * i8x4(w[base + i]);
-    }
+    c.qs = blk * 8u;
+    c.a = scale_f16(blk);
 #endif
 #if Q4_0
-    let d = scale_f16(blk);
-    let base = blk * 4u;
-    for (var i = 0u; i < 4u; i++) {
-        let v = w[base + i];
-        r[i] = d * (u8x4(v, 0u, 0xfu) - 8.0);
-        r[i + 4u] = d * (u8x4(v, 4u, 0xfu) - 8.0);
-    }
+    c.qs = blk * 4u;
+    c.a = scale_f16(blk);
+    c.b = -8.0 * c.a;
 #endif
 #if Q4_1
     let dm = unpack2x16float(w[p.scales_word + blk]);
-    let base = blk * 4u;
-    for (var i = 0u; i < 4u; i++) {
-        let v = w[base + i];
-        r[i] = dm.x * u8x4(v, 0u, 0xfu) + dm.y;
-        r[i + 4u] = dm.x * u8x4(v, 4u, 0xfu) + dm.y;
-    }
+    c.qs = blk * 4u;
+    c.a = dm.x;
+    c.b = dm.y;
 #endif
 #if Q4K
     let base = blk * 36u;
     let dd = unpack2x16float(w[base]);
     let sm = scale_min_k4(base + 1u, sub);
-    let d1 = dd.x * sm.x;
-    let m1 = dd.y * sm.y;
-    let qs = base + 4u + 8u * (sub / 2u);
-    let sh = 4u * (sub & 1u);
-    for (var i = 0u; i < 8u; i++) {
-        r[i] = d1 * u8x4(w[qs + i], sh, 0xfu) - m1;
-    }
+    c.a = dd.x * sm.x;
+    c.b = -(dd.y * sm.y);
+    c.qs = base + 4u + 8u * (sub / 2u);
+    c.sh = 4u * (sub & 1u);
 #endif
 #if Q5K
     let base = blk * 44u;
     let dd = unpack2x16float(w[base]);
     let sm = scale_min_k4(base + 1u, sub);
-    let d1 = dd.x * sm.x;
-    let m1 = dd.y * sm.y;
-    let qs = base + 12u + 8u * (sub / 2u);
-    let sh = 4u * (sub & 1u);
-    for (var i = 0u; i < 8u; i++) {
-        let q = u8x4(w[qs + i], sh, 0xfu) + 16.0 * u8x4(w[base + 4u + i], sub, 1u);
-        r[i] = d1 * q - m1;
-    }
+    c.a = dd.x * sm.x;
+    c.b = -(dd.y * sm.y);
+    c.qs = base + 12u + 8u * (sub / 2u);
+    c.sh = 4u * (sub & 1u);
+    c.qh = base + 4u;
+    c.hsh = sub;
 #endif
 #if Q6K
     let base = blk * 52u;
     let d = scale_f16(blk);
     let h = sub / 4u;
     let t = sub & 3u;
-    let ql = base + 16u * h + 8u * (t & 1u);
-    let qh = base + 32u + 8u * h;
-    let sh = 4u * (t >> 1u);
-    // scales 8h + 2t (elements 0..16) and 8h + 2t + 1 (16..32): i8s in words 48..52
+    c.qs = base + 16u * h + 8u * (t & 1u);
+    c.qh = base + 32u + 8u * h;
+    c.sh = 4u * (t >> 1u);
+    c.hsh = 2u * t;
+    // i8 scales 8h + 2t (values 0..16) and 8h + 2t + 1 (16..32), in words 48..52
     let si = 8u * h + 2u * t;
     let sw = w[base + 48u + si / 4u] >> (8u * (si & 3u));
-    let s0 = d * f32(bitcast<i32>(sw << 24u) >> 24u);
-    let s1 = d * f32(bitcast<i32>(sw << 16u) >> 24u);
-    for (var i = 0u; i < 8u; i++) {
-        let q = u8x4(w[ql + i], sh, 0xfu) + 16.0 * u8x4(w[qh + i], 2u * t, 3u) - 32.0;
-        r[i] = select(s1, s0, i < 4u) * q;
-    }
+    c.a = d * f32(bitcast<i32>(sw << 24u) >> 24u);
+    c.a2 = d * f32(bitcast<i32>(sw << 16u) >> 24u);
 #endif
-    return r;
+    return c;
+}
+
+// Values 4i .. 4i+4 of the chunk (i < 8).
+fn chunk_vec4(c: Chunk, i: u32) -> vec4<f32> {
+#if Q8_0
+    return c.a * i8x4(w[c.qs + i]);
+#endif
+#if Q4_0
+    return c.a * u8x4(w[c.qs + (i & 3u)], 4u * (i >> 2u), 0xfu) + c.b;
+#endif
+#if Q4_1
+    return c.a * u8x4(w[c.qs + (i & 3u)], 4u * (i >> 2u), 0xfu) + c.b;
+#endif
+#if Q4K
+    return c.a * u8x4(w[c.qs + i], c.sh, 0xfu) + c.b;
+#endif
+#if Q5K
+    return c.a * (u8x4(w[c.qs + i], c.sh, 0xfu) + 16.0 * u8x4(w[c.qh + i], c.hsh, 1u)) + c.b;
+#endif
+#if Q6K
+    let q = u8x4(w[c.qs + i], c.sh, 0xfu) + 16.0 * u8x4(w[c.qh + i], c.hsh, 3u) - 32.0;
+    return select(c.a2, c.a, i < 4u) * q;
+#endif
 }

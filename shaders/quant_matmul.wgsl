@@ -5,14 +5,15 @@
 //           1 step (unused); 2 x: vec4<f32>[m*k/4]; 3 w: u32[] (quantized); 4 y: f32[m*n].
 // Defines:  one dtype of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (see quant_blocks.wgsl); SUBS (32-value
 //           chunks per block: 1 or 8); WG (threads); ADD (y += instead of y =);
-//           gemv: ROWS (W rows per workgroup), RED (= WG·ROWS), SUBGROUPS (subgroup reduction);
+//           gemv: TPR (threads per W row, a power of two; WG / TPR rows per workgroup),
+//           SUBGROUPS (subgroup reduction; TPR must be a multiple of the subgroup size);
 //           matmul: BM (x rows per workgroup).
 // Entries:
-//   gemv   (m == 1): a workgroup computes ROWS outputs; its threads take the row's 32-value
-//          chunks in turn (adjacent threads read adjacent chunks), each thread dequantizes its
-//          chunk of every one of the ROWS rows against the same 32 x values, then the workgroup
-//          reduces: subgroupAdd + one partial per subgroup in workgroup memory when SUBGROUPS,
-//          else a tree in workgroup memory. Dispatch: ceil(n / ROWS) workgroups over (gx, gy).
+//   gemv   (m == 1): a workgroup computes WG / TPR outputs; the TPR threads of a row take its
+//          32-value chunks eight threads to a chunk, one quant word (4 values) per thread, so
+//          adjacent threads read adjacent words; they dequantize, multiply by x, then reduce: subgroupAdd + one partial per subgroup in workgroup
+//          memory when SUBGROUPS, else a tree over the row's TPR slots of workgroup memory.
+//          Dispatch: ceil(n / (WG / TPR)) workgroups over (gx, gy).
 //   matmul (m ≥ 2): a workgroup computes a BM × WG tile of y: thread i owns W row n0 + i and
 //          BM accumulators; per 32-value chunk of k the workgroup stages the BM x rows in
 //          workgroup memory, each thread dequantizes its W chunk once and uses it BM times.
@@ -41,17 +42,10 @@ fn store(i: u32, v: f32) {
 #endif
 }
 
-fn dot_chunk(wv: array<vec4<f32>, 8>, xv: array<vec4<f32>, 8>) -> f32 {
-    var s = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-        s += dot(wv[i], xv[i]);
-    }
-    return s;
-}
-
-#if ROWS
-const ROWS: u32 = {{ROWS}}u;
-var<workgroup> red: array<f32, {{RED}}>;
+#if TPR
+const TPR: u32 = {{TPR}}u;
+const ROWS: u32 = WG / TPR;
+var<workgroup> red: array<f32, {{WG}}>;
 
 @compute @workgroup_size({{WG}})
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32
@@ -63,52 +57,43 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (r0 >= p.n) {
         return;
     }
-    var acc: array<f32, ROWS>;
-    for (var c = li; c < p.chunks; c += WG) {
-        var xv: array<vec4<f32>, 8>;
-        for (var i = 0u; i < 8u; i++) {
-            xv[i] = x[c * 8u + i];
-        }
-        let b = c / SUBS;
-        let sub = c % SUBS;
-        for (var r = 0u; r < ROWS; r++) {
-            // Rows past the end repeat the last row; their sums are dropped.
-            let row = min(r0 + r, p.n - 1u);
-            acc[r] += dot_chunk(load_chunk(row * p.nbr + b, sub), xv);
-        }
+    let lane = li % TPR;
+    // Threads of rows past the end redo the last row; their sums are dropped.
+    let row = min(r0 + li / TPR, p.n - 1u);
+    // Eight threads share a chunk, one quant word (4 values) each, so that a subgroup's loads
+    // are contiguous words; the chunk's scales are read by all eight (one cached line).
+    let j = lane & 7u;
+    var acc = 0.0;
+    for (var c = lane >> 3u; c < p.chunks; c += TPR / 8u) {
+        let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
+        acc += dot(chunk_vec4(ch, j), x[c * 8u + j]);
     }
 #if SUBGROUPS
-    let sg = li / ss;
-    for (var r = 0u; r < ROWS; r++) {
-        let t = subgroupAdd(acc[r]);
-        if (sl == 0u) {
-            red[r * WG + sg] = t;
-        }
+    // TPR is a multiple of the subgroup size (the host checks), so no subgroup spans two rows.
+    let t = subgroupAdd(acc);
+    if (sl == 0u) {
+        red[li / ss] = t;
     }
     workgroupBarrier();
-    let nsg = (WG + ss - 1u) / ss;
+    let per_row = TPR / ss;
     if (li < ROWS && r0 + li < p.n) {
-        var t = 0.0;
-        for (var i = 0u; i < nsg; i++) {
-            t += red[li * WG + i];
+        var v = 0.0;
+        for (var i = 0u; i < per_row; i++) {
+            v += red[li * per_row + i];
         }
-        store(r0 + li, t);
+        store(r0 + li, v);
     }
 #else
-    for (var r = 0u; r < ROWS; r++) {
-        red[r * WG + li] = acc[r];
-    }
+    red[li] = acc;
     workgroupBarrier();
-    for (var off = WG / 2u; off > 0u; off >>= 1u) {
-        if (li < off) {
-            for (var r = 0u; r < ROWS; r++) {
-                red[r * WG + li] += red[r * WG + li + off];
-            }
+    for (var off = TPR / 2u; off > 0u; off >>= 1u) {
+        if (lane < off) {
+            red[li] += red[li + off];
         }
         workgroupBarrier();
     }
-    if (li < ROWS && r0 + li < p.n) {
-        store(r0 + li, red[li * WG]);
+    if (lane == 0u && r0 + li / TPR < p.n) {
+        store(r0 + li / TPR, red[li]);
     }
 #endif
 }
@@ -137,13 +122,12 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             xs[i] = v;
         }
         workgroupBarrier();
-        let wv = load_chunk(row * p.nbr + c / SUBS, c % SUBS);
-        for (var m = 0u; m < BM; m++) {
-            var s = 0.0;
-            for (var i = 0u; i < 8u; i++) {
-                s += dot(wv[i], xs[m * 8u + i]);
+        let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
+        for (var i = 0u; i < 8u; i++) {
+            let wv = chunk_vec4(ch, i);
+            for (var m = 0u; m < BM; m++) {
+                acc[m] += dot(wv, xs[m * 8u + i]);
             }
-            acc[m] += s;
         }
         workgroupBarrier();
     }

@@ -99,6 +99,21 @@ fn check_shapes(dtype: DType, ks: &[usize], ns: &[usize], ms: &[usize], seed: u6
     let mut rng = Rng::new(seed);
     let contexts = [ctx(), ctx_no_subgroups()];
     assert!(!contexts[1].caps.subgroups);
+    // The first context really runs the subgroup variant of the GEMV where the device has one.
+    let gemv = matmul_quant::kernels(
+        &contexts[0].caps,
+        &TensorDesc::f32([1, ks[0]]),
+        &TensorDesc::new(dtype, [4, ks[0]]),
+        false,
+    )
+    .expect("kernels");
+    assert_eq!(
+        gemv[0].defines.contains_key("SUBGROUPS"),
+        contexts[0].caps.subgroups,
+        "subgroup sizes {}..{}",
+        contexts[0].caps.subgroup_min,
+        contexts[0].caps.subgroup_max
+    );
     for &k in ks {
         for &n in ns {
             let gguf = random_blocks(&mut rng, dtype, n, k);

@@ -14,9 +14,11 @@ use crate::quant;
 use crate::tensor::{DType, TensorDesc};
 
 /// Threads per GEMV workgroup.
-pub const GEMV_WG: u32 = 64;
-/// W rows per GEMV workgroup.
-pub const GEMV_ROWS: u32 = 4;
+pub const GEMV_WG: u32 = 256;
+/// GEMV threads per W row (`GEMV_WG / GEMV_TPR` rows per workgroup). A multiple of every common
+/// subgroup size, so a subgroup never spans two rows; devices whose subgroups can be larger
+/// take the workgroup-memory reduction.
+pub const GEMV_TPR: u32 = 64;
 /// Threads (= W rows) per matmul workgroup.
 pub const MATMUL_WG: u32 = 64;
 /// x rows per matmul workgroup.
@@ -128,14 +130,13 @@ pub fn kernels(
         ]
     };
     let call = if m == 1 {
-        let groups = (n as u32).div_ceil(GEMV_ROWS);
+        let groups = (n as u32).div_ceil(GEMV_WG / GEMV_TPR);
         let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
         let mut c = base("gemv", GEMV_WG)
-            .define("ROWS", GEMV_ROWS)
-            .define("RED", GEMV_WG * GEMV_ROWS)
+            .define("TPR", GEMV_TPR)
             .params(&words(gx))
             .workgroups(gx, gy, 1);
-        if caps.subgroups {
+        if caps.subgroups && caps.subgroup_max <= GEMV_TPR && caps.subgroup_min > 0 {
             c = c.define("SUBGROUPS", 1);
         }
         c
