@@ -134,7 +134,17 @@ fn gemv(
         acc[m] = 0.0;
     }
     if (row < p.n) {
-        for (var c = t; c < loads; c += {{TPR}}u) {
+        var c = t;
+#if U4
+        // Four loads per thread in flight before their sums are needed.
+        for (; c + 3u * {{TPR}}u < loads; c += 4u * {{TPR}}u) {
+            accumulate(row, c);
+            accumulate(row, c + {{TPR}}u);
+            accumulate(row, c + 2u * {{TPR}}u);
+            accumulate(row, c + 3u * {{TPR}}u);
+        }
+#endif
+        for (; c < loads; c += {{TPR}}u) {
             accumulate(row, c);
         }
     }
