@@ -9,8 +9,8 @@
 //! `shaders/gemv.wgsl` (several weight rows per workgroup, each weight load used for every row of
 //! x, one row's dot product reduced by a subgroup when the device has subgroups, by workgroup
 //! memory otherwise); longer prefills run the tiled, register-blocked matmul of
-//! `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant` (see the hook in
-//! [`kernels_for`]).
+//! `shaders/matmul.wgsl`. Block-quantized weights are to go to `matmul_quant` (see the
+//! `HOOK` comments in `check` and [`kernels_for`]).
 
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
@@ -72,8 +72,10 @@ fn check(
         ));
     }
     if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) {
-        // quantized formats: see matmul_quant (the module that will take DType::is_float() ==
-        // false weights, except U32, through `crate::ops::matmul_quant::kernels`).
+        // HOOK — quantized formats: see matmul_quant. Block-quantized weights
+        // (`!w.dtype.is_float()`, except U32) are to be accepted here (K a multiple of the block
+        // length) and routed in `kernels_for` to `crate::ops::matmul_quant::kernels`; until that
+        // module exists they are rejected like any other dtype.
         return Err(Error::op(
             op,
             format!(
@@ -199,6 +201,10 @@ pub fn kernels_for(
     y: Option<&TensorDesc>,
 ) -> Result<Vec<KernelCall>> {
     let (m, n, _, _) = check(op, x, w, y)?;
+    // HOOK — quantized formats: see matmul_quant. Once it exists:
+    // if !w.dtype.is_float() && w.dtype != DType::U32 {
+    //     return crate::ops::matmul_quant::kernels(caps, x, w, y.is_some());
+    // }
     kernels_with(op, caps, x, w, y, plan(caps, m, n))
 }
 
