@@ -12,7 +12,8 @@
 // Defines: WG (threads per workgroup), TPR (threads per weight row; ROWS = WG / TPR rows per
 //          workgroup), MR (rows of x), VEC and V{VEC} (elements per weight load: 1, 2, 4 or 8; the
 //          host picks the widest that divides K, so every row starts on a load boundary), one of
-//          W_F32 / W_F16 / W_BF16, X_VEC4 (x read as vec4, VEC >= 4), ADD_INTO, and the reduction:
+//          W_F32 / W_F16 / W_BF16, X_VEC4 (x read as vec4, VEC >= 4), U4 (main loop unrolled by
+//          four: more loads in flight), ADD_INTO, and the reduction:
 //          SUBGROUPS + SG_ROW  — TPR equals the (fixed) subgroup size: subgroupAdd, no barrier;
 //          SUBGROUPS           — subgroupAdd, then the TPR / sg_size subgroup sums of a row through
 //                                workgroup memory (subgroups are assumed to be contiguous runs of
@@ -134,7 +135,17 @@ fn gemv(
         acc[m] = 0.0;
     }
     if (row < p.n) {
-        for (var c = t; c < loads; c += {{TPR}}u) {
+        var c = t;
+#if U4
+        // Four loads per thread in flight before their sums are needed.
+        for (; c + 3u * {{TPR}}u < loads; c += 4u * {{TPR}}u) {
+            accumulate(row, c);
+            accumulate(row, c + {{TPR}}u);
+            accumulate(row, c + 2u * {{TPR}}u);
+            accumulate(row, c + 3u * {{TPR}}u);
+        }
+#endif
+        for (; c < loads; c += {{TPR}}u) {
             accumulate(row, c);
         }
     }

@@ -9,8 +9,8 @@
 //! `shaders/gemv.wgsl` (several weight rows per workgroup, each weight load used for every row of
 //! x, one row's dot product reduced by a subgroup when the device has subgroups, by workgroup
 //! memory otherwise); longer prefills run the tiled, register-blocked matmul of
-//! `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant` (see the hook in
-//! [`kernels_for`]).
+//! `shaders/matmul.wgsl`. Block-quantized weights are to go to `matmul_quant` (see the
+//! `HOOK` comments in `check` and [`kernels_for`]).
 
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
@@ -23,9 +23,10 @@ pub const GEMV_WG: u32 = 256;
 /// Rows of x up to which the GEMV kernel (weights read once for all rows) is used instead of
 /// the tiled matmul.
 pub const GEMV_MAX_ROWS: usize = 8;
-/// GEMV threads per output row when the reduction goes through workgroup memory (or when the
-/// device's subgroup size is not fixed).
+/// GEMV threads per weight row with the workgroup-memory reduction (no subgroups).
 pub const GEMV_TPR: u32 = 32;
+/// GEMV threads per weight row at least, with subgroups.
+pub const GEMV_TPR_SUBGROUPS: u32 = 64;
 
 /// Tile shape of the matmul kernel: 16×16 threads, each computing `s`×`s` blocks of 4×4
 /// outputs, so a workgroup covers 64·s rows by 64·s columns; `bk` is the k-step staged in
@@ -37,10 +38,12 @@ pub struct Tiles {
 }
 
 /// The tiles for an `m`×`n` product: 128×128 (8×8 outputs per thread, twice the arithmetic
-/// per workgroup-memory read) once both sides fill them, else 64×64 so short prefills waste
-/// less of each tile.
+/// per workgroup-memory read) when that still gives at least 512 workgroups, else 64×64.
+/// Measured on an H200 (BENCHMARKS.md): M=4096, N=K=4096 runs 6.6 ms with 128×128 tiles
+/// against 8.5 ms with 64×64; M=512 runs 1.22 ms with 64×64 against 1.39 ms (128 workgroups
+/// cannot fill the device).
 pub fn tiles_for(m: usize, n: usize) -> Tiles {
-    if m > 64 && n > 64 {
+    if m.div_ceil(128) * n.div_ceil(128) >= 512 {
         Tiles { s: 2, bk: 16 }
     } else {
         Tiles { s: 1, bk: 16 }
@@ -139,6 +142,56 @@ impl Op for MatmulAddInto {
     }
 }
 
+/// Which kernel computes a product, and its shape. [`plan`] picks it from the device and the
+/// shapes; tests and benchmarks can force any variant through [`kernels_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// `shaders/gemv.wgsl`: `tpr` threads per weight row, reduced as `reduction` says.
+    Gemv { reduction: GemvReduction, tpr: u32 },
+    /// `shaders/matmul.wgsl` with these tiles.
+    Tiled(Tiles),
+}
+
+/// How the GEMV reduces one row's partial sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvReduction {
+    /// Workgroup-memory tree (no subgroups); `tpr` a power of two.
+    Workgroup,
+    /// `subgroupAdd`, then the row's `tpr / subgroup_size` subgroup sums through workgroup
+    /// memory; `tpr` a multiple of the largest subgroup size.
+    Subgroup,
+    /// One subgroup per row: `subgroupAdd` alone, no barrier; `tpr` must equal the (fixed)
+    /// subgroup size.
+    SubgroupRow,
+}
+
+/// The kernel for an `m`×`k` by `n`×`k` product on this device.
+///
+/// GEMV (m ≤ [`GEMV_MAX_ROWS`]) threads per row, measured on an H200 (BENCHMARKS.md): two
+/// 32-wide subgroups per row (3.0 TB/s for f32 4096×4096) beat one (2.6 TB/s) and the
+/// workgroup-memory tree (2.3–2.5 TB/s), so rows get max(64, subgroup size) threads and a
+/// single-subgroup reduction only where a fixed subgroup is that wide.
+pub fn plan(caps: &Caps, m: usize, n: usize) -> Plan {
+    if !(1..=GEMV_MAX_ROWS).contains(&m) {
+        return Plan::Tiled(tiles_for(m, n));
+    }
+    let (lo, hi) = (caps.subgroup_min, caps.subgroup_max);
+    let usable = caps.subgroups && lo >= 1 && hi.is_power_of_two() && hi <= GEMV_WG;
+    if !usable {
+        return Plan::Gemv {
+            reduction: GemvReduction::Workgroup,
+            tpr: GEMV_TPR,
+        };
+    }
+    let tpr = GEMV_TPR_SUBGROUPS.max(hi);
+    let reduction = if lo == hi && hi == tpr {
+        GemvReduction::SubgroupRow
+    } else {
+        GemvReduction::Subgroup
+    };
+    Plan::Gemv { reduction, tpr }
+}
+
 /// The dispatches for `y (+)= x · Wᵀ`; `y` is given for the in-place form (input 2).
 pub fn kernels_for(
     op: &'static str,
@@ -146,6 +199,24 @@ pub fn kernels_for(
     x: &TensorDesc,
     w: &TensorDesc,
     y: Option<&TensorDesc>,
+) -> Result<Vec<KernelCall>> {
+    let (m, n, _, _) = check(op, x, w, y)?;
+    // HOOK — quantized formats: see matmul_quant. Once it exists:
+    // if !w.dtype.is_float() && w.dtype != DType::U32 {
+    //     return crate::ops::matmul_quant::kernels(caps, x, w, y.is_some());
+    // }
+    kernels_with(op, caps, x, w, y, plan(caps, m, n))
+}
+
+/// [`kernels_for`] with the kernel choice given (tests use it to cover every variant on one
+/// device). A GEMV plan needs 1 ≤ M ≤ [`GEMV_MAX_ROWS`] and a valid `tpr` for its reduction.
+pub fn kernels_with(
+    op: &'static str,
+    caps: &Caps,
+    x: &TensorDesc,
+    w: &TensorDesc,
+    y: Option<&TensorDesc>,
+    plan: Plan,
 ) -> Result<Vec<KernelCall>> {
     let (m, n, k, _) = check(op, x, w, y)?;
     let add_into = y.is_some();
@@ -157,10 +228,29 @@ pub fn kernels_for(
     } else {
         [Arg::In(0), Arg::In(1), Arg::Out(0)]
     };
-    let call = if (1..=GEMV_MAX_ROWS).contains(&m) {
-        gemv_call(caps, m as u32, n as u32, k as u32, w.dtype)
-    } else {
-        matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, tiles_for(m, n))
+    let call = match plan {
+        Plan::Gemv { reduction, tpr } => {
+            let tpr_ok = tpr.is_power_of_two() && tpr <= GEMV_WG;
+            if !(1..=GEMV_MAX_ROWS).contains(&m) || !tpr_ok {
+                return Err(Error::op(
+                    op,
+                    format!(
+                        "x is {x}: the GEMV kernel takes 1 to {GEMV_MAX_ROWS} rows and a power-of-two \
+                         number of threads per row up to {GEMV_WG} (got {m} rows, {tpr} threads)"
+                    ),
+                ));
+            }
+            gemv_call(caps, m as u32, n as u32, k as u32, w.dtype, reduction, tpr)
+        }
+        Plan::Tiled(t) => {
+            if !(t.s == 1 || t.s == 2) || t.bk == 0 || !t.bk.is_multiple_of(4) || t.bk > 64 {
+                return Err(Error::op(
+                    op,
+                    format!("tiles {t:?}: expected s 1 or 2 and bk a multiple of 4 up to 64"),
+                ));
+            }
+            matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, t)
+        }
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
 }
@@ -173,32 +263,15 @@ fn weight_define(d: DType) -> &'static str {
     }
 }
 
-/// How the GEMV reduces one row's partial sums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemvReduction {
-    /// Workgroup-memory tree over [`GEMV_TPR`] threads (no subgroups).
-    Workgroup,
-    /// `subgroupAdd`, then the row's subgroup sums through workgroup memory (subgroup size not
-    /// fixed: rows of max(GEMV_TPR, largest subgroup) threads).
-    Subgroup,
-    /// One subgroup per row (the subgroup size is fixed): `subgroupAdd` alone, no barrier.
-    SubgroupRow,
-}
-
-/// The GEMV reduction and threads per row this device gets.
-pub fn gemv_reduction(caps: &Caps) -> (GemvReduction, u32) {
-    let (lo, hi) = (caps.subgroup_min, caps.subgroup_max);
-    let usable = caps.subgroups && lo >= 1 && hi.is_power_of_two() && hi <= GEMV_WG;
-    if !usable {
-        (GemvReduction::Workgroup, GEMV_TPR)
-    } else if lo == hi {
-        (GemvReduction::SubgroupRow, hi)
-    } else {
-        (GemvReduction::Subgroup, GEMV_TPR.max(hi))
-    }
-}
-
-fn gemv_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType) -> KernelCall {
+fn gemv_call(
+    caps: &Caps,
+    m: u32,
+    n: u32,
+    k: u32,
+    w: DType,
+    red: GemvReduction,
+    tpr: u32,
+) -> KernelCall {
     // The widest load that divides K, so that every row starts on a load boundary.
     let vec = match w {
         DType::F32 if k.is_multiple_of(4) => 4,
@@ -208,7 +281,6 @@ fn gemv_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType) -> KernelCall {
         _ if k.is_multiple_of(2) => 2,
         _ => 1,
     };
-    let (red, tpr) = gemv_reduction(caps);
     let rows = GEMV_WG / tpr;
     let [gx, gy, _] = grid_2d(n.div_ceil(rows), caps.max_workgroups_per_dim);
     KernelCall::new("gemv.wgsl", "gemv")
@@ -219,6 +291,7 @@ fn gemv_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType) -> KernelCall {
         .define(&format!("V{vec}"), 1)
         .define(weight_define(w), 1)
         .define("X_VEC4", (vec >= 4) as u32)
+        .define("U4", 1)
         .define("SUBGROUPS", (red != GemvReduction::Workgroup) as u32)
         .define("SG_ROW", (red == GemvReduction::SubgroupRow) as u32)
         .params(&[k, n, gx, m])
