@@ -3,6 +3,7 @@
 pub mod args;
 pub mod load;
 pub mod run;
+pub mod serve;
 
 use fado::gpu::GpuContext;
 use fado::{Error, Result};
