@@ -71,7 +71,7 @@ pub struct Stats {
     pub queued: usize,
     pub queue_capacity: usize,
     pub completed: u64,
-    /// Ended because the client went away (before or during generation).
+    /// Stopped early because the client went away (before or during generation).
     pub cancelled: u64,
     pub failed: u64,
     /// Refused because the queue was full.
@@ -257,23 +257,25 @@ fn worker(sh: Arc<Shared>, mut session: Session, prefix_cache: bool) {
                 )))
             }
         };
-        match outcome {
+        // Counters first: a client that sees its answer end sees the slot free.
+        let event = match outcome {
             Ok(f) => {
-                if f.finish_reason == FinishReason::Cancelled || job.events.is_closed() {
+                if f.finish_reason == FinishReason::Cancelled {
                     sh.cancelled.fetch_add(1, Ordering::Relaxed);
                 } else {
                     sh.completed.fetch_add(1, Ordering::Relaxed);
                 }
-                let _ = job.events.send(Event::Done(f));
+                Event::Done(f)
             }
             Err(e) => {
                 // The cache may hold a partial prompt; start clean next time.
                 session.reset();
                 sh.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send(Event::Failed(e));
+                Event::Failed(e)
             }
-        }
+        };
         sh.busy.fetch_sub(1, Ordering::SeqCst);
+        let _ = job.events.send(event);
     }
 }
 
