@@ -34,7 +34,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -600,5 +600,9 @@ fn stream_response(
             }
         }
     });
-    Sse::new(stream).into_response()
+    // Comment lines while a request waits or prefills: proxies keep the connection, and a
+    // client gone while queued is noticed (the write fails, the job is skipped).
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10)))
+        .into_response()
 }
