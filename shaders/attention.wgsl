@@ -4,14 +4,15 @@
 //
 // q f32 [T, HQ, D] (already rotated and not yet scaled); k_cache, v_cache [C, HKV, D] (f32, or
 // f16 packed two per u32 with KV_F16). Query token t sits at position step.pos + t and attends
-// to cache rows 0 ..= step.pos + t (all < step.kv_len). Query head h uses kv head h / G.
+// to cache rows 0 ..= step.pos + t (all < step.kv_len, clamped to the capacity C). Query head
+// h uses kv head h / G.
 //
 // Entry `attn` — one workgroup per (block of BQ query tokens, kv head); its R = BQ·G rows are
 // every (token, query head) pair of the block whose head belongs to the kv head. Per K/V tile of
 // BK rows: (1) load K, V; (2) scores S = Q·Kᵀ (scale folded into Q), causal mask; (3) per row,
 // online-softmax update of the running max m and sum l, S → P; (4) O = O·α + P·V, with O in
 // registers (ACC vec4 per thread).
-//   Bindings: 0 params; 1 step; 2 q; 3 k_cache; 4 v_cache; then
+//   Bindings: 0 params {t, hq, hkv, scale, chunks, min_chunk, cap}; 1 step; 2 q; 3 k_cache; 4 v_cache; then
 //     prefill: 5 out f32 [T, HQ·D]                      dispatch (ceil(T / BQ), HKV, 1)
 //     SPLIT:   5 part f32 [S, HQ, D] (unnormalized O),   dispatch (S, HKV, 1), T = 1
 //              6 ml vec2 [S, HQ] (m, l)
@@ -24,7 +25,7 @@
 // device's workgroup storage.
 #include "common.wgsl"
 
-struct Params { t: u32, hq: u32, hkv: u32, scale: f32, chunks: u32, min_chunk: u32, _a: u32, _b: u32 }
+struct Params { t: u32, hq: u32, hkv: u32, scale: f32, chunks: u32, min_chunk: u32, cap: u32, _b: u32 }
 
 const D4: u32 = {{D4}}u;      // head_dim / 4
 const WG: u32 = {{WG}}u;
@@ -32,6 +33,9 @@ const NEG: f32 = -3.0e38;     // masked score
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+
+// Valid cache rows; never past the capacity, even for a step the host should have refused.
+fn kv_len() -> u32 { return min(step.kv_len, p.cap); }
 
 #if REDUCE
 @group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>;
@@ -41,8 +45,8 @@ const NEG: f32 = -3.0e38;     // masked score
 @compute @workgroup_size({{WG}})
 fn attn_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wg.x;
-    let clen = max(p.min_chunk, (step.kv_len + p.chunks - 1u) / p.chunks);
-    let n = min(p.chunks, (step.kv_len + clen - 1u) / clen);
+    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
+    let n = min(p.chunks, (kv_len() + clen - 1u) / clen);
     var mx = NEG;
     for (var c = 0u; c < n; c++) {
         mx = max(mx, ml[c * p.hq + h].x);
@@ -102,18 +106,18 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let hk = wg.y;
 #if SPLIT
     let chunk = wg.x;
-    let clen = max(p.min_chunk, (step.kv_len + p.chunks - 1u) / p.chunks);
+    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
     let k_begin = chunk * clen;
-    if (k_begin >= step.kv_len) {
+    if (k_begin >= kv_len()) {
         return;
     }
-    let k_end = min(step.kv_len, k_begin + clen);
+    let k_end = min(kv_len(), k_begin + clen);
     let t0 = 0u;
 #else
     let t0 = wg.x * BQ;
     let t_last = min(t0 + BQ, p.t) - 1u;
     let k_begin = 0u;
-    let k_end = min(step.kv_len, step.pos + t_last + 1u);
+    let k_end = min(kv_len(), step.pos + t_last + 1u);
 #endif
 
     // Q rows of this block, pre-scaled; rows past the last token are zero and never written.

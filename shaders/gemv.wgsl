@@ -1,28 +1,30 @@
-// gemv.wgsl — matrix-vector product for decode (one token): y[n] = Σ_k x[k] · w[n, k]
-// (`y = x · Wᵀ` with W `[N, K]` row-major, as in Hugging Face checkpoints). With ADD_INTO the
-// result is added to y in place (residual fused into o_proj / down_proj).
+// gemv.wgsl — matrix-vector products for decode and very short prefills (M = MR ≤ 8 rows of x):
+// y[m, n] = Σ_k x[m, k] · w[n, k] (`y = x · Wᵀ`, W `[N, K]` row-major as in Hugging Face
+// checkpoints). Each weight load is used for all MR rows of x, so the weights are read once.
+// With ADD_INTO the result is added to y in place (residual fused into o_proj / down_proj).
 //
-// Bindings: 0 params {k, n, gx, _}; 1 step (unused);
-//           2 x: f32[K]            (array<vec4<f32>> when X_VEC4, else array<f32>);
-//           3 w: W_F32  → f32[N*K] (array<vec4<f32>> when VEC 4, else array<f32>);
+// Bindings: 0 params {k, n, gx, m}; 1 step (unused);
+//           2 x: f32[MR*K]         (array<vec4<f32>> when X_VEC4, else array<f32>);
+//           3 w: W_F32  → f32[N*K] (array<vec4<f32>> when V4, else array<f32>);
 //                W_F16 / W_BF16 → 16-bit values packed two per u32, element 2i in the low half
-//                (array<vec4<u32>> when VEC 8, array<vec2<u32>> when VEC 4, array<u32> else);
-//           4 y: f32[N] (read_write; read only with ADD_INTO).
-// Defines: WG (threads per workgroup), TPR (threads per output row; ROWS = WG / TPR rows per
-//          workgroup), VEC (elements per weight load: 1, 2, 4 or 8; the host picks the widest that
-//          divides K, so rows start aligned), one of W_F32 / W_F16 / W_BF16, X_VEC4 (x read as
-//          vec4, VEC >= 4), ADD_INTO, and the reduction:
-//          SUBGROUPS + SG_ROW  — TPR equals the subgroup size: one subgroupAdd per row, no barrier;
-//          SUBGROUPS           — subgroupAdd, then the TPR / sg_size partials of a row are summed
-//                                through workgroup memory (subgroups are assumed to be contiguous
-//                                runs of local_invocation_index, which TPR being a multiple of the
-//                                largest subgroup size keeps inside one row);
+//                (array<vec4<u32>> when V8, array<vec2<u32>> when V4, array<u32> else);
+//           4 y: f32[MR*N] (read_write; read only with ADD_INTO).
+// Defines: WG (threads per workgroup), TPR (threads per weight row; ROWS = WG / TPR rows per
+//          workgroup), MR (rows of x), VEC and V{VEC} (elements per weight load: 1, 2, 4 or 8; the
+//          host picks the widest that divides K, so every row starts on a load boundary), one of
+//          W_F32 / W_F16 / W_BF16, X_VEC4 (x read as vec4, VEC >= 4), ADD_INTO, and the reduction:
+//          SUBGROUPS + SG_ROW  — TPR equals the (fixed) subgroup size: subgroupAdd, no barrier;
+//          SUBGROUPS           — subgroupAdd, then the TPR / sg_size subgroup sums of a row through
+//                                workgroup memory (subgroups are assumed to be contiguous runs of
+//                                local_invocation_index; TPR, a multiple of the largest subgroup
+//                                size, keeps each inside one row);
 //          neither             — workgroup-memory tree reduction over TPR threads.
+// Thread t of a row reads loads t, t + TPR, …: neighbouring threads read neighbouring memory.
 // Dispatch: ceil(N / ROWS) workgroups spread over (gx, gy) (ops::grid_2d).
 // Features: subgroups for the SUBGROUPS variants; nothing otherwise.
 #include "common.wgsl"
 
-struct Params { k: u32, n: u32, gx: u32, _p: u32 }
+struct Params { k: u32, n: u32, gx: u32, m: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -59,37 +61,60 @@ fn widen(q: u32) -> vec2<f32> { return unpack2x16float(q); }
 fn widen(q: u32) -> vec2<f32> { return bf16x2(q); }
 #endif
 
-// Σ over load `c` of row `row` (elements c·VEC .. c·VEC + VEC − 1 of the row).
-fn chunk(row: u32, c: u32) -> f32 {
+// Per-thread sums, one per x row.
+var<private> acc: array<f32, {{MR}}>;
+
+// Add load `c` of weight row `row` (elements c·VEC .. c·VEC + VEC − 1) times every x row.
+fn accumulate(row: u32, c: u32) {
 #if W_F32
 #if V4
-    return dot(w[row * (p.k / 4u) + c], x[c]);
+    let xs = p.k / 4u;
+    let wv = w[row * xs + c];
+    for (var m = 0u; m < {{MR}}u; m++) {
+        acc[m] += dot(wv, x[m * xs + c]);
+    }
 #else
-    return w[row * p.k + c] * x[c];
+    let wv = w[row * p.k + c];
+    for (var m = 0u; m < {{MR}}u; m++) {
+        acc[m] += wv * x[m * p.k + c];
+    }
 #endif
 #else
 #if V8
     let q = w[row * (p.k / 8u) + c];
-    return dot(vec4<f32>(widen(q.x), widen(q.y)), x[2u * c])
-         + dot(vec4<f32>(widen(q.z), widen(q.w)), x[2u * c + 1u]);
+    let w0 = vec4<f32>(widen(q.x), widen(q.y));
+    let w1 = vec4<f32>(widen(q.z), widen(q.w));
+    let xs = p.k / 4u;
+    for (var m = 0u; m < {{MR}}u; m++) {
+        acc[m] += dot(w0, x[m * xs + 2u * c]) + dot(w1, x[m * xs + 2u * c + 1u]);
+    }
 #endif
 #if V4
-    let q = w[row * (p.k / 4u) + c];
-    return dot(vec4<f32>(widen(q.x), widen(q.y)), x[c]);
+    let xs = p.k / 4u;
+    let q = w[row * xs + c];
+    let wv = vec4<f32>(widen(q.x), widen(q.y));
+    for (var m = 0u; m < {{MR}}u; m++) {
+        acc[m] += dot(wv, x[m * xs + c]);
+    }
 #endif
 #if V2
     let h = widen(w[row * (p.k / 2u) + c]);
-    return h.x * x[2u * c] + h.y * x[2u * c + 1u];
+    for (var m = 0u; m < {{MR}}u; m++) {
+        acc[m] += h.x * x[m * p.k + 2u * c] + h.y * x[m * p.k + 2u * c + 1u];
+    }
 #endif
 #if V1
     let e = row * p.k + c;
-    return widen(w[e >> 1u])[e & 1u] * x[c];
+    let wv = widen(w[e >> 1u])[e & 1u];
+    for (var m = 0u; m < {{MR}}u; m++) {
+        acc[m] += wv * x[m * p.k + c];
+    }
 #endif
 #endif
 }
 
 #if !SG_ROW
-var<workgroup> partial: array<f32, {{WG}}>;
+var<workgroup> partial: array<f32, {{MR}} * {{WG}}>;
 #endif
 
 @compute @workgroup_size({{WG}})
@@ -105,57 +130,65 @@ fn gemv(
     let t = li % {{TPR}}u;
     let row = wg_linear(wg, p.gx) * ROWS + r;
     let loads = p.k / {{VEC}}u;
-    // Two accumulators so consecutive loads do not wait on each other's adds.
-    var a0 = 0.0;
-    var a1 = 0.0;
+    for (var m = 0u; m < {{MR}}u; m++) {
+        acc[m] = 0.0;
+    }
     if (row < p.n) {
-        var c = t;
-        for (; c + {{TPR}}u < loads; c += 2u * {{TPR}}u) {
-            a0 += chunk(row, c);
-            a1 += chunk(row, c + {{TPR}}u);
-        }
-        if (c < loads) {
-            a0 += chunk(row, c);
+        for (var c = t; c < loads; c += {{TPR}}u) {
+            accumulate(row, c);
         }
     }
-    let acc = a0 + a1;
 
+    // Reduce the TPR partial sums of each (x row, weight row); `sums[m]` is valid in thread t == 0.
+    var sums: array<f32, {{MR}}>;
 #if SG_ROW
-    let s = subgroupAdd(acc);
-    let first = t == 0u;
+    for (var m = 0u; m < {{MR}}u; m++) {
+        sums[m] = subgroupAdd(acc[m]);
+    }
 #else
 #if SUBGROUPS
-    let s0 = subgroupAdd(acc);
-    if (lane == 0u) {
-        partial[li / sg] = s0;
+    for (var m = 0u; m < {{MR}}u; m++) {
+        let s = subgroupAdd(acc[m]);
+        if (lane == 0u) {
+            partial[m * {{WG}}u + li / sg] = s;
+        }
     }
     workgroupBarrier();
-    let first = t == 0u;
-    var s = 0.0;
-    if (first) {
+    if (t == 0u) {
         let base = li / sg;
-        for (var i = 0u; i < {{TPR}}u / sg; i++) {
-            s += partial[base + i];
+        for (var m = 0u; m < {{MR}}u; m++) {
+            var s = 0.0;
+            for (var i = 0u; i < {{TPR}}u / sg; i++) {
+                s += partial[m * {{WG}}u + base + i];
+            }
+            sums[m] = s;
         }
     }
 #else
-    partial[li] = acc;
+    for (var m = 0u; m < {{MR}}u; m++) {
+        partial[m * {{WG}}u + li] = acc[m];
+    }
     workgroupBarrier();
     for (var off = {{TPR}}u / 2u; off > 0u; off >>= 1u) {
         if (t < off) {
-            partial[li] += partial[li + off];
+            for (var m = 0u; m < {{MR}}u; m++) {
+                partial[m * {{WG}}u + li] += partial[m * {{WG}}u + li + off];
+            }
         }
         workgroupBarrier();
     }
-    let first = t == 0u;
-    let s = partial[li];
+    for (var m = 0u; m < {{MR}}u; m++) {
+        sums[m] = partial[m * {{WG}}u + li];
+    }
 #endif
 #endif
-    if (first && row < p.n) {
+    if (t == 0u && row < p.n) {
+        for (var m = 0u; m < {{MR}}u; m++) {
 #if ADD_INTO
-        y[row] = y[row] + s;
+            y[m * p.n + row] = y[m * p.n + row] + sums[m];
 #else
-        y[row] = s;
+            y[m * p.n + row] = sums[m];
 #endif
+        }
     }
 }

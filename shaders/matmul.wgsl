@@ -8,13 +8,14 @@
 //                W_F16 / W_BF16 → 16-bit values packed two per u32, element 2i in the low half
 //                (array<vec2<u32>> when VEC4, else array<u32>);
 //           4 y: f32[M*N] (read_write; read only with ADD_INTO).
-// Defines: BM, BN (output tile), BK (k-step), TM, TN (outputs per thread along m and n; the
-//          workgroup is (BM/TM)·(BN/TN) threads = WG), one of W_F32 / W_F16 / W_BF16, VEC4 (K is a
-//          multiple of 4: loads of four k-consecutive elements), ADD_INTO.
-// Each k-step the workgroup stages a BM×BK tile of x and a BN×BK tile of w (widened to f32) in
-// workgroup memory, k-major, so every thread reads TM consecutive x values and TN consecutive
-// w values per k and accumulates a TM×TN block in registers (f32). Loads outside M, N or K
-// stage zeros; stores outside M, N are skipped.
+// Defines: S (1 or 2; S2 set when 2), BK (k-step, a multiple of 4), one of W_F32 / W_F16 / W_BF16,
+//          VEC4 (K is a multiple of 4: single loads of four k-consecutive elements), ADD_INTO.
+// 256 threads (16×16); each computes S×S blocks of 4×4 outputs, so a workgroup covers a
+// BM×BN = 64·S × 64·S tile of y. Each k-step the workgroup stages a BM×BK tile of x and a BN×BK
+// tile of w (widened to f32) in workgroup memory, k-major as vec4s of four consecutive rows, so
+// a thread reads one vec4 of x and one of w per block side and k, and accumulates 4×4 outer
+// products in vec4 registers (f32). Loads outside M, N or K stage zeros; stores outside M, N
+// are skipped.
 // Dispatch: ceil(M/BM)·ceil(N/BN) workgroups spread over (gx, gy) (ops::grid_2d); tile t covers
 // rows (t / tiles_n)·BM and columns (t % tiles_n)·BN.
 // Features: none.
@@ -44,16 +45,18 @@ struct Params { m: u32, n: u32, k: u32, gx: u32, tiles_n: u32, _p0: u32, _p1: u3
 #endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const BM: u32 = {{BM}}u;
-const BN: u32 = {{BN}}u;
+// 16×16 threads; each computes S×S blocks of 4×4 outputs, block (i, j) at rows
+// m0 + i·64 + tm·4 .. +3 and columns n0 + j·64 + tn·4 .. +3 (strided blocks keep neighbouring
+// threads on neighbouring workgroup-memory words).
+const S: u32 = {{S}}u;
+const BM: u32 = 64u * S;
+const BN: u32 = 64u * S;
 const BK: u32 = {{BK}}u;
-const TM: u32 = {{TM}}u;
-const TN: u32 = {{TN}}u;
-const WG: u32 = (BM / TM) * (BN / TN);
+const WG: u32 = 256u;
 
-// k-major tiles: xs[k * BM + m], ws[k * BN + n].
-var<workgroup> xs: array<f32, {{BM}} * {{BK}}>;
-var<workgroup> ws: array<f32, {{BN}} * {{BK}}>;
+// k-major tiles of vec4s over 4 consecutive rows: xs[k * BM/4 + m/4], ws[k * BN/4 + n/4].
+var<workgroup> xs: array<vec4<f32>, 16 * {{S}} * {{BK}}>;
+var<workgroup> ws: array<vec4<f32>, 16 * {{S}} * {{BK}}>;
 
 #if W_F16
 fn widen(q: u32) -> vec2<f32> { return unpack2x16float(q); }
@@ -114,30 +117,63 @@ fn load_w4(n: u32, k: u32) -> vec4<f32> {
 #endif
 }
 
+// c[i] += a[i] · b: the 4×4 outer product of four rows of x and four columns of w.
+fn outer(a: vec4<f32>, b: vec4<f32>, c: ptr<function, array<vec4<f32>, 4>>) {
+    (*c)[0] = fma(vec4<f32>(a.x), b, (*c)[0]);
+    (*c)[1] = fma(vec4<f32>(a.y), b, (*c)[1]);
+    (*c)[2] = fma(vec4<f32>(a.z), b, (*c)[2]);
+    (*c)[3] = fma(vec4<f32>(a.w), b, (*c)[3]);
+}
+
+// Write four outputs of row m from column n (bounds-checked).
+fn store_row(m: u32, n: u32, v: vec4<f32>) {
+    if (m >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (n + j < p.n) {
+            let o = m * p.n + n + j;
+#if ADD_INTO
+            y[o] = y[o] + v[j];
+#else
+            y[o] = v[j];
+#endif
+        }
+    }
+}
+
+// Write block c, whose first element is y[m, n]. Constant indices only, so c stays in registers.
+fn store(m: u32, n: u32, c: ptr<function, array<vec4<f32>, 4>>) {
+    store_row(m, n, (*c)[0]);
+    store_row(m + 1u, n, (*c)[1]);
+    store_row(m + 2u, n, (*c)[2]);
+    store_row(m + 3u, n, (*c)[3]);
+}
+
 @compute @workgroup_size(WG)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let tile = wg_linear(wg, p.gx);
     let m0 = (tile / p.tiles_n) * BM;
     let n0 = (tile % p.tiles_n) * BN;
-    // This thread's TM×TN block: rows m0 + tm·TM + i, columns n0 + tn·TN + j.
-    let tn = li % (BN / TN);
-    let tm = li / (BN / TN);
+    let tn = li % 16u;
+    let tm = li / 16u;
 
-    var acc: array<array<f32, {{TN}}>, {{TM}}>;
-    for (var i = 0u; i < TM; i++) {
-        for (var j = 0u; j < TN; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    var c00: array<vec4<f32>, 4>;
+#if S2
+    var c01: array<vec4<f32>, 4>;
+    var c10: array<vec4<f32>, 4>;
+    var c11: array<vec4<f32>, 4>;
+#endif
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Stage the tiles: each load is four k-consecutive elements of one row.
+        // Stage the tiles: each load is four k-consecutive elements of one row, scattered into
+        // the k-major layout.
         for (var e = li; e < BM * BK / 4u; e += WG) {
             let r = e / (BK / 4u);
             let kk = (e % (BK / 4u)) * 4u;
             let v = load_x4(m0 + r, k0 + kk);
             for (var j = 0u; j < 4u; j++) {
-                xs[(kk + j) * BM + r] = v[j];
+                xs[(kk + j) * (BM / 4u) + r / 4u][r % 4u] = v[j];
             }
         }
         for (var e = li; e < BN * BK / 4u; e += WG) {
@@ -145,42 +181,29 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let kk = (e % (BK / 4u)) * 4u;
             let v = load_w4(n0 + r, k0 + kk);
             for (var j = 0u; j < 4u; j++) {
-                ws[(kk + j) * BN + r] = v[j];
+                ws[(kk + j) * (BN / 4u) + r / 4u][r % 4u] = v[j];
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, {{TM}}>;
-            var b: array<f32, {{TN}}>;
-            for (var i = 0u; i < TM; i++) {
-                a[i] = xs[kk * BM + tm * TM + i];
-            }
-            for (var j = 0u; j < TN; j++) {
-                b[j] = ws[kk * BN + tn * TN + j];
-            }
-            for (var i = 0u; i < TM; i++) {
-                for (var j = 0u; j < TN; j++) {
-                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
-                }
-            }
+            let a0 = xs[kk * (BM / 4u) + tm];
+            let b0 = ws[kk * (BN / 4u) + tn];
+            outer(a0, b0, &c00);
+#if S2
+            let a1 = xs[kk * (BM / 4u) + 16u + tm];
+            let b1 = ws[kk * (BN / 4u) + 16u + tn];
+            outer(a0, b1, &c01);
+            outer(a1, b0, &c10);
+            outer(a1, b1, &c11);
+#endif
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < TM; i++) {
-        let m = m0 + tm * TM + i;
-        if (m >= p.m) {
-            break;
-        }
-        for (var j = 0u; j < TN; j++) {
-            let n = n0 + tn * TN + j;
-            if (n < p.n) {
-#if ADD_INTO
-                y[m * p.n + n] = y[m * p.n + n] + acc[i][j];
-#else
-                y[m * p.n + n] = acc[i][j];
+    store(m0 + tm * 4u, n0 + tn * 4u, &c00);
+#if S2
+    store(m0 + tm * 4u, n0 + 64u + tn * 4u, &c01);
+    store(m0 + 64u + tm * 4u, n0 + tn * 4u, &c10);
+    store(m0 + 64u + tm * 4u, n0 + 64u + tn * 4u, &c11);
 #endif
-            }
-        }
-    }
 }

@@ -203,6 +203,14 @@ impl Session {
         c.exe.read_f32(c.logits)
     }
 
+    /// Time every dispatch of one decode step at the current position (timestamp queries).
+    /// The step's token is not added to the history.
+    pub fn profile_decode(&mut self) -> Result<crate::graph::Profile> {
+        let pos = self.history.len().min(self.cache.capacity.saturating_sub(1));
+        let c = self.graph(1, 1)?;
+        c.exe.run_profiled(Step::new(pos as u32, 1))
+    }
+
     fn check_ids(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.model.config.vocab_size as u32;
         if let Some(t) = tokens.iter().find(|&&t| t >= vocab) {

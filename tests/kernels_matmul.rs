@@ -94,6 +94,16 @@ fn assert_matmul_close(what: &str, got: &[f32], want: &[f32], scale: &[f64]) {
     }
 }
 
+/// The contexts a product of `m` rows must be checked on: the tiled matmul (m > GEMV_MAX_ROWS)
+/// has no subgroup variant, so the second context would only repeat the same kernel.
+fn contexts_for(m: usize) -> Vec<(&'static str, Arc<GpuContext>)> {
+    let mut c = contexts();
+    if m > matmul::GEMV_MAX_ROWS {
+        c.truncate(1);
+    }
+    c
+}
+
 /// Check `Matmul` for one shape on every context and weight dtype.
 fn check_shape(rng: &mut Rng, m: usize, n: usize, k: usize) {
     let x = rng.vec(m * k, 1.0);
@@ -102,7 +112,7 @@ fn check_shape(rng: &mut Rng, m: usize, n: usize, k: usize) {
         let w = matmul::round_to(dtype, &w32);
         let want = matmul::cpu(&x, &w, m, n, k);
         let scale = abs_scale(&x, &w, m, n, k);
-        for (label, ctx) in contexts() {
+        for (label, ctx) in contexts_for(m) {
             let xt = ctx.upload_f32("x", &[m, k], &x).expect("upload x");
             let wt = upload_weight(&ctx, &w32, n, k, dtype);
             let got = run_on(&ctx, Matmul, &[&xt, &wt]);
@@ -127,9 +137,23 @@ fn gemv_matches_reference_for_every_dtype_on_ragged_shapes() {
 }
 
 #[test]
+fn small_prefill_gemv_matches_reference_for_every_dtype_on_ragged_shapes() {
+    let mut rng = Rng::new(16);
+    // 2 and 7 rows run the multi-row GEMV; 8 is its largest variant.
+    for &m in &[2usize, 7, 8] {
+        for &k in KS {
+            for &n in NS {
+                check_shape(&mut rng, m, n, k);
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_matches_reference_for_every_dtype_on_ragged_shapes() {
     let mut rng = Rng::new(12);
-    for &m in &[2usize, 7, 33] {
+    // 9 is the smallest M on the tiled path, 33 crosses no tile edge in M but is ragged.
+    for &m in &[9usize, 33] {
         for &k in KS {
             for &n in NS {
                 check_shape(&mut rng, m, n, k);
@@ -142,13 +166,7 @@ fn matmul_matches_reference_for_every_dtype_on_ragged_shapes() {
 fn matmul_matches_reference_on_larger_prefill_shapes() {
     let mut rng = Rng::new(13);
     // M = 200 crosses several 64-row tiles with a ragged last one.
-    for &(n, k) in &[
-        (257usize, 129usize),
-        (130, 1000),
-        (63, 576),
-        (5, 7),
-        (257, 64),
-    ] {
+    for &(n, k) in &[(257usize, 129usize), (130, 1000), (63, 576), (5, 7), (257, 64)] {
         check_shape(&mut rng, 200, n, k);
     }
 }
@@ -174,8 +192,10 @@ fn matmul_add_into_adds_to_y_in_place() {
         (1usize, 130usize, 129usize),
         (1, 63, 576),
         (1, 5, 7),
+        (3, 257, 1000),
         (7, 257, 64),
         (33, 63, 1000),
+        (70, 130, 129),
     ] {
         let x = rng.vec(m * k, 1.0);
         let w32 = rng.vec(n * k, 1.0);
@@ -190,7 +210,7 @@ fn matmul_add_into_adds_to_y_in_place() {
                 .zip(&y0)
                 .map(|(s, y)| s + y.abs() as f64)
                 .collect();
-            for (label, ctx) in contexts() {
+            for (label, ctx) in contexts_for(m) {
                 let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
                 let wt = upload_weight(&ctx, &w32, n, k, dtype);
                 let yt = ctx.upload_f32("y", &[m, n], &y0).unwrap();
@@ -233,10 +253,7 @@ fn matmul_rejects_inconsistent_shapes_and_dtypes_with_a_named_error() {
             .unwrap(),
     );
     let e = g.add(Matmul, &[x, wq]).unwrap_err().to_string();
-    assert!(
-        e.contains("matmul") && e.contains("q4_0") && e.contains("not supported"),
-        "{e}"
-    );
+    assert!(e.contains("matmul") && e.contains("q4_0") && e.contains("not supported"), "{e}");
 
     let wu = g.external(
         "wu",
@@ -254,22 +271,13 @@ fn matmul_rejects_inconsistent_shapes_and_dtypes_with_a_named_error() {
     let ybad = g.external("y", &ctx.upload_f32("y", &[3, 63], &[0.0; 189]).unwrap());
     let e = g.add(MatmulAddInto, &[x, w, ybad]).unwrap_err().to_string();
     assert!(
-        e.contains("matmul_add_into")
-            && e.contains("f32[3, 63]")
-            && e.contains("expected y to be f32[3, 64]"),
+        e.contains("matmul_add_into") && e.contains("f32[3, 63]") && e.contains("expected y to be f32[3, 64]"),
         "{e}"
     );
 
-    let xi = g.external(
-        "xi",
-        &ctx.upload("xi", TensorDesc::new(DType::U32, [3, 100]), &[])
-            .unwrap(),
-    );
+    let xi = g.external("xi", &ctx.upload("xi", TensorDesc::new(DType::U32, [3, 100]), &[]).unwrap());
     let e = g.add(Matmul, &[xi, w]).unwrap_err().to_string();
-    assert!(
-        e.contains("x is u32[3, 100]") && e.contains("not supported"),
-        "{e}"
-    );
+    assert!(e.contains("x is u32[3, 100]") && e.contains("not supported"), "{e}");
 
     let e = g.add(Matmul, &[x]).unwrap_err().to_string();
     assert!(e.contains("expected 2 inputs"), "{e}");

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use fado::chat_template::Message;
 use fado::generate::{encode_chat, encode_raw};
 use fado::model::{Model, ModelOptions};
-use fado::sampling::SamplingParams;
 use fado::session::Session;
 use serde_json::Value;
 

@@ -18,7 +18,7 @@ fn deq(dtype: DType, bytes: &[u8]) -> Vec<f32> {
 #[test]
 fn q8_0_block_dequantizes_to_d_times_signed_bytes() {
     let mut b = F16_HALF.to_vec();
-    let q: Vec<i8> = (0..32).map(|i| i as i8 - 16).chain([]).collect();
+    let q: Vec<i8> = (0..32).map(|i| i as i8 - 16).collect();
     b.extend(q.iter().map(|v| *v as u8));
     b[2 + 31] = 0x80; // -128
     let y = deq(DType::Q8_0, &b);
@@ -26,7 +26,7 @@ fn q8_0_block_dequantizes_to_d_times_signed_bytes() {
     assert_eq!(y[16], 0.0);
     assert_eq!(y[30], 7.0);
     assert_eq!(y[31], -64.0);
-    for (i, v) in y.iter().enumerate().take(31) {
+    for (i, v) in y[..31].iter().enumerate() {
         assert_eq!(*v, 0.5 * (i as f32 - 16.0), "element {i}");
     }
 }

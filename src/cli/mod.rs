@@ -1,6 +1,7 @@
 //! Subcommand implementations (thin: the library does the work).
 
 pub mod args;
+pub mod bench;
 pub mod load;
 pub mod run;
 pub mod serve;

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod llama;
+pub mod synthetic;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptions};
-use crate::loader::{self, MetaValue, WeightSource};
+use crate::loader::{self, WeightSource};
 use crate::tensor::DType;
-use crate::tokenizer::{Meta, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 pub use config::LlamaConfig;
 pub use weights::WeightPolicy;
@@ -40,39 +41,9 @@ pub struct Model {
     pub weights_bytes: u64,
 }
 
-fn meta_view(v: &MetaValue) -> Option<Meta<'_>> {
-    Some(match v {
-        MetaValue::String(s) => Meta::Str(s),
-        MetaValue::Bool(b) => Meta::Bool(*b),
-        MetaValue::F32(f) => Meta::F32(*f),
-        MetaValue::F64(f) => Meta::F32(*f as f32),
-        MetaValue::U8(_) | MetaValue::U16(_) | MetaValue::U32(_) => Meta::U32(v.as_u64()? as u32),
-        MetaValue::I8(_) | MetaValue::I16(_) | MetaValue::I32(_) => Meta::I32(v.as_i64()? as i32),
-        MetaValue::U64(x) => Meta::U64(*x),
-        MetaValue::I64(x) => Meta::I64(*x),
-        MetaValue::Array(a) => match a.first() {
-            None => Meta::StrArray(vec![]),
-            Some(MetaValue::String(_)) => {
-                Meta::StrArray(a.iter().filter_map(|x| x.as_str()).collect())
-            }
-            Some(MetaValue::F32(_)) | Some(MetaValue::F64(_)) => Meta::F32Array(
-                a.iter()
-                    .filter_map(|x| x.as_f64().map(|f| f as f32))
-                    .collect(),
-            ),
-            Some(_) => Meta::I32Array(
-                a.iter()
-                    .filter_map(|x| x.as_i64().map(|i| i as i32))
-                    .collect(),
-            ),
-        },
-    })
-}
-
 fn text_side(src: &dyn WeightSource) -> Result<(Tokenizer, ChatTemplate)> {
     if let Some(meta) = src.gguf_metadata() {
-        let get = |k: &str| meta.get(k).and_then(meta_view);
-        let tok = Tokenizer::from_gguf_metadata(&get)?;
+        let tok = Tokenizer::from_gguf_map(meta)?;
         let tpl = match meta.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
             Some(s) => ChatTemplate::with_origin(
                 s,
@@ -162,6 +133,24 @@ impl Model {
             chat_template,
             name,
             path: path.to_path_buf(),
+            weights_bytes,
+        }))
+    }
+}
+
+impl Model {
+    /// A model of `cfg`'s exact shapes with random weights of `dtype` generated on the GPU
+    /// (`fado bench --synthetic`). Its tokenizer is a 256-token byte tokenizer.
+    pub fn synthetic(ctx: Arc<GpuContext>, name: &str, cfg: LlamaConfig, dtype: DType) -> Result<Arc<Model>> {
+        let (weights, weights_bytes) = synthetic::weights(&ctx, &cfg, dtype)?;
+        Ok(Arc::new(Model {
+            ctx,
+            config: cfg,
+            weights,
+            tokenizer: synthetic::byte_tokenizer()?,
+            chat_template: ChatTemplate::chatml(),
+            name: format!("synthetic {name} ({dtype})"),
+            path: PathBuf::new(),
             weights_bytes,
         }))
     }

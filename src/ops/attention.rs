@@ -36,16 +36,19 @@ pub struct DecodeSplit {
 }
 
 /// Fewest keys per decode chunk by default.
-pub const MIN_CHUNK: u32 = 64;
-/// Most decode chunks.
-pub const MAX_CHUNKS: u32 = 32;
+pub const MIN_CHUNK: u32 = 32;
+/// Most decode chunks by default.
+pub const MAX_CHUNKS: u32 = 64;
+/// Keys per decode chunk at full context by default.
+pub const FULL_CHUNK: usize = 128;
 
 impl DecodeSplit {
-    /// The default for a cache of `capacity` rows: chunks of at least 256 rows at full context,
-    /// at most [`MAX_CHUNKS`] of them.
+    /// The default for a cache of `capacity` rows: chunks of [`FULL_CHUNK`] rows at full context
+    /// (at most [`MAX_CHUNKS`] of them), never under [`MIN_CHUNK`] rows. A decode step has
+    /// only `Hkv` rows of work per chunk, so the chunks are what fills a large GPU.
     pub fn for_capacity(capacity: usize) -> Self {
         DecodeSplit {
-            chunks: (capacity.div_ceil(256) as u32).clamp(1, MAX_CHUNKS),
+            chunks: (capacity.div_ceil(FULL_CHUNK) as u32).clamp(1, MAX_CHUNKS),
             min_chunk: MIN_CHUNK,
         }
     }
@@ -58,6 +61,8 @@ pub struct AttentionSplit {
     pub split: DecodeSplit,
 }
 
+/// Most query heads per kv head (one workgroup thread per head in the softmax step).
+pub const MAX_GROUP: usize = DECODE_WG as usize;
 const PREFILL_WG: u32 = 128;
 const DECODE_WG: u32 = 64;
 const REDUCE_WG: u32 = 64;
@@ -106,6 +111,12 @@ impl Attention {
         expect_inputs(name, inputs, 3)?;
         let (hq, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         check_heads(name, hq, hkv, d)?;
+        if hq / hkv > MAX_GROUP {
+            return Err(Error::op(
+                name,
+                format!("{hq} query heads share each of {hkv} kv heads: at most {MAX_GROUP} per kv head are supported"),
+            ));
+        }
         let q = inputs[0];
         expect_dtype(name, "q", q, &[DType::F32])?;
         expect_rank(name, "q", q, 2)?;
@@ -171,7 +182,7 @@ impl Attention {
             fbits(self.scale),
             split.chunks.max(1),
             split.min_chunk.max(1),
-            0,
+            kc.shape[0] as u32,
             0,
         ];
         let call = KernelCall::new("attention.wgsl", "attn")
@@ -310,4 +321,33 @@ pub fn attention_cpu(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_fit_the_portable_minimum_workgroup_storage() {
+        // WebGPU guarantees 16 KiB. Every head size with up to 8 query heads per kv head must
+        // fit it, and up to 16 heads for head_dim ≤ 128 (larger groups need a device with more
+        // workgroup storage, or get a named error when the graph is built).
+        for d in (4..=256).step_by(4) {
+            for g in 1..=if d <= 128 { 16 } else { 8 } {
+                for decode in [false, true] {
+                    let t = choose_tiles(g, d, decode, 16 * 1024);
+                    let t = t.unwrap_or_else(|| panic!("d {d} g {g} decode {decode}: no tiles"));
+                    assert!(storage_bytes(t.bq * g, t.bk, d / 4) <= 16 * 1024);
+                    assert!(t.bq * g <= PREFILL_WG as usize && (!decode || t.bq == 1));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_decode_split_grows_with_the_cache() {
+        assert_eq!(DecodeSplit::for_capacity(1).chunks, 1);
+        assert_eq!(DecodeSplit::for_capacity(4096).chunks, 32);
+        assert_eq!(DecodeSplit::for_capacity(1 << 20).chunks, MAX_CHUNKS);
+    }
 }

@@ -5,10 +5,11 @@
 //! (f32, or f16 / bf16 packed two per `u32`), row-major as in Hugging Face checkpoints.
 //! Output: f32 `[.., N]`, the leading dimensions of `x` kept.
 //!
-//! Kernels: one token (M = 1, decode) runs the bandwidth-bound GEMV of `shaders/gemv.wgsl`
-//! (several rows per workgroup, one row's dot product reduced by a subgroup when the device has
-//! subgroups, by workgroup memory otherwise); M ≥ 2 (prefill) runs the tiled, register-blocked
-//! matmul of `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant` (see the hook in
+//! Kernels: up to [`GEMV_MAX_ROWS`] rows (M = 1 is decode) run the bandwidth-bound GEMV of
+//! `shaders/gemv.wgsl` (several weight rows per workgroup, each weight load used for every row of
+//! x, one row's dot product reduced by a subgroup when the device has subgroups, by workgroup
+//! memory otherwise); longer prefills run the tiled, register-blocked matmul of
+//! `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant` (see the hook in
 //! [`kernels_for`]).
 
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
@@ -18,29 +19,32 @@ use crate::tensor::{DType, TensorDesc};
 
 /// Threads per GEMV workgroup.
 pub const GEMV_WG: u32 = 256;
+/// Rows of x up to which the GEMV kernel (weights read once for all rows) is used instead of
+/// the tiled matmul.
+pub const GEMV_MAX_ROWS: usize = 8;
 /// GEMV threads per output row when the reduction goes through workgroup memory (or when the
 /// device's subgroup size is not fixed).
 pub const GEMV_TPR: u32 = 32;
 
-/// Output tile of the matmul kernel and the per-thread register block.
+/// Tile shape of the matmul kernel: 16×16 threads, each computing `s`×`s` blocks of 4×4
+/// outputs, so a workgroup covers 64·s rows by 64·s columns; `bk` is the k-step staged in
+/// workgroup memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiles {
-    pub bm: u32,
-    pub bn: u32,
+    pub s: u32,
     pub bk: u32,
-    pub tm: u32,
-    pub tn: u32,
 }
 
-/// The tiles the matmul kernel uses: 64×64 outputs per workgroup, 4×4 per thread (256 threads),
-/// k-steps of 16.
-pub const TILES: Tiles = Tiles {
-    bm: 64,
-    bn: 64,
-    bk: 16,
-    tm: 4,
-    tn: 4,
-};
+/// The tiles for an `m`×`n` product: 128×128 (8×8 outputs per thread, twice the arithmetic
+/// per workgroup-memory read) once both sides fill them, else 64×64 so short prefills waste
+/// less of each tile.
+pub fn tiles_for(m: usize, n: usize) -> Tiles {
+    if m > 64 && n > 64 {
+        Tiles { s: 2, bk: 16 }
+    } else {
+        Tiles { s: 1, bk: 16 }
+    }
+}
 
 /// `y = x · Wᵀ`. Inputs (x, w); output y.
 #[derive(Clone, Debug)]
@@ -148,10 +152,10 @@ pub fn kernels_for(
     } else {
         [Arg::In(0), Arg::In(1), Arg::Out(0)]
     };
-    let call = if m == 1 {
-        gemv_call(caps, n as u32, k as u32, w.dtype)
+    let call = if (1..=GEMV_MAX_ROWS).contains(&m) {
+        gemv_call(caps, m as u32, n as u32, k as u32, w.dtype)
     } else {
-        matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, TILES)
+        matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, tiles_for(m, n))
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
 }
@@ -189,7 +193,7 @@ pub fn gemv_reduction(caps: &Caps) -> (GemvReduction, u32) {
     }
 }
 
-fn gemv_call(caps: &Caps, n: u32, k: u32, w: DType) -> KernelCall {
+fn gemv_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType) -> KernelCall {
     // The widest load that divides K, so that every row starts on a load boundary.
     let vec = match w {
         DType::F32 if k.is_multiple_of(4) => 4,
@@ -205,26 +209,26 @@ fn gemv_call(caps: &Caps, n: u32, k: u32, w: DType) -> KernelCall {
     KernelCall::new("gemv.wgsl", "gemv")
         .define("WG", GEMV_WG)
         .define("TPR", tpr)
+        .define("MR", m)
         .define("VEC", vec)
         .define(&format!("V{vec}"), 1)
         .define(weight_define(w), 1)
         .define("X_VEC4", (vec >= 4) as u32)
         .define("SUBGROUPS", (red != GemvReduction::Workgroup) as u32)
         .define("SG_ROW", (red == GemvReduction::SubgroupRow) as u32)
-        .params(&[k, n, gx, 0])
+        .params(&[k, n, gx, m])
         .workgroups(gx, gy, 1)
 }
 
 fn matmul_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType, t: Tiles) -> KernelCall {
-    let tiles_n = n.div_ceil(t.bn);
-    let tiles = m.div_ceil(t.bm) * tiles_n;
+    let tile = 64 * t.s;
+    let tiles_n = n.div_ceil(tile);
+    let tiles = m.div_ceil(tile) * tiles_n;
     let [gx, gy, _] = grid_2d(tiles, caps.max_workgroups_per_dim);
     KernelCall::new("matmul.wgsl", "matmul")
-        .define("BM", t.bm)
-        .define("BN", t.bn)
+        .define("S", t.s)
+        .define("S2", (t.s == 2) as u32)
         .define("BK", t.bk)
-        .define("TM", t.tm)
-        .define("TN", t.tn)
         .define(weight_define(w), 1)
         .define("VEC4", k.is_multiple_of(4) as u32)
         .params(&[m, n, k, gx, tiles_n, 0, 0, 0])

@@ -17,6 +17,7 @@ pub mod add;
 pub mod attention;
 pub mod embedding;
 pub mod matmul;
+pub mod matmul_quant;
 pub mod rmsnorm;
 pub mod rope;
 pub mod rows;
@@ -156,7 +157,7 @@ pub(crate) fn expect_rank(op: &'static str, what: &str, t: &TensorDesc, rank: us
 }
 
 /// Split a workgroup count that may exceed the per-dimension limit over x and y.
-pub(crate) fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
+pub fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
     if groups <= max_per_dim {
         [groups.max(1), 1, 1]
     } else {

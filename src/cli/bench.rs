@@ -1,0 +1,172 @@
+//! `fado bench`: prompt processing (pp) and token generation (tg) speed, llama-bench style.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use fado::gpu::{GpuContext, GpuOptions};
+use fado::model::{synthetic, Model};
+use fado::rng::Rng;
+use fado::session::Session;
+use fado::tensor::DType;
+use fado::{Error, Result};
+
+use super::args::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Benchmark random weights of a preset's exact shapes instead of a file:
+    /// amalia-9b, smollm2-135m, or a config.json path.
+    #[arg(long, conflicts_with = "model")]
+    pub synthetic: Option<String>,
+    /// Weight type for --synthetic: bf16, f16, f32, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Prompt tokens for the pp test.
+    #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512)]
+    pub pp: usize,
+    /// Generated tokens for the tg test.
+    #[arg(short = 'n', long = "gen-tokens", default_value_t = 128)]
+    pub tg: usize,
+    /// Repetitions (mean ± stddev).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    pub reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Time every op of one decode step with timestamp queries and print the time per op kind.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        "q8_0" => DType::Q8_0,
+        "q4_0" => DType::Q4_0,
+        "q4_1" => DType::Q4_1,
+        "q4_k" => DType::Q4K,
+        "q5_k" => DType::Q5K,
+        "q6_k" => DType::Q6K,
+        _ => {
+            return Err(Error::Config(format!(
+                "--dtype `{s}`: expected bf16, f16, f32, q8_0, q4_0, q4_1, q4_k, q5_k or q6_k"
+            )))
+        }
+    })
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
+
+/// Bytes a decode step reads: every matrix and norm once, one embedding row.
+fn bytes_per_token(m: &Model) -> u64 {
+    let w = &m.weights;
+    let mut b: u64 = w
+        .layers
+        .iter()
+        .map(|l| {
+            l.attn_norm.size_bytes()
+                + l.qkv.size_bytes()
+                + l.o.size_bytes()
+                + l.mlp_norm.size_bytes()
+                + l.gate_up.size_bytes()
+                + l.down.size_bytes()
+        })
+        .sum();
+    b += w.norm.size_bytes() + w.lm_head.size_bytes();
+    b += w.embed.size_bytes() / m.config.vocab_size as u64;
+    b
+}
+
+pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
+    if a.reps == 0 || a.tg == 0 || a.pp == 0 {
+        return Err(Error::Request("-p, -n and -r must be at least 1".into()));
+    }
+    let model: Arc<Model> = match &a.synthetic {
+        Some(name) => {
+            let cfg = synthetic::config_by_name(name)?;
+            let dtype = parse_dtype(&a.dtype)?;
+            let ctx = GpuContext::new(&GpuOptions {
+                adapter,
+                ..GpuOptions::from_env()
+            })?;
+            eprintln!("generating synthetic {name} weights ({dtype}) on {}…", ctx.adapter_name());
+            Model::synthetic(ctx, name, cfg, dtype)?
+        }
+        None => super::load::load(&a.model, adapter)?,
+    };
+    let vocab = model.config.vocab_size as u32;
+    let mut rng = Rng::new(7);
+    let prompt: Vec<u32> = (0..a.pp).map(|_| rng.below(vocab)).collect();
+    let mut session = Session::new(model.clone(), a.pp + a.tg + 1)?;
+
+    // Warm-up: builds the graphs (pipelines, bind groups) outside the timed region.
+    session.prefill(&prompt, 1)?;
+    session.prefill(&[1], 1)?;
+    model.ctx.sync()?;
+
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..a.reps {
+        session.reset();
+        let t0 = Instant::now();
+        let mut c = session.prefill(&prompt, 1)?;
+        model.ctx.sync()?;
+        pp.push(a.pp as f64 / t0.elapsed().as_secs_f64());
+        let t1 = Instant::now();
+        for _ in 0..a.tg {
+            c = session.prefill(&[c[0].0.min(vocab - 1)], 1)?;
+        }
+        tg.push(a.tg as f64 / t1.elapsed().as_secs_f64());
+    }
+    let (ppm, pps) = mean_std(&pp);
+    let (tgm, tgs) = mean_std(&tg);
+    let bpt = bytes_per_token(&model);
+    let gbps = bpt as f64 * tgm / 1e9;
+    if a.json {
+        let v = serde_json::json!({
+            "model": model.name,
+            "adapter": model.ctx.adapter_name(),
+            "weights_bytes": model.weights_bytes,
+            "bytes_per_decode_token": bpt,
+            "prompt_tokens": a.pp,
+            "gen_tokens": a.tg,
+            "reps": a.reps,
+            "pp_tokens_per_s": {"mean": ppm, "stddev": pps},
+            "tg_tokens_per_s": {"mean": tgm, "stddev": tgs},
+            "effective_gb_per_s": gbps,
+        });
+        println!("{v}");
+    } else {
+        println!("model:    {}", model.name);
+        println!("adapter:  {}", model.ctx.adapter_name());
+        println!(
+            "weights:  {:.2} GB on the GPU; a decode step reads {:.2} GB",
+            model.weights_bytes as f64 / 1e9,
+            bpt as f64 / 1e9
+        );
+        println!("| test   |           t/s |");
+        println!("|--------|---------------|");
+        println!("| pp{:<4} | {:>7.1} ± {:<4.1} |", a.pp, ppm, pps);
+        println!("| tg{:<4} | {:>7.1} ± {:<4.1} |", a.tg, tgm, tgs);
+        println!("effective bandwidth in tg: {gbps:.1} GB/s");
+    }
+    if a.profile {
+        let p = session.profile_decode()?;
+        let total: f64 = p.entries.iter().map(|e| e.2).sum();
+        eprintln!("decode step profile ({} dispatches, {:.3} ms GPU time):", p.entries.len(), total * 1e3);
+        for (kind, s) in p.by_kind() {
+            eprintln!("  {kind:<20} {:>9.3} ms  {:>5.1} %", s * 1e3, 100.0 * s / total.max(1e-12));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Quantized GEMV / matmul kernels against "dequantize on the CPU, then f32 matmul", for every
+//! block format, with and without subgroups, on ragged N and several M and K.
+
+mod common;
+use common::*;
+
+use std::sync::{Arc, OnceLock};
+
+use fado::gpu::{GpuContext, GpuOptions};
+use fado::graph::Graph;
+use fado::ops::matmul_quant::{self, QuantMatmul};
+use fado::ops::Step;
+use fado::quant;
+use fado::tensor::{DType, Tensor, TensorDesc};
+
+/// Quantized kernels vs their dequantized reference: f32 accumulation in a different order.
+const QUANT_RTOL: f32 = 1e-3;
+
+const MS: &[usize] = &[1, 2, 7, 33];
+const NS: &[usize] = &[1, 5, 63, 130];
+
+/// The adapter with subgroups turned off, to cover the workgroup-reduction fallback.
+fn ctx_no_subgroups() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        GpuContext::new(&GpuOptions {
+            disable_subgroups: true,
+            ..GpuOptions::from_env()
+        })
+        .expect("kernel tests need a Vulkan adapter")
+    })
+    .clone()
+}
+
+/// `rows` rows of random GGUF blocks: random quant bytes, f16 scale fields set to finite values
+/// (random bytes there could be NaN or huge).
+fn random_blocks(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
+    let bb = dtype.block_bytes();
+    let nb = rows * cols / dtype.block_len();
+    let f16_at: &[usize] = match dtype {
+        DType::Q8_0 | DType::Q4_0 => &[0],
+        DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        _ => &[208],
+    };
+    let mut out = Vec::with_capacity(nb * bb);
+    for _ in 0..nb {
+        let mut b: Vec<u8> = (0..bb).map(|_| rng.below(256) as u8).collect();
+        for &o in f16_at {
+            let v = half::f16::from_f32(rng.uniform(-0.05, 0.05)).to_le_bytes();
+            b[o..o + 2].copy_from_slice(&v);
+        }
+        out.extend(b);
+    }
+    out
+}
+
+fn upload_weight(ctx: &GpuContext, dtype: DType, n: usize, k: usize, gguf: &[u8]) -> Tensor {
+    let gpu = quant::gpu_layout(dtype, n, k, gguf).expect("gpu layout");
+    let desc = TensorDesc::new(dtype, [n, k]);
+    assert_eq!(
+        gpu.len() as u64,
+        desc.size_bytes(),
+        "layout size = file size"
+    );
+    ctx.upload("w", desc, &gpu).expect("upload weight")
+}
+
+/// Run `QuantMatmul` on `ctx` with the output poisoned; returns y.
+fn run(ctx: &Arc<GpuContext>, x: &Tensor, w: &Tensor, y_in: Option<&Tensor>) -> Vec<f32> {
+    let mut g = Graph::new();
+    let xi = g.external("x", x);
+    let wi = g.external("w", w);
+    match y_in {
+        None => {
+            let y = g
+                .add1(QuantMatmul { add_into: false }, &[xi, wi])
+                .expect("op");
+            let exe = g.compile(ctx, &[y]).expect("compile");
+            ctx.poison(exe.tensor(y));
+            exe.run(Step::default()).expect("run");
+            exe.read_f32(y).expect("read")
+        }
+        Some(yt) => {
+            let yi = g.external("y", yt);
+            g.add0(QuantMatmul { add_into: true }, &[xi, wi, yi])
+                .expect("op");
+            let exe = g.compile(ctx, &[]).expect("compile");
+            exe.run(Step::default()).expect("run");
+            ctx.read_f32(yt).expect("read")
+        }
+    }
+}
+
+fn check_format(dtype: DType, ks: &[usize], seed: u64) {
+    check_shapes(dtype, ks, NS, MS, seed);
+}
+
+fn check_shapes(dtype: DType, ks: &[usize], ns: &[usize], ms: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let contexts = [ctx(), ctx_no_subgroups()];
+    assert!(!contexts[1].caps.subgroups);
+    for &k in ks {
+        for &n in ns {
+            let gguf = random_blocks(&mut rng, dtype, n, k);
+            let wf = quant::dequantize(dtype, &gguf, n * k).expect("dequantize");
+            for &m in ms {
+                let x = rng.vec(m * k, 1.0);
+                let want = matmul_quant::cpu(&x, &wf, k);
+                for c in &contexts {
+                    let w = upload_weight(c, dtype, n, k, &gguf);
+                    let xt = c.upload_f32("x", &[m, k], &x).expect("upload x");
+                    let got = run(c, &xt, &w, None);
+                    let what = format!("{dtype} m={m} n={n} k={k} subgroups={}", c.caps.subgroups);
+                    assert_close_rel_max(&what, &got, &want, QUANT_RTOL);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_gemv_and_matmul_match_dequantized_reference() {
+    check_format(DType::Q8_0, &[32, 96], 1);
+}
+
+#[test]
+fn q4_0_gemv_and_matmul_match_dequantized_reference() {
+    check_format(DType::Q4_0, &[32, 96], 2);
+}
+
+#[test]
+fn q4_1_gemv_and_matmul_match_dequantized_reference() {
+    check_format(DType::Q4_1, &[32, 96], 3);
+}
+
+#[test]
+fn q4_k_gemv_and_matmul_match_dequantized_reference() {
+    check_format(DType::Q4K, &[256, 768], 4);
+}
+
+#[test]
+fn q5_k_gemv_and_matmul_match_dequantized_reference() {
+    check_format(DType::Q5K, &[256, 512], 5);
+}
+
+#[test]
+fn q6_k_gemv_and_matmul_match_dequantized_reference() {
+    check_format(DType::Q6K, &[256, 768], 6);
+}
+
+#[test]
+fn rows_longer_than_a_workgroup_of_chunks_use_every_thread() {
+    // More 32-value chunks per row than GEMV threads (64), not a multiple of it: every thread
+    // and every subgroup contributes to the reduction.
+    for (i, dtype) in matmul_quant::QUANTIZED.iter().enumerate() {
+        let k = if dtype.block_len() == 32 {
+            32 * 67
+        } else {
+            256 * 9
+        };
+        check_shapes(*dtype, &[k], &[3, 6], &[1, 2], 20 + i as u64);
+    }
+}
+
+#[test]
+fn add_into_accumulates_onto_y_for_gemv_and_matmul() {
+    let mut rng = Rng::new(7);
+    let (n, k) = (37, 512);
+    for dtype in [DType::Q4K, DType::Q8_0, DType::Q6K] {
+        let gguf = random_blocks(&mut rng, dtype, n, k);
+        let wf = quant::dequantize(dtype, &gguf, n * k).unwrap();
+        for m in [1usize, 9] {
+            let x = rng.vec(m * k, 1.0);
+            let y0 = rng.vec(m * n, 3.0);
+            let mut want = matmul_quant::cpu(&x, &wf, k);
+            for (a, b) in want.iter_mut().zip(&y0) {
+                *a += b;
+            }
+            for c in [ctx(), ctx_no_subgroups()] {
+                let w = upload_weight(&c, dtype, n, k, &gguf);
+                let xt = c.upload_f32("x", &[m, k], &x).unwrap();
+                let yt = c.upload_f32("y", &[m, n], &y0).unwrap();
+                let got = run(&c, &xt, &w, Some(&yt));
+                assert_close_rel_max(&format!("{dtype} add_into m={m}"), &got, &want, QUANT_RTOL);
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_weights_from_the_quantizer_multiply_like_the_floats_they_approximate() {
+    // End to end: f32 weights → Q4_K/Q8_0 blocks → GPU; close to the float product.
+    let mut rng = Rng::new(8);
+    let (m, n, k) = (3, 20, 512);
+    let wf = rng.vec(n * k, 0.1);
+    let x = rng.vec(m * k, 1.0);
+    let exact = matmul_quant::cpu(&x, &wf, k);
+    for (dtype, rtol) in [(DType::Q8_0, 0.02), (DType::Q4K, 0.1)] {
+        let gguf = quant::quantize(dtype, &wf).unwrap();
+        let w = upload_weight(&ctx(), dtype, n, k, &gguf);
+        let got = run(&ctx(), &upload("x", &[m, k], &x), &w, None);
+        assert_close_rel_max(&format!("{dtype} vs f32 weights"), &got, &exact, rtol);
+    }
+}
+
+#[test]
+fn quantized_matmul_rejects_bad_shapes_with_a_named_error() {
+    let caps = &ctx().caps;
+    let x = TensorDesc::f32([2, 300]);
+    let w = TensorDesc::new(DType::Q4K, [8, 300]);
+    let e = matmul_quant::kernels(caps, &x, &w, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("q4_k[8, 300]") && e.contains("256"), "{e}");
+    let w = TensorDesc::new(DType::Q8_0, [8, 64]);
+    let e = matmul_quant::kernels(caps, &TensorDesc::f32([2, 96]), &w, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("f32[2, 96]") && e.contains("q8_0[8, 64]") && e.contains("expected x [.., 64]"),
+        "{e}"
+    );
+    let e = matmul_quant::kernels(caps, &x, &TensorDesc::new(DType::F16, [8, 300]), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dtype f16 is not supported"), "{e}");
+}

@@ -1,0 +1,179 @@
+//! Softmax, top-k/argmax and the logit penalties against their CPU references.
+
+mod common;
+use common::*;
+
+use std::sync::Arc;
+
+use fado::gpu::{GpuContext, GpuOptions};
+use fado::graph::Graph;
+use fado::ops::softmax::{self, Softmax};
+use fado::ops::topk::{penalize_cpu, topk_cpu, Penalize, TopK, NO_TOKEN};
+use fado::ops::Step;
+use fado::tensor::{DType, TensorDesc};
+
+#[test]
+fn softmax_matches_reference_on_ragged_rows() {
+    let mut rng = Rng::new(41);
+    for &(r, n) in &[(1usize, 1usize), (3, 7), (5, 1000), (2, 4097), (1, 32000)] {
+        let x = rng.vec(r * n, 12.0);
+        let want = softmax::cpu(&x, n);
+        let got = run_op(Softmax, &[&upload("x", &[r, n], &x)], Step::default());
+        assert_close(&format!("softmax {r}x{n}"), &got[0], &want, F32_RTOL, 1e-7);
+    }
+}
+
+/// Run TopK on `ctx`, output poisoned first; returns (ids, values).
+fn gpu_topk(ctx: &Arc<GpuContext>, logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
+    let t = ctx
+        .upload_f32("logits", &[1, logits.len()], logits)
+        .unwrap();
+    let mut g = Graph::new();
+    let x = g.external("logits", &t);
+    let out = g
+        .add1(TopK { k }, &[x])
+        .expect("topk rejected valid inputs");
+    let exe = g.compile(ctx, &[out]).expect("compile");
+    ctx.poison(exe.tensor(out));
+    let bytes = exe
+        .run_read(Step::default(), out, (8 * k) as u64)
+        .expect("run");
+    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+    let vals = words[k..].iter().map(|w| f32::from_bits(*w)).collect();
+    (words[..k].to_vec(), vals)
+}
+
+/// Logits with many exact ties (values on a coarse grid), a few NaNs and -inf.
+fn tied_logits(rng: &mut Rng, v: usize) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..v)
+        .map(|_| (rng.uniform(-8.0, 8.0) * 4.0).round() / 4.0)
+        .collect();
+    for _ in 0..(v / 1000).max(1) {
+        let i = rng.below(v as u32) as usize;
+        x[i] = f32::NAN;
+        let j = rng.below(v as u32) as usize;
+        x[j] = f32::NEG_INFINITY;
+    }
+    x
+}
+
+fn check_topk(ctx: &Arc<GpuContext>, logits: &[f32], k: usize, what: &str) {
+    let (gi, gv) = gpu_topk(ctx, logits, k);
+    let (wi, wv) = topk_cpu(logits, k);
+    assert_eq!(gi, wi, "{what}: ids (k {k}, V {})", logits.len());
+    let gb: Vec<u32> = gv.iter().map(|v| v.to_bits()).collect();
+    let wb: Vec<u32> = wv.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(gb, wb, "{what}: values (k {k}, V {})", logits.len());
+}
+
+#[test]
+fn topk_matches_reference_with_ties_on_ragged_vocabularies() {
+    let ctx = ctx();
+    let mut rng = Rng::new(42);
+    for &v in &[49152usize, 128000, 1000, 7] {
+        let logits = tied_logits(&mut rng, v);
+        for k in [1usize, 2, 5, 40, 64] {
+            check_topk(&ctx, &logits, k, "tied logits");
+        }
+    }
+}
+
+#[test]
+fn topk_without_subgroups_matches_reference() {
+    let ctx = GpuContext::new(&GpuOptions {
+        disable_subgroups: true,
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let mut rng = Rng::new(43);
+    for &v in &[256000usize, 4097, 7] {
+        let logits = tied_logits(&mut rng, v);
+        for k in [1usize, 3, 64] {
+            check_topk(&ctx, &logits, k, "no subgroups");
+        }
+    }
+}
+
+#[test]
+fn argmax_finds_the_lowest_index_of_the_maximum_anywhere() {
+    let ctx = ctx();
+    let v = 151_937;
+    for &(a, b) in &[
+        (0usize, 5usize),
+        (4095, 4096),
+        (v - 2, v - 1),
+        (77_777, 150_000),
+    ] {
+        let mut logits = vec![-1.0f32; v];
+        logits[a] = 3.5;
+        logits[b] = 3.5;
+        let (ids, vals) = gpu_topk(&ctx, &logits, 1);
+        assert_eq!((ids[0], vals[0]), (a as u32, 3.5), "maximum at {a} and {b}");
+    }
+    // All -inf: still a valid answer (index 0), not "no candidate".
+    let (ids, vals) = gpu_topk(&ctx, &vec![f32::NEG_INFINITY; 1000], 1);
+    assert_eq!((ids[0], vals[0]), (0, f32::NEG_INFINITY));
+}
+
+#[test]
+fn topk_pads_when_k_exceeds_the_candidates() {
+    let ctx = ctx();
+    let logits = [0.5f32, f32::NAN, -2.0, 7.0, 0.5];
+    let (ids, vals) = gpu_topk(&ctx, &logits, 6);
+    assert_eq!(ids, vec![3, 0, 4, 2, NO_TOKEN, NO_TOKEN]);
+    assert_eq!(vals[..4], [7.0, 0.5, 0.5, -2.0]);
+    assert!(vals[4..].iter().all(|v| *v == f32::NEG_INFINITY));
+}
+
+#[test]
+fn topk_rejects_bad_k_and_shapes() {
+    use fado::ops::Op;
+    let l = TensorDesc::f32([1, 100]);
+    assert!(TopK { k: 0 }.infer(&[&l]).is_err());
+    let err = TopK { k: 65 }.infer(&[&l]).unwrap_err().to_string();
+    assert!(err.contains("topk") && err.contains("65"), "{err}");
+    let err = TopK { k: 4 }
+        .infer(&[&TensorDesc::f32([2, 100])])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("logits") && err.contains("[1, vocab]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn penalize_matches_reference_and_skips_unused_slots() {
+    let ctx = ctx();
+    let mut rng = Rng::new(44);
+    let v = 1000;
+    let logits = rng.vec(v, 5.0);
+    let mut ids: Vec<u32> = vec![3, 999, 0, 512, 77];
+    let mut counts = vec![1.0f32, 4.0, 2.0, 1.0, 9.0];
+    ids.extend([NO_TOKEN, NO_TOKEN, 5000]); // unused slots and an id past the vocabulary
+    counts.extend([3.0, 3.0, 3.0]);
+    let (repeat, presence, frequency) = (1.3f32, 0.4f32, 0.25f32);
+    let t = upload("logits", &[1, v], &logits);
+    let idt = ctx
+        .upload(
+            "ids",
+            TensorDesc::new(DType::U32, [ids.len()]),
+            bytemuck::cast_slice(&ids),
+        )
+        .unwrap();
+    let outs = run_op(
+        Penalize {
+            repeat,
+            presence,
+            frequency,
+        },
+        &[&t, &idt, &upload("counts", &[counts.len()], &counts)],
+        Step::default(),
+    );
+    assert!(outs.is_empty());
+    let mut want = logits.clone();
+    penalize_cpu(&mut want, &ids, &counts, repeat, presence, frequency);
+    assert_close("penalize", &ctx.read_f32(&t).unwrap(), &want, F32_RTOL, 0.0);
+    assert_ne!(want[3], logits[3]);
+    assert_eq!(want[4], logits[4]);
+}
