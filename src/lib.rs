@@ -15,6 +15,7 @@ pub mod ops;
 pub mod quant;
 pub mod rng;
 pub mod sampling;
+pub mod server;
 pub mod session;
 pub mod tensor;
 pub mod tokenizer;

@@ -33,6 +33,8 @@ enum Cmd {
     Chat(cli::run::ChatArgs),
     /// Prompt-processing and generation speed (llama-bench style), on a model or synthetic weights.
     Bench(cli::bench::BenchArgs),
+    /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => cli::run::run(a, args.adapter),
         Cmd::Chat(a) => cli::run::chat(a, args.adapter),
         Cmd::Bench(a) => cli::bench::bench(a, args.adapter),
+        Cmd::Serve(a) => cli::serve::serve_cmd(a, args.adapter),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ pub mod args;
 pub mod bench;
 pub mod load;
 pub mod run;
+pub mod serve;
 
 use fado::gpu::GpuContext;
 use fado::{Error, Result};

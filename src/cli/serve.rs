@@ -1,0 +1,81 @@
+//! `fado serve`: the OpenAI-compatible HTTP server (the library's `fado::server` does the work).
+
+use clap::Args;
+use fado::server::{serve, Server, ServerConfig};
+use fado::{Error, Result};
+
+use super::args::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to bind. The default serves this machine only; use 0.0.0.0 to serve the network
+    /// (then also set --api-key).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* requests.
+    #[arg(long, env = "FADO_API_KEY")]
+    pub api_key: Option<String>,
+    /// Requests generating at once, each with its own KV cache of --ctx tokens. Their decode
+    /// steps interleave on the GPU (not batched).
+    #[arg(long, default_value_t = 2)]
+    pub parallel: usize,
+    /// Requests that may wait for a free slot; beyond that the server answers 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: usize,
+    /// Largest max_tokens a request may ask for (also the default).
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens_cap: usize,
+    /// Do not reuse a slot's cached prompt prefix for the next request.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+}
+
+pub fn serve_cmd(a: ServeArgs, adapter: Option<String>) -> Result<()> {
+    let model = super::load::load(&a.model, adapter)?;
+    let ctx = a.model.ctx_for(model.config.max_position_embeddings);
+    let cfg = ServerConfig {
+        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+        parallel: a.parallel,
+        queue: a.queue,
+        max_body: a.max_body,
+        max_tokens_cap: a.max_tokens_cap,
+        ctx,
+        prefix_cache: !a.no_prefix_cache,
+    };
+    let server = Server::new(model.clone(), cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config(format!("could not start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Config(format!("could not listen on {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::Config(format!("could not read the bound address: {e}")))?;
+        eprintln!(
+            "fado serve — {} on {} | {} slot(s) × {ctx} tokens | http://{bound}/v1",
+            model.name,
+            model.ctx.adapter_name(),
+            a.parallel
+        );
+        if a.api_key.is_none() && !listener.local_addr().is_ok_and(|x| x.ip().is_loopback()) {
+            eprintln!("warning: serving beyond this machine without --api-key");
+        }
+        serve(listener, server, async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("shutting down");
+        })
+        .await
+        .map_err(|e| Error::Config(format!("server error: {e}")))
+    })
+}

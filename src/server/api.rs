@@ -1,0 +1,634 @@
+//! The OpenAI wire format: request parsing with errors that name the parameter, response and
+//! stream-chunk bodies, and errors in OpenAI's shape `{"error": {message, type, param, code}}`.
+//!
+//! Requests are parsed field by field from a `serde_json::Value`, so a wrong type says which
+//! field (`"temperature": invalid type: string "hot", expected f32`) and carries it in `param`.
+//! Unknown fields are ignored (clients send many); fields that would change the output in a way
+//! this server cannot honour (`n` > 1, `logprobs`, tools, `echo`) are refused with a 400
+//! rather than silently ignored.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::chat_template::Message;
+use crate::sampling::SamplingParams;
+use crate::session::FinishReason;
+
+/// The most stop strings a request may give.
+pub const MAX_STOP_STRINGS: usize = 16;
+
+/// An error as OpenAI reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, …
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn param(mut self, p: &str) -> Self {
+        self.param = Some(p.to_string());
+        self
+    }
+
+    pub fn code(mut self, c: &'static str) -> Self {
+        self.code = Some(c);
+        self
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        match e {
+            // The request (prompt, template, parameters) is what is wrong.
+            crate::Error::Request(_) | crate::Error::Tokenizer(_) => {
+                ApiError::invalid(e.to_string())
+            }
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+type Obj = Map<String, Value>;
+
+/// Parse a request body into its top-level JSON object.
+pub fn parse_object(body: &[u8]) -> Result<Obj, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(format!(
+            "the request body is not valid JSON ({e}); send a JSON object"
+        ))
+        .code("invalid_json")
+    })?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ApiError::invalid(format!(
+            "the request body must be a JSON object, got {}",
+            kind_of(&other)
+        ))
+        .code("invalid_json")),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An optional field of type `T`; `null` counts as absent.
+fn field<T: DeserializeOwned>(obj: &Obj, name: &str) -> Result<Option<T>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => T::deserialize(v).map(Some).map_err(|e| {
+            ApiError::invalid(format!("`{name}`: {e}"))
+                .param(name)
+                .code("invalid_type")
+        }),
+    }
+}
+
+/// A stop parameter: one string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Generation settings common to both endpoints.
+#[derive(Clone, Debug)]
+pub struct GenParams {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub params: SamplingParams,
+    /// The seed was given (otherwise the server picks one).
+    pub seeded: bool,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+}
+
+/// OpenAI's default temperature and top_p; top_k and min_p (extensions) default to Fado's CLI
+/// values, as llama.cpp's server does.
+fn gen_params(obj: &Obj) -> Result<GenParams, ApiError> {
+    let model = field::<String>(obj, "model")?;
+    let stream = field::<bool>(obj, "stream")?.unwrap_or(false);
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => field::<bool>(o, "include_usage")
+            .map_err(|e| e.param("stream_options.include_usage"))?
+            .unwrap_or(false),
+        Some(v) => {
+            return Err(ApiError::invalid(format!(
+                "`stream_options` must be an object, got {}",
+                kind_of(v)
+            ))
+            .param("stream_options"))
+        }
+    };
+    if let Some(n) = field::<u32>(obj, "n")? {
+        if n != 1 {
+            return Err(ApiError::invalid(format!(
+                "`n` = {n}: this server returns one choice; use n = 1"
+            ))
+            .param("n"));
+        }
+    }
+    if field::<bool>(obj, "logprobs")?.unwrap_or(false)
+        || field::<u32>(obj, "top_logprobs")?.is_some()
+    {
+        return Err(ApiError::invalid(
+            "`logprobs` / `top_logprobs` are not supported by this server (it reads back only \
+             the sampling candidates, not normalized log-probabilities)",
+        )
+        .param("logprobs")
+        .code("unsupported_parameter"));
+    }
+    for p in ["tools", "functions", "tool_choice", "function_call"] {
+        if obj
+            .get(p)
+            .is_some_and(|v| !v.is_null() && v != &Value::Array(vec![]) && v != "none")
+        {
+            return Err(ApiError::invalid(format!(
+                "`{p}`: tool and function calling are not supported by this server"
+            ))
+            .param(p)
+            .code("unsupported_parameter"));
+        }
+    }
+    if let Some(Value::Object(rf)) = obj.get("response_format") {
+        if rf
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "text")
+        {
+            return Err(ApiError::invalid(
+                "`response_format`: only {\"type\": \"text\"} is supported by this server",
+            )
+            .param("response_format")
+            .code("unsupported_parameter"));
+        }
+    }
+
+    let d = SamplingParams::default();
+    let seed = field::<u64>(obj, "seed")?;
+    let params = SamplingParams {
+        temperature: field(obj, "temperature")?.unwrap_or(1.0),
+        top_p: field(obj, "top_p")?.unwrap_or(1.0),
+        top_k: field(obj, "top_k")?.unwrap_or(d.top_k),
+        min_p: field(obj, "min_p")?.unwrap_or(d.min_p),
+        presence_penalty: field(obj, "presence_penalty")?.unwrap_or(0.0),
+        frequency_penalty: field(obj, "frequency_penalty")?.unwrap_or(0.0),
+        repeat_penalty: field(obj, "repeat_penalty")?.unwrap_or(1.0),
+        seed: seed.unwrap_or(0),
+        ..d
+    };
+    if params.temperature > 2.0 {
+        return Err(ApiError::invalid(format!(
+            "temperature = {} is out of range (expected in [0, 2])",
+            params.temperature
+        ))
+        .param("temperature"));
+    }
+    params.validate().map_err(|msg| {
+        let p = msg.split(' ').next().unwrap_or("").to_string();
+        ApiError::invalid(msg).param(&p)
+    })?;
+
+    // OpenAI's newer name wins over the deprecated one.
+    let (mt_name, mt) = match field::<u64>(obj, "max_completion_tokens")? {
+        Some(v) => ("max_completion_tokens", Some(v)),
+        None => ("max_tokens", field::<u64>(obj, "max_tokens")?),
+    };
+    if mt == Some(0) {
+        return Err(ApiError::invalid(format!("`{mt_name}` must be at least 1")).param(mt_name));
+    }
+    let stop = match field::<StopField>(obj, "stop").map_err(|_| {
+        ApiError::invalid("`stop` must be a string or a list of strings")
+            .param("stop")
+            .code("invalid_type")
+    })? {
+        None => vec![],
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+    };
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid(format!(
+            "`stop` has {} strings; at most {MAX_STOP_STRINGS} are allowed",
+            stop.len()
+        ))
+        .param("stop"));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("`stop` strings may not be empty").param("stop"));
+    }
+    Ok(GenParams {
+        model,
+        stream,
+        include_usage,
+        params,
+        seeded: seed.is_some(),
+        max_tokens: mt.map(|v| v.min(usize::MAX as u64) as usize),
+        stop,
+    })
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub gen: GenParams,
+}
+
+/// `POST /v1/completions`.
+#[derive(Clone, Debug)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub gen: GenParams,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+fn message_content(v: Option<&Value>, i: usize) -> Result<String, ApiError> {
+    let p = format!("messages[{i}].content");
+    match v {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for part in parts {
+                let ty = part.get("type").and_then(Value::as_str);
+                match (ty, part.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "`{p}`: only text parts ({{\"type\": \"text\", \"text\": …}}) are supported"
+                        ))
+                        .param(&p))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Some(other) => Err(ApiError::invalid(format!(
+            "`{p}` must be a string or a list of text parts, got {}",
+            kind_of(other)
+        ))
+        .param(&p)
+        .code("invalid_type")),
+    }
+}
+
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let obj = parse_object(body)?;
+    let msgs = match obj.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(
+                ApiError::invalid("`messages` is required: a list of {role, content}")
+                    .param("messages")
+                    .code("missing_required_parameter"),
+            )
+        }
+        Some(Value::Array(a)) => a,
+        Some(v) => {
+            return Err(ApiError::invalid(format!(
+                "`messages` must be a list of {{role, content}} objects, got {}",
+                kind_of(v)
+            ))
+            .param("messages")
+            .code("invalid_type"))
+        }
+    };
+    if msgs.is_empty() {
+        return Err(
+            ApiError::invalid("`messages` is empty; give at least one message").param("messages"),
+        );
+    }
+    let mut messages = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.iter().enumerate() {
+        let Some(mo) = m.as_object() else {
+            return Err(ApiError::invalid(format!(
+                "`messages[{i}]` must be an object with `role` and `content`, got {}",
+                kind_of(m)
+            ))
+            .param(&format!("messages[{i}]")));
+        };
+        let role = match mo.get("role") {
+            Some(Value::String(r)) => r.as_str(),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "`messages[{i}].role` must be a string (system, user, assistant or tool)"
+                ))
+                .param(&format!("messages[{i}].role")))
+            }
+        };
+        let role = match role {
+            "system" | "user" | "assistant" | "tool" => role,
+            "developer" => "system",
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "`messages[{i}].role` = {other:?} is not one of system, developer, user, \
+                     assistant, tool"
+                ))
+                .param(&format!("messages[{i}].role")))
+            }
+        };
+        messages.push(Message::new(role, message_content(mo.get("content"), i)?));
+    }
+    Ok(ChatRequest {
+        messages,
+        gen: gen_params(&obj)?,
+    })
+}
+
+pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    let obj = parse_object(body)?;
+    let bad = || {
+        ApiError::invalid(
+            "`prompt` must be a string, a list with one string, or a list of token ids",
+        )
+        .param("prompt")
+        .code("invalid_type")
+    };
+    let prompt = match obj.get("prompt") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("`prompt` is required")
+                .param("prompt")
+                .code("missing_required_parameter"))
+        }
+        Some(Value::String(s)) => Prompt::Text(s.clone()),
+        Some(Value::Array(a)) => match a.as_slice() {
+            [Value::String(s)] => Prompt::Text(s.clone()),
+            [] => return Err(ApiError::invalid("`prompt` is empty").param("prompt")),
+            [Value::Number(_), ..] => Prompt::Tokens(
+                Vec::<u32>::deserialize(&Value::Array(a.clone())).map_err(|_| bad())?,
+            ),
+            [Value::String(_), ..] => {
+                return Err(ApiError::invalid(
+                    "`prompt`: one prompt per request (send several requests instead)",
+                )
+                .param("prompt"))
+            }
+            _ => return Err(bad()),
+        },
+        Some(_) => return Err(bad()),
+    };
+    if field::<bool>(&obj, "echo")?.unwrap_or(false) {
+        return Err(ApiError::invalid("`echo` is not supported by this server")
+            .param("echo")
+            .code("unsupported_parameter"));
+    }
+    if field::<String>(&obj, "suffix")?.is_some_and(|s| !s.is_empty()) {
+        return Err(
+            ApiError::invalid("`suffix` (fill-in-the-middle) is not supported")
+                .param("suffix")
+                .code("unsupported_parameter"),
+        );
+    }
+    if field::<u32>(&obj, "best_of")?.is_some_and(|b| b != 1) {
+        return Err(ApiError::invalid("`best_of` must be 1").param("best_of"));
+    }
+    Ok(CompletionRequest {
+        prompt,
+        gen: gen_params(&obj)?,
+    })
+}
+
+/// Which endpoint's bodies to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+pub fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        // A cancelled request has no client left to read this.
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}
+
+pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Identity of one response, shared by all its chunks.
+#[derive(Clone, Debug)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ResponseMeta {
+    fn base(&self, e: Endpoint, chunk: bool) -> Map<String, Value> {
+        let object = match (e, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        };
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("object".into(), object.into());
+        m.insert("created".into(), self.created.into());
+        m.insert("model".into(), self.model.clone().into());
+        m.insert("system_fingerprint".into(), SYSTEM_FINGERPRINT.into());
+        m
+    }
+
+    /// A whole (non-streamed) response.
+    pub fn full(&self, e: Endpoint, text: &str, finish: FinishReason, usage: Value) -> Value {
+        let mut m = self.base(e, false);
+        let choice = match e {
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish_str(finish),
+            }),
+            Endpoint::Completion => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": finish_str(finish),
+            }),
+        };
+        m.insert("choices".into(), json!([choice]));
+        m.insert("usage".into(), usage);
+        Value::Object(m)
+    }
+
+    /// A stream chunk: `role` in the first chat chunk, `text` as the delta, `finish` in the last.
+    pub fn chunk(
+        &self,
+        e: Endpoint,
+        first: bool,
+        text: Option<&str>,
+        finish: Option<FinishReason>,
+    ) -> Value {
+        let mut m = self.base(e, true);
+        let fr = finish.map(finish_str);
+        let choice = match e {
+            Endpoint::Chat => {
+                let mut delta = Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), t.into());
+                }
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": fr})
+            }
+            Endpoint::Completion => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": fr})
+            }
+        };
+        m.insert("choices".into(), json!([choice]));
+        Value::Object(m)
+    }
+
+    /// The extra last chunk of `stream_options.include_usage`: no choices, only usage.
+    pub fn usage_chunk(&self, e: Endpoint, usage: Value) -> Value {
+        let mut m = self.base(e, true);
+        m.insert("choices".into(), json!([]));
+        m.insert("usage".into(), usage);
+        Value::Object(m)
+    }
+}
+
+pub const SYSTEM_FINGERPRINT: &str = concat!("fado-", env!("CARGO_PKG_VERSION"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_types_name_the_parameter() {
+        let e = parse_chat(br#"{"messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#)
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = parse_chat(br#"{"messages":"hi"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = parse_chat(br#"{"model":"x"}"#).unwrap_err();
+        assert_eq!(e.code, Some("missing_required_parameter"));
+        let e =
+            parse_chat(br#"{"messages":[{"role":"user","content":"hi"}],"top_p":0}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_p"));
+        let e = parse_chat(b"{not json").unwrap_err();
+        assert_eq!(e.code, Some("invalid_json"));
+    }
+
+    #[test]
+    fn chat_fields_parse() {
+        let r = parse_chat(
+            br#"{"model":"m","messages":[{"role":"developer","content":"be brief"},
+                {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+                "stream":true,"stream_options":{"include_usage":true},"temperature":0,
+                "stop":"\n","max_completion_tokens":7,"max_tokens":9,"seed":5,"top_k":3}"#,
+        )
+        .unwrap();
+        assert_eq!(r.messages[0].role, "system");
+        assert_eq!(r.messages[1].content, "ab");
+        assert!(r.gen.stream && r.gen.include_usage && r.gen.seeded);
+        assert_eq!(r.gen.max_tokens, Some(7));
+        assert_eq!(r.gen.stop, vec!["\n".to_string()]);
+        assert_eq!(r.gen.params.top_k, 3);
+        assert_eq!(r.gen.params.temperature, 0.0);
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        let p = |b: &[u8]| parse_completion(b).map(|r| r.prompt);
+        assert_eq!(p(br#"{"prompt":"x"}"#).unwrap(), Prompt::Text("x".into()));
+        assert_eq!(p(br#"{"prompt":["x"]}"#).unwrap(), Prompt::Text("x".into()));
+        assert_eq!(
+            p(br#"{"prompt":[1,2]}"#).unwrap(),
+            Prompt::Tokens(vec![1, 2])
+        );
+        assert!(p(br#"{"prompt":["x","y"]}"#).is_err());
+        assert!(p(br#"{"prompt":[-1]}"#).is_err());
+        assert!(p(br#"{"prompt":3}"#).is_err());
+    }
+
+    #[test]
+    fn unsupported_features_are_refused() {
+        let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+        for extra in [
+            r#""logprobs":true"#,
+            r#""n":2"#,
+            r#""tools":[{"type":"function"}]"#,
+            r#""response_format":{"type":"json_object"}"#,
+        ] {
+            let body = format!("{{{m},{extra}}}");
+            assert!(parse_chat(body.as_bytes()).is_err(), "{extra} accepted");
+        }
+        let body = format!(r#"{{{m},"logprobs":false,"n":1,"user":"u"}}"#);
+        assert!(parse_chat(body.as_bytes()).is_ok());
+    }
+}

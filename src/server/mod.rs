@@ -1,0 +1,608 @@
+//! `fado serve`: an OpenAI-compatible HTTP server over one loaded [`Model`].
+//!
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE streaming),
+//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (slot occupancy and counters).
+//! Errors use OpenAI's JSON shape ([`api::ApiError`]).
+//!
+//! Requests are parsed and tokenized on the async side (tokenizing on a blocking thread), then
+//! queued for one of `parallel` slots ([`scheduler`]); generation runs on the slot's own thread
+//! and streams text back through a channel, so the async runtime never waits on the GPU.
+//!
+//! ```no_run
+//! # async fn f(model: std::sync::Arc<fado::model::Model>) -> fado::Result<()> {
+//! use fado::server::{Server, ServerConfig};
+//! let server = Server::new(model, ServerConfig::default())?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let handle = server.spawn(listener).map_err(|e| fado::Error::io("listener", e))?;
+//! println!("listening on http://{}", handle.addr);
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod scheduler;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::generate::{encode_chat, encode_raw, TextRequest};
+use crate::model::Model;
+use api::{ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
+use scheduler::{Event, Finished, Job, Rejected, Scheduler, Stats};
+
+/// Server settings (the `fado serve` flags).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Required as `Authorization: Bearer KEY` on `/v1/*` when set.
+    pub api_key: Option<String>,
+    /// Slots: sessions generating at the same time.
+    pub parallel: usize,
+    /// Requests that may wait for a slot; one more gets 429.
+    pub queue: usize,
+    /// Largest request body in bytes; larger gets 413.
+    pub max_body: usize,
+    /// Largest `max_tokens` a request may ask for; also the default.
+    pub max_tokens_cap: usize,
+    /// Context (KV cache) of each slot in tokens.
+    pub ctx: usize,
+    /// Reuse a slot's cached prompt prefix for the next request.
+    pub prefix_cache: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            api_key: None,
+            parallel: 2,
+            queue: 64,
+            max_body: 1 << 20,
+            max_tokens_cap: 4096,
+            ctx: 4096,
+            prefix_cache: true,
+        }
+    }
+}
+
+struct Inner {
+    model: Arc<Model>,
+    cfg: ServerConfig,
+    sched: Scheduler,
+    /// Names a request's `model` may use.
+    names: Vec<String>,
+    counter: AtomicU64,
+}
+
+/// A configured server: the model, its slots and the HTTP routes.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+/// A running server (from [`Server::spawn`]).
+pub struct ServerHandle {
+    /// The bound address (useful after binding port 0).
+    pub addr: SocketAddr,
+    server: Server,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerHandle {
+    pub fn stats(&self) -> Stats {
+        self.server.stats()
+    }
+
+    /// Stop accepting connections, wait for open ones to end, stop the slots.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+        let server = self.server.clone();
+        let _ = tokio::task::spawn_blocking(move || server.inner.sched.shutdown()).await;
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Server {
+    /// Allocate the slots (each a session of `cfg.ctx` tokens) and start their threads.
+    pub fn new(model: Arc<Model>, cfg: ServerConfig) -> Result<Server> {
+        if cfg.max_tokens_cap == 0 {
+            return Err(Error::Config("--max-tokens-cap must be at least 1".into()));
+        }
+        let sched = Scheduler::start(
+            model.clone(),
+            cfg.parallel,
+            cfg.ctx,
+            cfg.queue,
+            cfg.prefix_cache,
+        )?;
+        let mut names = vec![model.name.clone(), "default".to_string()];
+        for ext in [".gguf", ".safetensors"] {
+            if let Some(stem) = model.name.strip_suffix(ext) {
+                names.push(stem.to_string());
+            }
+        }
+        Ok(Server {
+            inner: Arc::new(Inner {
+                model,
+                cfg,
+                sched,
+                names,
+                counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.inner.model
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.inner.sched.stats()
+    }
+
+    /// The routes, with the body limit and (if configured) the API-key check.
+    pub fn router(&self) -> Router {
+        let v1 = Router::new()
+            .route("/chat/completions", post(chat_completions))
+            .route("/completions", post(completions))
+            .route("/models", get(list_models))
+            .route("/models/{id}", get(get_model))
+            .route_layer(middleware::from_fn_with_state(self.clone(), check_api_key));
+        Router::new()
+            .route("/health", get(health))
+            .nest("/v1", v1)
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.inner.cfg.max_body))
+            .with_state(self.clone())
+    }
+
+    /// Serve on `listener` in a background task until [`ServerHandle::shutdown`].
+    /// Must be called inside a tokio runtime.
+    pub fn spawn(self, listener: tokio::net::TcpListener) -> std::io::Result<ServerHandle> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = self.clone();
+        let task = tokio::spawn(serve(listener, self, async move {
+            let _ = rx.await;
+        }));
+        Ok(ServerHandle {
+            addr,
+            server,
+            stop: Some(tx),
+            task,
+        })
+    }
+}
+
+/// Serve until `shutdown` resolves, then wait for open connections to end.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Server,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = server.router();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn check_api_key(State(s): State<Server>, req: Request, next: Next) -> Response {
+    if let Some(key) = &s.inner.cfg.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes()));
+        if !ok {
+            let msg = if given.is_none() {
+                "missing API key: send `Authorization: Bearer KEY` (the server runs with --api-key)"
+            } else {
+                "incorrect API key provided"
+            };
+            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", msg)
+                .code("invalid_api_key")
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "unknown endpoint {} {}; this server has POST /v1/chat/completions, \
+             POST /v1/completions, GET /v1/models, GET /health",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .code("unknown_url")
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .code("method_not_allowed")
+}
+
+async fn health(State(s): State<Server>) -> Json<Value> {
+    let st = s.stats();
+    Json(json!({
+        "status": "ok",
+        "model": s.inner.model.name,
+        "slots": {"total": st.slots, "busy": st.busy},
+        "queue": {"waiting": st.queued, "capacity": st.queue_capacity},
+        "requests": {
+            "completed": st.completed,
+            "cancelled": st.cancelled,
+            "failed": st.failed,
+            "rejected": st.rejected,
+        },
+    }))
+}
+
+fn model_object(s: &Server) -> Value {
+    let m = &s.inner.model;
+    json!({
+        "id": m.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "fado",
+        "context_length": s.inner.cfg.ctx,
+    })
+}
+
+async fn list_models(State(s): State<Server>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&s)]}))
+}
+
+async fn get_model(State(s): State<Server>, Path(id): Path<String>) -> Response {
+    match check_model(&s, Some(&id)) {
+        Ok(()) => Json(model_object(&s)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_model(s: &Server, name: Option<&str>) -> std::result::Result<(), ApiError> {
+    match name {
+        None => Ok(()),
+        Some(n) if s.inner.names.iter().any(|x| x == n) => Ok(()),
+        Some(n) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "the model `{n}` does not exist; this server serves `{}` (also accepted: `default`)",
+                s.inner.model.name
+            ),
+        )
+        .param("model")
+        .code("model_not_found")),
+    }
+}
+
+fn body_bytes(
+    body: std::result::Result<Bytes, BytesRejection>,
+    max: usize,
+) -> std::result::Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("the request body is larger than the server's limit of {max} bytes (--max-body)"),
+            )
+            .code("request_too_large")
+        } else {
+            ApiError::new(r.status(), "invalid_request_error", r.body_text())
+        }
+    })
+}
+
+async fn chat_completions(
+    State(s): State<Server>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = async {
+        let body = body_bytes(body, s.inner.cfg.max_body)?;
+        let req = api::parse_chat(&body)?;
+        check_model(&s, req.gen.model.as_deref())?;
+        let model = s.inner.model.clone();
+        let msgs = req.messages;
+        let ids = tokio::task::spawn_blocking(move || encode_chat(&model, &msgs, true))
+            .await
+            .map_err(|e| ApiError::from(Error::Config(format!("tokenizer task failed: {e}"))))??;
+        start(&s, Endpoint::Chat, ids, req.gen).await
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(
+    State(s): State<Server>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = async {
+        let body = body_bytes(body, s.inner.cfg.max_body)?;
+        let req = api::parse_completion(&body)?;
+        check_model(&s, req.gen.model.as_deref())?;
+        let ids = match req.prompt {
+            Prompt::Tokens(t) => t,
+            Prompt::Text(text) => {
+                let model = s.inner.model.clone();
+                tokio::task::spawn_blocking(move || encode_raw(&model, &text))
+                    .await
+                    .map_err(|e| {
+                        ApiError::from(Error::Config(format!("tokenizer task failed: {e}")))
+                    })??
+            }
+        };
+        let vocab = s.inner.model.config.vocab_size;
+        if let Some(t) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ApiError::invalid(format!(
+                "`prompt`: token id {t} is outside the vocabulary (size {vocab})"
+            ))
+            .param("prompt"));
+        }
+        start(&s, Endpoint::Completion, ids, req.gen).await
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Check limits, queue the job and answer (streamed or whole).
+async fn start(
+    s: &Server,
+    endpoint: Endpoint,
+    prompt: Vec<u32>,
+    gen: GenParams,
+) -> std::result::Result<Response, ApiError> {
+    let cfg = &s.inner.cfg;
+    if prompt.is_empty() {
+        return Err(
+            ApiError::invalid("the prompt is empty: nothing to generate from").param(
+                if endpoint == Endpoint::Chat {
+                    "messages"
+                } else {
+                    "prompt"
+                },
+            ),
+        );
+    }
+    if prompt.len() > cfg.ctx {
+        return Err(ApiError::invalid(format!(
+            "the prompt is {} tokens but the context holds {} tokens (--ctx); \
+             shorten the prompt or the conversation",
+            prompt.len(),
+            cfg.ctx
+        ))
+        .param(if endpoint == Endpoint::Chat {
+            "messages"
+        } else {
+            "prompt"
+        })
+        .code("context_length_exceeded"));
+    }
+    let max_tokens = match gen.max_tokens {
+        Some(n) if n > cfg.max_tokens_cap => {
+            return Err(ApiError::invalid(format!(
+                "max_tokens = {n} exceeds the server's cap of {} (--max-tokens-cap)",
+                cfg.max_tokens_cap
+            ))
+            .param("max_tokens"))
+        }
+        Some(n) => n,
+        None => cfg.max_tokens_cap,
+    };
+    // Generation also stops when the context is full (finish_reason "length").
+    let max_tokens = max_tokens.min(cfg.ctx + 1 - prompt.len());
+    let n = s.inner.counter.fetch_add(1, Ordering::Relaxed);
+    let mut params = gen.params.clone();
+    if !gen.seeded {
+        params.seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let job = Job {
+        prompt,
+        req: TextRequest {
+            params,
+            max_tokens,
+            stop: gen.stop.clone(),
+        },
+        events: tx,
+    };
+    s.inner.sched.submit(job).map_err(|r| match r {
+        Rejected::QueueFull { capacity } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "the server is busy: all {} slots are generating and {capacity} requests are \
+                 already waiting (--parallel, --queue); retry shortly",
+                cfg.parallel
+            ),
+        )
+        .code("queue_full"),
+        Rejected::Closed => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the server is shutting down",
+        )
+        .code("shutting_down"),
+    })?;
+    let prefix = match endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completion => "cmpl",
+    };
+    let meta = ResponseMeta {
+        id: format!("{prefix}-{:x}{n:06x}", now_secs()),
+        created: now_secs(),
+        model: s.inner.model.name.clone(),
+    };
+    if gen.stream {
+        Ok(stream_response(endpoint, meta, rx, gen.include_usage))
+    } else {
+        whole_response(endpoint, meta, rx).await
+    }
+}
+
+fn worker_gone() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "the request was dropped before it finished (the server is shutting down)",
+    )
+}
+
+async fn whole_response(
+    endpoint: Endpoint,
+    meta: ResponseMeta,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> std::result::Result<Response, ApiError> {
+    let mut text = String::new();
+    loop {
+        match rx.recv().await {
+            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Done(f)) => {
+                let body = meta.full(endpoint, &text, f.finish_reason, usage_of(&f));
+                return Ok(Json(body).into_response());
+            }
+            Some(Event::Failed(e)) => return Err(e.into()),
+            None => return Err(worker_gone()),
+        }
+    }
+}
+
+fn usage_of(f: &Finished) -> Value {
+    let mut u = api::usage(f.prompt_tokens, f.completion_tokens);
+    u["prompt_tokens_details"] = json!({"cached_tokens": f.cached_tokens});
+    u
+}
+
+struct StreamState {
+    rx: mpsc::UnboundedReceiver<Event>,
+    out: VecDeque<SseEvent>,
+    first: bool,
+    done: bool,
+    endpoint: Endpoint,
+    meta: ResponseMeta,
+    include_usage: bool,
+}
+
+impl StreamState {
+    fn push(&mut self, v: Value) {
+        self.out.push_back(SseEvent::default().data(v.to_string()));
+    }
+}
+
+/// SSE: `data: {chunk}` per piece of text, a last chunk with `finish_reason`, the usage chunk
+/// when asked, then `data: [DONE]`. Dropping the stream (client gone) drops `rx`, which the
+/// slot notices at its next token.
+fn stream_response(
+    endpoint: Endpoint,
+    meta: ResponseMeta,
+    rx: mpsc::UnboundedReceiver<Event>,
+    include_usage: bool,
+) -> Response {
+    let mut st = StreamState {
+        rx,
+        out: VecDeque::new(),
+        first: true,
+        done: false,
+        endpoint,
+        meta,
+        include_usage,
+    };
+    if endpoint == Endpoint::Chat {
+        // The role comes first, before any text (as OpenAI sends it).
+        let c = st.meta.chunk(endpoint, true, Some(""), None);
+        st.push(c);
+        st.first = false;
+    }
+    let stream = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.out.pop_front() {
+                return Some((Ok::<_, Infallible>(e), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(Event::Text(t)) => {
+                    let c = st.meta.chunk(st.endpoint, st.first, Some(&t), None);
+                    st.first = false;
+                    st.push(c);
+                }
+                Some(Event::Done(f)) => {
+                    let c = st
+                        .meta
+                        .chunk(st.endpoint, st.first, None, Some(f.finish_reason));
+                    st.push(c);
+                    if st.include_usage {
+                        let u = st.meta.usage_chunk(st.endpoint, usage_of(&f));
+                        st.push(u);
+                    }
+                    st.out.push_back(SseEvent::default().data("[DONE]"));
+                    st.done = true;
+                }
+                Some(Event::Failed(e)) => {
+                    // Headers are sent already: the error travels as an event.
+                    st.push(ApiError::from(e).body());
+                    st.out.push_back(SseEvent::default().data("[DONE]"));
+                    st.done = true;
+                }
+                None => {
+                    st.push(worker_gone().body());
+                    st.done = true;
+                }
+            }
+        }
+    });
+    // Comment lines while a request waits or prefills: proxies keep the connection, and a
+    // client gone while queued is noticed (the write fails, the job is skipped).
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10)))
+        .into_response()
+}

@@ -1,0 +1,313 @@
+//! Slots and the request queue.
+//!
+//! `parallel` worker threads each own one [`Session`] (its own KV cache) and take jobs from one
+//! bounded FIFO queue. A job streams its text back through an unbounded channel; when the
+//! receiving side is gone (the client disconnected, so axum dropped the response) the next send
+//! fails, the generate callback returns `false` and the slot is free for the next job.
+//!
+//! This is not continuous batching: each slot runs its own decode steps, and steps of several
+//! slots interleave on the GPU queue. Batched decode (one step for all slots) is the target
+//! design for later; this layer would then hand all active jobs to one batched session.
+//!
+//! A slot keeps its KV cache after a job; the next job on that slot prefills only what follows
+//! the longest common prefix of its prompt and the cached tokens (a multi-turn chat re-sends
+//! the conversation, so most of it is reused).
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::generate::{generate_text, TextRequest};
+use crate::model::Model;
+use crate::session::{FinishReason, Session};
+
+/// What a job sends back.
+#[derive(Debug)]
+pub enum Event {
+    /// The next piece of text.
+    Text(String),
+    /// Generation ended normally.
+    Done(Finished),
+    /// Generation failed (the message is for the client).
+    Failed(Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub finish_reason: FinishReason,
+    /// The whole prompt, including any part reused from the slot's cache.
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the slot's cache.
+    pub cached_tokens: usize,
+}
+
+/// One request for a slot.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub req: TextRequest,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The queue holds `capacity` waiting jobs already.
+    QueueFull { capacity: usize },
+    /// The server is shutting down.
+    Closed,
+}
+
+/// Counters for `/health`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub slots: usize,
+    pub busy: usize,
+    pub queued: usize,
+    pub queue_capacity: usize,
+    pub completed: u64,
+    /// Stopped early because the client went away (before or during generation).
+    pub cancelled: u64,
+    pub failed: u64,
+    /// Refused because the queue was full.
+    pub rejected: u64,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    capacity: usize,
+    slots: usize,
+    busy: AtomicUsize,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A worker never panics while holding the lock; recover the data if one did.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The slots, their worker threads and the queue in front of them.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Create `slots` sessions of `ctx` tokens each (KV caches are allocated now, so a server
+    /// that starts has the memory it needs) and start one worker thread per slot.
+    pub fn start(
+        model: Arc<Model>,
+        slots: usize,
+        ctx: usize,
+        queue_capacity: usize,
+        prefix_cache: bool,
+    ) -> Result<Scheduler> {
+        if slots == 0 {
+            return Err(Error::Config("--parallel must be at least 1".into()));
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            capacity: queue_capacity,
+            slots,
+            busy: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        });
+        let mut sessions = Vec::with_capacity(slots);
+        for _ in 0..slots {
+            sessions.push(Session::new(model.clone(), ctx)?);
+        }
+        let mut workers = Vec::with_capacity(slots);
+        for (i, session) in sessions.into_iter().enumerate() {
+            let sh = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("fado-slot-{i}"))
+                .spawn(move || worker(sh, session, prefix_cache))
+                .map_err(|e| Error::Config(format!("could not start slot thread {i}: {e}")))?;
+            workers.push(h);
+        }
+        Ok(Scheduler {
+            shared,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Queue a job, or refuse it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
+        let mut q = self.shared.lock();
+        if q.closed {
+            return Err(Rejected::Closed);
+        }
+        // Jobs whose client already left do not hold a place.
+        q.jobs.retain(|j| !j.events.is_closed());
+        if q.jobs.len() >= self.shared.capacity {
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejected::QueueFull {
+                capacity: self.shared.capacity,
+            });
+        }
+        q.jobs.push_back(job);
+        drop(q);
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        let queued = s.lock().jobs.len();
+        Stats {
+            slots: s.slots,
+            busy: s.busy.load(Ordering::SeqCst),
+            queued,
+            queue_capacity: s.capacity,
+            completed: s.completed.load(Ordering::Relaxed),
+            cancelled: s.cancelled.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Refuse new jobs, drop the queued ones (their clients see the stream end), let running
+    /// jobs finish and join the workers. Blocking.
+    pub fn shutdown(&self) {
+        {
+            let mut q = self.shared.lock();
+            q.closed = true;
+            q.jobs.clear();
+        }
+        self.shared.ready.notify_all();
+        let handles: Vec<_> = self
+            .workers
+            .lock()
+            .map(|mut w| w.drain(..).collect())
+            .unwrap_or_default();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // Let the worker threads end; they hold sessions (GPU memory).
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.closed = true;
+            q.jobs.clear();
+        }
+        self.shared.ready.notify_all();
+    }
+}
+
+fn next_job(sh: &Shared) -> Option<Job> {
+    let mut q = sh.lock();
+    loop {
+        if q.closed {
+            return None;
+        }
+        if let Some(j) = q.jobs.pop_front() {
+            return Some(j);
+        }
+        q = sh.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+fn worker(sh: Arc<Shared>, mut session: Session, prefix_cache: bool) {
+    while let Some(job) = next_job(&sh) {
+        if job.events.is_closed() {
+            sh.cancelled.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        sh.busy.fetch_add(1, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_job(&mut session, &job, prefix_cache)
+        }));
+        let outcome = match r {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!("slot panicked: {msg}");
+                Err(Error::Config(format!(
+                    "internal error while generating: {msg}"
+                )))
+            }
+        };
+        // Counters first: a client that sees its answer end sees the slot free.
+        let event = match outcome {
+            Ok(f) => {
+                if f.finish_reason == FinishReason::Cancelled {
+                    sh.cancelled.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    sh.completed.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Done(f)
+            }
+            Err(e) => {
+                // The cache may hold a partial prompt; start clean next time.
+                session.reset();
+                sh.failed.fetch_add(1, Ordering::Relaxed);
+                Event::Failed(e)
+            }
+        };
+        sh.busy.fetch_sub(1, Ordering::SeqCst);
+        let _ = job.events.send(event);
+    }
+}
+
+fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finished> {
+    let prompt = &job.prompt;
+    if prompt.is_empty() {
+        return Err(Error::Request(
+            "empty prompt: nothing to generate from".into(),
+        ));
+    }
+    // Reuse the cached prefix, but always prefill at least one token (its logits start
+    // generation).
+    let common = if prefix_cache {
+        session
+            .history()
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1)
+    } else {
+        0
+    };
+    session.truncate(common);
+    let events = &job.events;
+    let out = generate_text(session, &prompt[common..], &job.req, &mut |t| {
+        events.send(Event::Text(t.to_string())).is_ok()
+    })?;
+    Ok(Finished {
+        finish_reason: out.generation.finish_reason,
+        prompt_tokens: prompt.len(),
+        completion_tokens: out.generation.tokens.len(),
+        cached_tokens: common,
+    })
+}
