@@ -206,7 +206,10 @@ impl Session {
     /// Time every dispatch of one decode step at the current position (timestamp queries).
     /// The step's token is not added to the history.
     pub fn profile_decode(&mut self) -> Result<crate::graph::Profile> {
-        let pos = self.history.len().min(self.cache.capacity.saturating_sub(1));
+        let pos = self
+            .history
+            .len()
+            .min(self.cache.capacity.saturating_sub(1));
         let c = self.graph(1, 1)?;
         c.exe.run_profiled(Step::new(pos as u32, 1))
     }

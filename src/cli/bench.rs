@@ -99,7 +99,10 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
                 adapter,
                 ..GpuOptions::from_env()
             })?;
-            eprintln!("generating synthetic {name} weights ({dtype}) on {}…", ctx.adapter_name());
+            eprintln!(
+                "generating synthetic {name} weights ({dtype}) on {}…",
+                ctx.adapter_name()
+            );
             Model::synthetic(ctx, name, cfg, dtype)?
         }
         None => super::load::load(&a.model, adapter)?,
@@ -163,9 +166,17 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     if a.profile {
         let p = session.profile_decode()?;
         let total: f64 = p.entries.iter().map(|e| e.2).sum();
-        eprintln!("decode step profile ({} dispatches, {:.3} ms GPU time):", p.entries.len(), total * 1e3);
+        eprintln!(
+            "decode step profile ({} dispatches, {:.3} ms GPU time):",
+            p.entries.len(),
+            total * 1e3
+        );
         for (kind, s) in p.by_kind() {
-            eprintln!("  {kind:<20} {:>9.3} ms  {:>5.1} %", s * 1e3, 100.0 * s / total.max(1e-12));
+            eprintln!(
+                "  {kind:<20} {:>9.3} ms  {:>5.1} %",
+                s * 1e3,
+                100.0 * s / total.max(1e-12)
+            );
         }
     }
     Ok(())

@@ -141,7 +141,12 @@ impl Model {
 impl Model {
     /// A model of `cfg`'s exact shapes with random weights of `dtype` generated on the GPU
     /// (`fado bench --synthetic`). Its tokenizer is a 256-token byte tokenizer.
-    pub fn synthetic(ctx: Arc<GpuContext>, name: &str, cfg: LlamaConfig, dtype: DType) -> Result<Arc<Model>> {
+    pub fn synthetic(
+        ctx: Arc<GpuContext>,
+        name: &str,
+        cfg: LlamaConfig,
+        dtype: DType,
+    ) -> Result<Arc<Model>> {
         let (weights, weights_bytes) = synthetic::weights(&ctx, &cfg, dtype)?;
         Ok(Arc::new(Model {
             ctx,

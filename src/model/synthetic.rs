@@ -93,7 +93,9 @@ fn fill(
     let key = PipelineKey {
         shader: "fill.wgsl",
         entry: "fill",
-        defines: [("WG".to_string(), "256".to_string())].into_iter().collect(),
+        defines: [("WG".to_string(), "256".to_string())]
+            .into_iter()
+            .collect(),
         bindings: vec![
             BindingKind::Uniform,
             BindingKind::Uniform,
@@ -115,9 +117,12 @@ fn fill(
         // Words of a block header stay aligned across chunks: chunks are multiples of 256 words
         // and the offset enters the hash, so only `period` alignment needs care.
         let start = word_offset + done;
-        let phase_ok = period == 0 || start % period as u64 == 0;
+        let phase_ok = period == 0 || start.is_multiple_of(period as u64);
         if !phase_ok {
-            return Err(Error::gpu("filling synthetic weights", "misaligned block header"));
+            return Err(Error::gpu(
+                "filling synthetic weights",
+                "misaligned block header",
+            ));
         }
         let params: [u32; 8] = [
             n as u32,
@@ -135,7 +140,8 @@ fn fill(
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        ctx.queue.write_buffer(&pbuf, 0, bytemuck::cast_slice(&params));
+        ctx.queue
+            .write_buffer(&pbuf, 0, bytemuck::cast_slice(&params));
         let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("fill"),
             layout: &pipe.layout,
@@ -209,7 +215,17 @@ pub fn random_matrix(
                         // two blocks' d per word
                         _ => f16_bits(d) | (f16_bits(d) << 16),
                     };
-                    fill(ctx, &t, body_words, words - body_words, seed, 3, 1, header, 0.0)?;
+                    fill(
+                        ctx,
+                        &t,
+                        body_words,
+                        words - body_words,
+                        seed,
+                        3,
+                        1,
+                        header,
+                        0.0,
+                    )?;
                 }
             }
         }
@@ -298,7 +314,10 @@ pub fn byte_tokenizer() -> Result<crate::tokenizer::Tokenizer> {
         })
         .collect();
     let mut m = std::collections::BTreeMap::new();
-    m.insert("tokenizer.ggml.model".into(), MetaValue::String("gpt2".into()));
+    m.insert(
+        "tokenizer.ggml.model".into(),
+        MetaValue::String("gpt2".into()),
+    );
     m.insert("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens));
     m.insert("tokenizer.ggml.merges".into(), MetaValue::Array(vec![]));
     crate::tokenizer::Tokenizer::from_gguf_map(&m)

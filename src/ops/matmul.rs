@@ -9,8 +9,8 @@
 //! `shaders/gemv.wgsl` (several weight rows per workgroup, each weight load used for every row of
 //! x, one row's dot product reduced by a subgroup when the device has subgroups, by workgroup
 //! memory otherwise); longer prefills run the tiled, register-blocked matmul of
-//! `shaders/matmul.wgsl`. Block-quantized weights are to go to `matmul_quant` (see the
-//! `HOOK` comments in `check` and [`kernels_for`]).
+//! `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant`, which dequantizes
+//! them inside its kernels.
 
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
@@ -73,8 +73,7 @@ fn check(
         ));
     }
     // Block-quantized weights are computed by `matmul_quant`'s kernels.
-    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) && !quant::is_quantized(w.dtype)
-    {
+    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) && !quant::is_quantized(w.dtype) {
         return Err(Error::op(
             op,
             format!(
@@ -201,10 +200,6 @@ pub fn kernels_for(
     y: Option<&TensorDesc>,
 ) -> Result<Vec<KernelCall>> {
     let (m, n, _, _) = check(op, x, w, y)?;
-    // HOOK — quantized formats: see matmul_quant. Once it exists:
-    // if !w.dtype.is_float() && w.dtype != DType::U32 {
-    //     return crate::ops::matmul_quant::kernels(caps, x, w, y.is_some());
-    // }
     kernels_with(op, caps, x, w, y, plan(caps, m, n))
 }
 
