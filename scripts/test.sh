@@ -8,4 +8,4 @@ scripts/setup.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 FADO_DEFAULT_MODEL="$(scripts/fetch-default-model.sh)"
 export FADO_DEFAULT_MODEL
-cargo test --all-targets "$@"
+cargo test "$@"
