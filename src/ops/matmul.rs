@@ -96,6 +96,16 @@ fn check(
             format!("x is {x} and w is {w}: expected w's last dimension {k}"),
         ));
     }
+    if quant::is_quantized(w.dtype) && !k.is_multiple_of(w.dtype.block_len()) {
+        return Err(Error::op(
+            op,
+            format!(
+                "x is {x} and w is {w}: rows of {k} values are not whole {} blocks of {}",
+                w.dtype,
+                w.dtype.block_len()
+            ),
+        ));
+    }
     let n = w.shape[0];
     let mut shape = x.shape.clone();
     if let Some(last) = shape.last_mut() {
