@@ -1,0 +1,77 @@
+//! Fuzzing regressions, on stable: every input the fuzzers (`fuzz/`, cargo-fuzz on nightly)
+//! found to crash, hang or over-allocate replays here through the very same harness
+//! (`fuzz/harness.rs`), together with the seed corpora. Inputs live as files under
+//! `tests/fixtures/fuzz/<target>/` (raw fuzz inputs) or as literals in the named tests below,
+//! each with a note on what broke and how it was fixed.
+
+#[path = "../fuzz/harness.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+
+fn inputs(dirs: &[&str]) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(root.join(d)) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for p in files {
+            if p.is_file() {
+                let b = std::fs::read(&p).expect("read fuzz input");
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+/// Replays the seeds and saved crash inputs of one target; returns how many ran.
+fn replay(target: &str, run: fn(&[u8])) -> usize {
+    let all = inputs(&[
+        &format!("fuzz/corpus/{target}"),
+        &format!("tests/fixtures/fuzz/{target}"),
+    ]);
+    for (p, b) in &all {
+        eprintln!("{target}: {}", p.display());
+        run(b);
+    }
+    all.len()
+}
+
+#[test]
+fn gguf_corpus_and_crashes() {
+    assert!(replay("gguf", harness::gguf) > 0, "no gguf seeds found");
+}
+
+#[test]
+fn safetensors_corpus_and_crashes() {
+    assert!(replay("safetensors", harness::safetensors) > 0);
+}
+
+#[test]
+fn hf_config_corpus_and_crashes() {
+    assert!(replay("hf_config", harness::hf_config) > 0);
+}
+
+#[test]
+fn gguf_tokenizer_corpus_and_crashes() {
+    assert!(replay("gguf_tokenizer", harness::gguf_tokenizer) > 0);
+}
+
+#[test]
+fn chat_template_corpus_and_crashes() {
+    assert!(replay("chat_template", harness::chat_template) > 0);
+}
+
+#[path = "../fuzz/gen_corpus.rs"]
+mod gen_corpus;
+
+/// Rewrites `fuzz/corpus/*/` seeds (each is also run through its harness as it is written).
+#[test]
+#[ignore = "writes fuzz/corpus; run by hand after changing the seeds"]
+fn regenerate_seed_corpora() {
+    gen_corpus::generate();
+}
