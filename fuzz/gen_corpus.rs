@@ -43,7 +43,14 @@ fn put(target: &str, name: &str, bytes: &[u8]) {
             let src = String::from_utf8_lossy(bytes.split(|&b| b == SEP).next().unwrap_or(&[]))
                 .into_owned();
             fado::chat_template::ChatTemplate::new(src)
-                .and_then(|t| t.render(&[fado::chat_template::Message::new("user", "hi")], true, "<s>", "</s>"))
+                .and_then(|t| {
+                    t.render(
+                        &[fado::chat_template::Message::new("user", "hi")],
+                        true,
+                        "<s>",
+                        "</s>",
+                    )
+                })
                 .map(|_| ())
         }
         _ => Ok(()),
@@ -90,13 +97,27 @@ fn cfg(hidden: usize, heads: usize, kv: usize, inter: usize, rope: RopeScaling) 
 fn tokenizer_meta(m: &mut BTreeMap<String, MetaValue>, gpt2: bool) {
     let toks: Vec<&str> = if gpt2 {
         vec![
-            "<|endoftext|>", "<|im_start|>", "<|im_end|>", "H", "e", "l", "o", "Ġ", "w", "r", "d",
-            "He", "ll", "Ġw", "or", "ld",
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "H",
+            "e",
+            "l",
+            "o",
+            "Ġ",
+            "w",
+            "r",
+            "d",
+            "He",
+            "ll",
+            "Ġw",
+            "or",
+            "ld",
         ]
     } else {
         vec![
-            "<unk>", "<s>", "</s>", "▁", "H", "e", "l", "o", "▁H", "ll", "<0x0A>", "<0xE2>",
-            "w", "r", "d", "▁w",
+            "<unk>", "<s>", "</s>", "▁", "H", "e", "l", "o", "▁H", "ll", "<0x0A>", "<0xE2>", "w",
+            "r", "d", "▁w",
         ]
     };
     let arr = |v: Vec<MetaValue>| MetaValue::Array(v);
@@ -109,7 +130,15 @@ fn tokenizer_meta(m: &mut BTreeMap<String, MetaValue>, gpt2: bool) {
         arr(toks.iter().map(|&t| t.into()).collect()),
     );
     let types = (0..toks.len())
-        .map(|i| MetaValue::I32(if i < 3 { 3 } else if gpt2 || !toks[i].starts_with("<0x") { 1 } else { 6 }))
+        .map(|i| {
+            MetaValue::I32(if i < 3 {
+                3
+            } else if gpt2 || !toks[i].starts_with("<0x") {
+                1
+            } else {
+                6
+            })
+        })
         .collect();
     m.insert("tokenizer.ggml.token_type".into(), arr(types));
     if gpt2 {
@@ -120,13 +149,12 @@ fn tokenizer_meta(m: &mut BTreeMap<String, MetaValue>, gpt2: bool) {
         );
         m.insert("tokenizer.ggml.pre".into(), "llama3".into());
     } else {
-        let scores = (0..toks.len()).map(|i| MetaValue::F32(-(i as f32))).collect();
+        let scores = (0..toks.len())
+            .map(|i| MetaValue::F32(-(i as f32)))
+            .collect();
         m.insert("tokenizer.ggml.scores".into(), arr(scores));
     }
-    m.insert(
-        "tokenizer.chat_template".into(),
-        harness_template().into(),
-    );
+    m.insert("tokenizer.chat_template".into(), harness_template().into());
 }
 
 fn harness_template() -> &'static str {
@@ -140,7 +168,11 @@ fn model_gguf(c: &LlamaConfig, dtype: DType, untied: bool, gpt2: Option<bool>) -
     let kvd = c.num_key_value_heads * c.head_dim;
     let i = c.intermediate_size;
     let mut shapes: Vec<(String, Vec<usize>, DType)> = vec![
-        ("model.embed_tokens.weight".into(), vec![c.vocab_size, h], dtype),
+        (
+            "model.embed_tokens.weight".into(),
+            vec![c.vocab_size, h],
+            dtype,
+        ),
         ("model.norm.weight".into(), vec![h], DType::F32),
     ];
     let l = |n: &str| format!("model.layers.0.{n}.weight");
@@ -168,7 +200,11 @@ fn model_gguf(c: &LlamaConfig, dtype: DType, untied: bool, gpt2: Option<bool>) -
     let datas: Vec<(TensorEntry, Vec<u8>)> = shapes
         .into_iter()
         .map(|(name, shape, dt)| {
-            let e = TensorEntry { name, dtype: dt, shape };
+            let e = TensorEntry {
+                name,
+                dtype: dt,
+                shape,
+            };
             let n = e.nbytes();
             // Small, valid values: 0x00/0x3c patterns are finite in every format.
             let data = (0..n).map(|k| if k % 2 == 0 { 0 } else { 0x3c }).collect();
@@ -176,8 +212,10 @@ fn model_gguf(c: &LlamaConfig, dtype: DType, untied: bool, gpt2: Option<bool>) -
         })
         .chain(gguf::rope_freqs_tensor(c))
         .collect();
-    let refs: Vec<(TensorEntry, &[u8])> =
-        datas.iter().map(|(e, d)| (e.clone(), d.as_slice())).collect();
+    let refs: Vec<(TensorEntry, &[u8])> = datas
+        .iter()
+        .map(|(e, d)| (e.clone(), d.as_slice()))
+        .collect();
     let p = std::env::temp_dir().join(format!("fado-gen-corpus-{}.gguf", std::process::id()));
     gguf::write(&p, &meta, &refs).expect("write gguf");
     let b = std::fs::read(&p).expect("read gguf");
@@ -207,9 +245,17 @@ pub fn generate() {
 
     // gguf
     let tiny = cfg(8, 2, 1, 12, RopeScaling::None);
-    put("gguf", "f32-tied-spm", &model_gguf(&tiny, DType::F32, false, Some(false)));
+    put(
+        "gguf",
+        "f32-tied-spm",
+        &model_gguf(&tiny, DType::F32, false, Some(false)),
+    );
     let lin = cfg(8, 2, 2, 12, RopeScaling::Linear { factor: 2.0 });
-    put("gguf", "f16-untied-linear", &model_gguf(&lin, DType::F16, true, None));
+    put(
+        "gguf",
+        "f16-untied-linear",
+        &model_gguf(&lin, DType::F16, true, None),
+    );
     let l3 = cfg(
         16,
         2,
@@ -222,19 +268,44 @@ pub fn generate() {
             original_max_position_embeddings: 8192,
         },
     );
-    put("gguf", "bf16-llama3", &model_gguf(&l3, DType::BF16, false, Some(true)));
+    put(
+        "gguf",
+        "bf16-llama3",
+        &model_gguf(&l3, DType::BF16, false, Some(true)),
+    );
     let q = cfg(32, 4, 2, 32, RopeScaling::None);
     put("gguf", "q8_0", &model_gguf(&q, DType::Q8_0, false, None));
-    put("gguf", "q4_0", &model_gguf(&cfg(32, 2, 1, 64, RopeScaling::None), DType::Q4_0, true, None));
+    put(
+        "gguf",
+        "q4_0",
+        &model_gguf(
+            &cfg(32, 2, 1, 64, RopeScaling::None),
+            DType::Q4_0,
+            true,
+            None,
+        ),
+    );
 
     // gguf_tokenizer: GGUF metadata mode (even first byte) and structured mode (odd).
     let with_mode = |m: u8, b: &[u8]| [&[m][..], b].concat();
-    put("gguf_tokenizer", "spm-synthetic", &with_mode(0, &read("spm-synthetic/tokenizer.gguf")));
+    put(
+        "gguf_tokenizer",
+        "spm-synthetic",
+        &with_mode(0, &read("spm-synthetic/tokenizer.gguf")),
+    );
     let tiny_meta = metadata_only(&fx.join("tiny-llama-f16.gguf"));
     if tiny_meta.len() < 64 << 10 {
-        put("gguf_tokenizer", "tiny-llama-meta", &with_mode(0, &tiny_meta));
+        put(
+            "gguf_tokenizer",
+            "tiny-llama-meta",
+            &with_mode(0, &tiny_meta),
+        );
     }
-    put("gguf_tokenizer", "gpt2-small", &with_mode(2, &model_gguf(&tiny, DType::F16, false, Some(true))));
+    put(
+        "gguf_tokenizer",
+        "gpt2-small",
+        &with_mode(2, &model_gguf(&tiny, DType::F16, false, Some(true))),
+    );
     let structured: &[(&str, Vec<u8>)] = &[
         // llama, no pre, add_bos set, scores + types, bos/eos/unk
         (
@@ -281,9 +352,16 @@ pub fn generate() {
     put(
         "hf_config",
         "tiny",
-        &join(&[&read("tiny-llama/config.json"), &read("tiny-llama/generation_config.json")]),
+        &join(&[
+            &read("tiny-llama/config.json"),
+            &read("tiny-llama/generation_config.json"),
+        ]),
     );
-    put("hf_config", "rope-params", &read("tiny-llama-rope-params/config.json"));
+    put(
+        "hf_config",
+        "rope-params",
+        &read("tiny-llama-rope-params/config.json"),
+    );
     let variants = [
         r#"{"architectures":["MistralForCausalLM"],"vocab_size":32,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"sliding_window":4096,"max_position_embeddings":32768,"rope_theta":1e6,"eos_token_id":[2,3],"bos_token_id":null}"#,
         r#"{"architectures":["LlamaForCausalLM"],"vocab_size":32,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4,"rope_scaling":{"type":"linear","factor":4.0},"tie_word_embeddings":true}"#,
@@ -298,12 +376,32 @@ pub fn generate() {
     }
 
     // chat_template
-    let conv: &[&[u8]] = &[&[1], b"<s>", b"</s>", b"system", b"Be brief.", b"user", b"Hi", b"assistant", b"Hello!", b"user", b"Bye"];
+    let conv: &[&[u8]] = &[
+        &[1],
+        b"<s>",
+        b"</s>",
+        b"system",
+        b"Be brief.",
+        b"user",
+        b"Hi",
+        b"assistant",
+        b"Hello!",
+        b"user",
+        b"Bye",
+    ];
     let tmpl = |src: &[u8]| [&[src][..], conv].concat().join(&SEP);
-    put("chat_template", "tiny", &tmpl(&read("tiny-llama/chat_template.jinja")));
+    put(
+        "chat_template",
+        "tiny",
+        &tmpl(&read("tiny-llama/chat_template.jinja")),
+    );
     let llama3 = br#"{{- bos_token }}{%- set date_string = strftime_now("%d %b %Y") %}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}{%- else %}{%- set system_message = "" %}{%- endif %}{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}{{- "Today Date: " + date_string + "\n\n" }}{%- if tools is not none %}{{- tools|tojson(indent=4) }}{%- endif %}{{- system_message }}{{- "<|eot_id|>" }}{%- for message in messages %}{%- if not (message.role in ['user', 'assistant']) %}{{- raise_exception('bad role ' ~ message.role) }}{%- endif %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"#;
     put("chat_template", "llama3", &tmpl(llama3));
     let fancy = br#"{% macro m(x, d) %}{% if d > 0 %}{{ m(x ~ '.', d - 1) }}{% else %}{{ x }}{% endif %}{% endmacro %}{% set ns = namespace(n=0) %}{% for msg in messages %}{% if loop.index > 3 %}{% break %}{% endif %}{% set ns.n = ns.n + 1 %}{{ msg.content.strip().upper() | tojson }}{{ m(msg.role, 3) }}{{ {'a': [1, 2.5, none, true], 'b': msg}|tojson(indent=2, sort_keys=true) }}{{ msg.content.split(' ')|join('|') }}{% if msg.role.startswith('u') %}{{ msg.items()|list|length }}{% endif %}{% endfor %}{{ ns.n }}{{ range(5)|list }}{{ 'ab' * 3 }}"#;
     put("chat_template", "features", &tmpl(fancy));
-    put("chat_template", "chatml", &tmpl(fado::chat_template::CHATML_TEMPLATE.as_bytes()));
+    put(
+        "chat_template",
+        "chatml",
+        &tmpl(fado::chat_template::CHATML_TEMPLATE.as_bytes()),
+    );
 }

@@ -175,7 +175,11 @@ const TEXTS: &[&str] = &[
 fn exercise_tokenizer(tok: &Tokenizer, extra: &[String]) {
     let _ = tok.vocab_size();
     let _ = tok.chat_template();
-    for t in TEXTS.iter().copied().chain(extra.iter().map(String::as_str)) {
+    for t in TEXTS
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
         for special in [false, true] {
             if let Ok(ids) = tok.encode(t, special) {
                 let _ = tok.decode(&ids);
@@ -203,7 +207,9 @@ fn exercise_tokenizer(tok: &Tokenizer, extra: &[String]) {
 }
 
 const MODELS: &[&str] = &["llama", "gpt2", "bert", ""];
-const PRES: &[&str] = &["", "default", "llama3", "qwen2", "tekken", "gpt-4o", "smollm"];
+const PRES: &[&str] = &[
+    "", "default", "llama3", "qwen2", "tekken", "gpt-4o", "smollm",
+];
 
 /// Structured tokenizer metadata: sections `header`, `tokens`, `token types`, `merges`,
 /// `scores`, `texts`; list items within a section are separated by 0x00.
@@ -273,10 +279,7 @@ pub fn tok_structured(data: &[u8]) -> BTreeMap<String, MetaValue> {
         let b = h(3 + i);
         if b != 0xFE {
             let id = u32::from(b) % (n as u32 + 1);
-            m.insert(
-                format!("tokenizer.ggml.{key}_token_id"),
-                MetaValue::U32(id),
-            );
+            m.insert(format!("tokenizer.ggml.{key}_token_id"), MetaValue::U32(id));
         }
     }
     m.insert(

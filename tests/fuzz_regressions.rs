@@ -75,3 +75,48 @@ mod gen_corpus;
 fn regenerate_seed_corpora() {
     gen_corpus::generate();
 }
+
+/// Resident set size of this process in KiB (Linux), for the leak regression below.
+fn rss_kib() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4)
+}
+
+/// Found by `gguf_tokenizer`: its RSS grew by ~1 KiB per execution until the 2 GiB limit.
+/// tokenizers 0.23 keeps BPE word caches in a thread-local map keyed by model instance and
+/// never frees an instance's entries when the model is dropped, so every tokenizer built and
+/// used leaked. Fado now builds its BPE models without that cache (`BPE_CACHE_CAPACITY` in
+/// src/tokenizer.rs). Before the fix, 6000 tokenizers here leaked ~6 MiB.
+#[test]
+fn tokenizers_built_repeatedly_do_not_leak() {
+    let seed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf_tokenizer/bpe"))
+            .expect("bpe seed");
+    let meta = harness::tok_structured(&seed[1..]);
+    let tiny_json =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama/tokenizer.json");
+    let round = |n: usize| {
+        for i in 0..n {
+            let tok = fado::tokenizer::Tokenizer::from_gguf_map(&meta).expect("seed tokenizer");
+            tok.encode("Hello world, hello words", false)
+                .expect("encode");
+            if i % 20 == 0 {
+                let tok =
+                    fado::tokenizer::Tokenizer::from_file(&tiny_json).expect("tokenizer.json");
+                tok.encode("Hello world, hello words", false)
+                    .expect("encode");
+            }
+        }
+    };
+    round(500); // warm up allocator arenas
+    let Some(before) = rss_kib() else {
+        return; // not Linux: nothing to measure
+    };
+    round(6000);
+    let after = rss_kib().unwrap_or(before);
+    assert!(
+        after < before + 3 * 1024,
+        "RSS grew from {before} KiB to {after} KiB over 6000 tokenizers: BPE cache leak is back"
+    );
+}

@@ -24,7 +24,9 @@ use crate::error::{Error, Result};
 use crate::model::config::{LlamaConfig, RopeScaling};
 use crate::tensor::DType;
 
-use super::{check_permutable, map_bytes, map_file, permute_rows, unpermute_rows, TensorEntry, WeightSource};
+use super::{
+    check_permutable, map_bytes, map_file, permute_rows, unpermute_rows, TensorEntry, WeightSource,
+};
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;

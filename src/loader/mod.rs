@@ -205,7 +205,10 @@ pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
 /// empty file.
 pub(crate) fn map_bytes(label: &Path, bytes: &[u8]) -> Result<memmap2::Mmap> {
     if bytes.is_empty() {
-        return Err(Error::model(label, "file is empty (0 bytes); re-download it"));
+        return Err(Error::model(
+            label,
+            "file is empty (0 bytes); re-download it",
+        ));
     }
     let mut m = memmap2::MmapMut::map_anon(bytes.len()).map_err(|e| Error::io(label, e))?;
     m.copy_from_slice(bytes);
