@@ -120,3 +120,32 @@ fn tokenizers_built_repeatedly_do_not_leak() {
         "RSS grew from {before} KiB to {after} KiB over 6000 tokenizers: BPE cache leak is back"
     );
 }
+
+/// Renders `source` with one user message; the error text if it fails.
+fn render_err(source: &str) -> String {
+    let t = fado::chat_template::ChatTemplate::new(source).expect("template compiles");
+    let msgs = [fado::chat_template::Message::new("user", "hi")];
+    match t.render(&msgs, true, "<s>", "</s>") {
+        Ok(out) => panic!("expected an error, rendered {} bytes", out.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Found while writing the `chat_template` target: `tojson(indent=N)` built the N-space indent
+/// string before writing anything, so a hostile template asked for a 100 GB allocation (an
+/// abort, or the OOM killer) whatever the output cap. The indent is now capped at 64.
+#[test]
+fn tojson_huge_indent_is_an_error() {
+    let e = render_err("{{ messages|tojson(indent=99999999999) }}");
+    assert!(e.contains("indent"), "{e}");
+    harness::chat_template(b"{{ 1|tojson(indent=99999999999) }}");
+}
+
+/// Same review: `tojson` collected a sequence before writing it, and minijinja's `[0] * n` is
+/// lazy with n up to 10^8, so `([0] * 100000000)|tojson` allocated gigabytes of values before the
+/// output cap could apply. Sequences are now streamed and the JSON text is capped at 16 MiB.
+#[test]
+fn tojson_huge_lazy_sequence_is_an_error() {
+    let e = render_err("{{ ([0] * 100000000)|tojson }}");
+    assert!(e.contains("limit"), "{e}");
+}
