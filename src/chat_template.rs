@@ -275,6 +275,19 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
     ))
 }
 
+/// Longest `tojson` indent accepted (Python's would be unbounded; templates use 2 or 4).
+const TOJSON_MAX_INDENT: usize = 64;
+/// Largest `tojson` result: the default render output cap. Checked as the text grows, so a
+/// huge lazy sequence (`[0] * 100000000`) is refused instead of being collected first.
+const TOJSON_MAX_BYTES: usize = 16 << 20;
+
+fn tojson_too_big() -> minijinja::Error {
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("tojson: result is over the limit of {TOJSON_MAX_BYTES} bytes"),
+    )
+}
+
 /// Python's `json.dumps(value, ensure_ascii=False, indent=indent)` (transformers' `tojson`).
 fn tojson(
     value: Value,
@@ -283,13 +296,24 @@ fn tojson(
     let indent: Option<Value> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
+    // Fuzzing found `tojson(indent=99999999999)` allocating the indent string before writing
+    // a byte (an abort, not an error): the indent is capped, like the output below.
     let indent = match indent {
         None => None,
         Some(v) if v.is_none() => None,
-        Some(v) => match v.as_i64() {
-            Some(n) => Some(" ".repeat(n.max(0) as usize)),
-            None => Some(v.as_str().unwrap_or("").to_string()),
-        },
+        Some(v) => {
+            let ind = match v.as_i64() {
+                Some(n) => " ".repeat(n.clamp(0, TOJSON_MAX_INDENT as i64 + 1) as usize),
+                None => v.as_str().unwrap_or("").to_string(),
+            };
+            if ind.len() > TOJSON_MAX_INDENT {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: indent is over the limit of {TOJSON_MAX_INDENT} characters"),
+                ));
+            }
+            Some(ind)
+        }
     };
     let mut out = String::new();
     write_json(
@@ -365,18 +389,22 @@ fn write_json(
         }
         ValueKind::String => write_json_str(v.as_str().unwrap_or(""), out),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
+            // Streamed, not collected: sequences can be lazy and huge (see TOJSON_MAX_BYTES).
+            let mut items = v.try_iter()?.peekable();
+            if items.peek().is_none() {
                 out.push_str("[]");
                 return Ok(());
             }
             out.push('[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.enumerate() {
                 if i > 0 {
                     out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                write_json(item, indent, sort_keys, depth + 1, out)?;
+                write_json(&item, indent, sort_keys, depth + 1, out)?;
+                if out.len() > TOJSON_MAX_BYTES {
+                    return Err(tojson_too_big());
+                }
             }
             newline(out, depth);
             out.push(']');
@@ -403,6 +431,9 @@ fn write_json(
                 out.push_str(": ");
                 let item = v.get_item(k)?;
                 write_json(&item, indent, sort_keys, depth + 1, out)?;
+                if out.len() > TOJSON_MAX_BYTES {
+                    return Err(tojson_too_big());
+                }
             }
             newline(out, depth);
             out.push('}');

@@ -24,7 +24,9 @@ use crate::error::{Error, Result};
 use crate::model::config::{LlamaConfig, RopeScaling};
 use crate::tensor::DType;
 
-use super::{check_permutable, map_file, permute_rows, unpermute_rows, TensorEntry, WeightSource};
+use super::{
+    check_permutable, map_bytes, map_file, permute_rows, unpermute_rows, TensorEntry, WeightSource,
+};
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -504,7 +506,17 @@ impl GgufFile {
     /// Parse and memory-map a GGUF file. Checks the whole structure; tensor data is not read.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let mmap = map_file(path)?;
+        Self::from_map(path, map_file(path)?)
+    }
+
+    /// Parse GGUF bytes already in memory (copied into an anonymous map); `label` stands for the
+    /// file name in messages. Same checks as [`open`](Self::open).
+    pub fn from_bytes(label: impl AsRef<Path>, bytes: &[u8]) -> Result<GgufFile> {
+        let label = label.as_ref();
+        Self::from_map(label, map_bytes(label, bytes)?)
+    }
+
+    fn from_map(path: &Path, mmap: memmap2::Mmap) -> Result<GgufFile> {
         let parsed = parse(path, &mmap)?;
         Ok(GgufFile {
             path: path.to_path_buf(),

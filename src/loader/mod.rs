@@ -200,6 +200,21 @@ pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
+/// Copy bytes into an anonymous read-only memory map, so parsers written against a file map can
+/// also take bytes already in memory (tests, fuzzing, downloads). Empty input is refused like an
+/// empty file.
+pub(crate) fn map_bytes(label: &Path, bytes: &[u8]) -> Result<memmap2::Mmap> {
+    if bytes.is_empty() {
+        return Err(Error::model(
+            label,
+            "file is empty (0 bytes); re-download it",
+        ));
+    }
+    let mut m = memmap2::MmapMut::map_anon(bytes.len()).map_err(|e| Error::io(label, e))?;
+    m.copy_from_slice(bytes);
+    m.make_read_only().map_err(|e| Error::io(label, e))
+}
+
 /// llama.cpp's converter (`convert_hf_to_gguf.py`, `LlamaModel.permute`) reorders the rows of
 /// the Q and K projections so that each head's rotary pairs are interleaved (GPT-J style
 /// `(x0, x1), (x2, x3), …`) instead of Hugging Face's rotate-half halves. It reshapes the rows
