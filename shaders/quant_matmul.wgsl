@@ -2,8 +2,10 @@
 // the kernel (f32 accumulation). W stays in its GPU layout (src/quant/mod.rs), ≈ the file size.
 //
 // Bindings: 0 params {m, n, k, nbr (blocks per W row), scales_word, gx, chunks (k/32), _};
-//           1 step (unused); 2 x: vec4<f32>[m*k/4]; 3 w: u32[] (quantized); 4 y: f32[m*n].
-// Defines:  one dtype of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (see quant_blocks.wgsl); SUBS (32-value
+//           1 step (unused); 2 x: vec4<f32>[m*k/4]; 3 w: u32[] (quantized); 4 y: f32[m*n];
+//           gemv_rows also 5 w4: vec4<u32>[] (binding 3's buffer again).
+// Defines:  gemv_rows: XU (x is a uniform array of XU vec4), NIB32 (Q4_0/Q4_1), QH (Q5_K/Q6_K);
+//           one dtype of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (see quant_blocks.wgsl); SUBS (32-value
 //           chunks per block: 1 or 8); WG (threads); ADD (y += instead of y =);
 //           gemv: TPR (threads per W row, a power of two; WG / TPR rows per workgroup),
 //           SUBGROUPS (subgroup reduction; TPR must be a multiple of the subgroup size);
@@ -14,6 +16,12 @@
 //          adjacent threads read adjacent words; they dequantize, multiply by x, then reduce: subgroupAdd + one partial per subgroup in workgroup
 //          memory when SUBGROUPS, else a tree over the row's TPR slots of workgroup memory.
 //          Dispatch: ceil(n / (WG / TPR)) workgroups over (gx, gy).
+//   gemv_rows (m == 1, CPU devices): thread i computes output row wg·WG + i alone, chunk by
+//          chunk, with no reduction and no barrier — on a CPU device the lanes of a SIMD
+//          vector are rows and a barrier is a context switch. With XU (= k/4) x is bound as
+//          a uniform array: lavapipe turns a storage load into a loop over the lanes with a
+//          branch each, a uniform load into one vector gather.
+//          Dispatch: ceil(n / WG) workgroups over (gx, gy).
 //   matmul (m ≥ 2): a workgroup computes a BM × WG tile of y: thread i owns W row n0 + i and
 //          BM accumulators; per 32-value chunk of k the workgroup stages the BM x rows in
 //          workgroup memory, each thread dequantizes its W chunk once and uses it BM times.
@@ -25,7 +33,12 @@ struct Params { m: u32, n: u32, k: u32, nbr: u32, scales_word: u32, gx: u32, chu
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+#if XU
+// x as a uniform array (gemv_rows on CPU devices, where uniform loads are vector gathers).
+@group(0) @binding(2) var<uniform> x: array<vec4<f32>, {{XU}}>;
+#else
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+#endif
 @group(0) @binding(3) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
@@ -96,6 +109,50 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         store(r0 + li / TPR, red[li]);
     }
 #endif
+}
+#endif
+
+#if GEMV_ROWS
+// The weight again, as vec4 words (the same buffer as binding 3).
+@group(0) @binding(5) var<storage, read> w4: array<vec4<u32>>;
+
+@compute @workgroup_size({{WG}})
+fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let n = wg_linear(wg, p.gx) * WG + li;
+    // Rows past the end redo the last row instead of returning early: control flow stays
+    // uniform, so the driver can load x once per SIMD vector instead of once per lane.
+    let row = min(n, p.n - 1u);
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < p.chunks; c++) {
+        let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
+        let xb = c * 8u;
+        // The chunk's quant words as vec4 loads (each storage load is a per-lane loop on
+        // lavapipe, whatever its width); every format's quants start 16-byte aligned.
+        let q0 = w4[ch.qs / 4u];
+#if NIB32
+        // Q4_0 / Q4_1: one vec4 holds all 32 values (low nibbles 0..16, high 16..32).
+        let q1 = q0;
+#else
+        let q1 = w4[ch.qs / 4u + 1u];
+#endif
+        var h0 = vec4<u32>(0u);
+        var h1 = vec4<u32>(0u);
+#if QH
+        h0 = w4[ch.qh / 4u];
+        h1 = w4[ch.qh / 4u + 1u];
+#endif
+        acc += decode4(ch, 0u, q0.x, h0.x) * x[xb];
+        acc += decode4(ch, 1u, q0.y, h0.y) * x[xb + 1u];
+        acc += decode4(ch, 2u, q0.z, h0.z) * x[xb + 2u];
+        acc += decode4(ch, 3u, q0.w, h0.w) * x[xb + 3u];
+        acc += decode4(ch, 4u, q1.x, h1.x) * x[xb + 4u];
+        acc += decode4(ch, 5u, q1.y, h1.y) * x[xb + 5u];
+        acc += decode4(ch, 6u, q1.z, h1.z) * x[xb + 6u];
+        acc += decode4(ch, 7u, q1.w, h1.w) * x[xb + 7u];
+    }
+    if (n < p.n) {
+        store(n, acc.x + acc.y + acc.z + acc.w);
+    }
 }
 #endif
 

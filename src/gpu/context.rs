@@ -14,6 +14,10 @@ pub struct GpuOptions {
     pub disable_f16: bool,
     /// Pretend the adapter lacks subgroups (tests the workgroup-reduction fallbacks).
     pub disable_subgroups: bool,
+    /// Kernel style: `Some(true)` forces the CPU-device variants (one thread per output row,
+    /// no barriers), `Some(false)` the GPU ones; `None` picks by the adapter's device type.
+    /// Also `FADO_KERNELS=cpu|gpu`.
+    pub cpu_kernels: Option<bool>,
 }
 
 impl GpuOptions {
@@ -24,6 +28,11 @@ impl GpuOptions {
             adapter: std::env::var("FADO_ADAPTER").ok().filter(|s| !s.is_empty()),
             disable_f16: disable.contains("f16"),
             disable_subgroups: disable.contains("subgroup"),
+            cpu_kernels: match std::env::var("FADO_KERNELS").as_deref() {
+                Ok("cpu") => Some(true),
+                Ok("gpu") => Some(false),
+                _ => None,
+            },
         }
     }
 }
@@ -38,6 +47,12 @@ pub struct Caps {
     pub timestamps: bool,
     pub timestamps_in_passes: bool,
     pub cooperative_matrix: bool,
+    /// The device is a CPU rasterizer (lavapipe, SwiftShader, WARP): each workgroup runs on
+    /// one core as SIMD lanes, barriers are context switches and memory is CPU cache, so
+    /// kernels take variants with one thread per output row and no workgroup reductions.
+    pub cpu: bool,
+    /// Largest uniform binding; on CPU devices every buffer can also be bound as uniform.
+    pub max_uniform_binding: u64,
     pub max_storage_binding: u64,
     pub max_buffer: u64,
     pub max_workgroup_storage: u32,
@@ -124,6 +139,10 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
             (
                 "max_storage_buffer_binding_size".into(),
                 l.max_storage_buffer_binding_size,
+            ),
+            (
+                "max_uniform_buffer_binding_size".into(),
+                l.max_uniform_buffer_binding_size,
             ),
             (
                 "max_storage_buffers_per_shader_stage".into(),
@@ -229,6 +248,10 @@ impl GpuContext {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix: false,
+            cpu: opts
+                .cpu_kernels
+                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
+            max_uniform_binding: limits.max_uniform_buffer_binding_size,
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
@@ -269,7 +292,12 @@ impl GpuContext {
             size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
+                | wgpu::BufferUsages::COPY_SRC
+                | if self.caps.cpu {
+                    wgpu::BufferUsages::UNIFORM
+                } else {
+                    wgpu::BufferUsages::empty()
+                },
             mapped_at_creation: false,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {

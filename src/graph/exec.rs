@@ -187,7 +187,9 @@ impl Graph {
             let mut bound: Vec<&Tensor> = Vec::new();
             for a in &c.args {
                 let (t, read_only) = match *a {
-                    Arg::In(i) => (node.inputs.get(i).map(|t| &tensors[t.0]), true),
+                    Arg::In(i) | Arg::Uniform(i) => {
+                        (node.inputs.get(i).map(|t| &tensors[t.0]), true)
+                    }
                     Arg::InOut(i) => (node.inputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Out(i) => (node.outputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Scratch(i) => (scratch.get(&(ni, i)), false),
@@ -210,7 +212,22 @@ impl Graph {
                         hint: " (the adapter's max_storage_buffer_binding_size); use a quantized model or a smaller --ctx".into(),
                     });
                 }
-                kinds.push(BindingKind::Storage { read_only });
+                if let Arg::Uniform(_) = a {
+                    let ualign = ctx.device.limits().min_uniform_buffer_offset_alignment as u64;
+                    if size > ctx.caps.max_uniform_binding || !t.offset.is_multiple_of(ualign) {
+                        return Err(Error::op(
+                            node.op.name(),
+                            format!(
+                                "kernel `{}` binds {} ({size} bytes at offset {}) as a uniform \
+                                 buffer: the device allows {} bytes at offsets aligned to {ualign}",
+                                c.entry, t.desc, t.offset, ctx.caps.max_uniform_binding
+                            ),
+                        ));
+                    }
+                    kinds.push(BindingKind::Uniform);
+                } else {
+                    kinds.push(BindingKind::Storage { read_only });
+                }
                 bound.push(t);
             }
             let key = PipelineKey {

@@ -19,6 +19,8 @@ pub const GEMV_WG: u32 = 256;
 /// subgroup size, so a subgroup never spans two rows; devices whose subgroups can be larger
 /// take the workgroup-memory reduction.
 pub const GEMV_TPR: u32 = 64;
+/// Threads (= W rows) per workgroup of the CPU-device GEMV.
+pub const GEMV_ROWS_WG: u32 = 64;
 /// Threads (= W rows) per matmul workgroup.
 pub const MATMUL_WG: u32 = 64;
 /// x rows per matmul workgroup.
@@ -129,7 +131,27 @@ pub fn kernels(
             0,
         ]
     };
-    let call = if m == 1 {
+    let call = if m == 1 && caps.cpu {
+        let groups = (n as u32).div_ceil(GEMV_ROWS_WG);
+        let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
+        let mut c = base("gemv_rows", GEMV_ROWS_WG)
+            .define("GEMV_ROWS", 1)
+            .params(&words(gx))
+            .workgroups(gx, gy, 1);
+        c.args.push(Arg::In(1));
+        match dtype {
+            DType::Q4_0 | DType::Q4_1 => c = c.define("NIB32", 1),
+            DType::Q5K | DType::Q6K => c = c.define("QH", 1),
+            _ => {}
+        }
+        if (k as u64) * 4 <= caps.max_uniform_binding {
+            let mut c = c.define("XU", k / 4);
+            c.args[0] = Arg::Uniform(0);
+            c
+        } else {
+            c
+        }
+    } else if m == 1 {
         let groups = (n as u32).div_ceil(GEMV_WG / GEMV_TPR);
         let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
         let mut c = base("gemv", GEMV_WG)

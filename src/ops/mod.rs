@@ -58,6 +58,10 @@ pub enum Arg {
     Out(usize),
     /// Scratch buffer `i` of [`Op::scratch`].
     Scratch(usize),
+    /// Input `i`, read only, bound as a uniform buffer (CPU devices: uniform loads are
+    /// vector gathers there, storage loads a per-lane loop). Only for inputs the op knows fit
+    /// [`crate::gpu::Caps::max_uniform_binding`].
+    Uniform(usize),
 }
 
 /// One dispatch of one pipeline.
