@@ -53,6 +53,7 @@ pub struct Caps {
     pub cpu: bool,
     /// Largest uniform binding; on CPU devices every buffer can also be bound as uniform.
     pub max_uniform_binding: u64,
+    pub uniform_offset_align: u32,
     pub max_storage_binding: u64,
     pub max_buffer: u64,
     pub max_workgroup_storage: u32,
@@ -252,6 +253,7 @@ impl GpuContext {
                 .cpu_kernels
                 .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
             max_uniform_binding: limits.max_uniform_buffer_binding_size,
+            uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,

@@ -184,10 +184,10 @@ impl Graph {
         for ((ni, c), off) in calls.into_iter().zip(offsets) {
             let node = &self.nodes[ni];
             let mut kinds = vec![BindingKind::Uniform, BindingKind::Uniform];
-            let mut bound: Vec<&Tensor> = Vec::new();
+            let mut bound: Vec<(&Tensor, u64, u64)> = Vec::new();
             for a in &c.args {
                 let (t, read_only) = match *a {
-                    Arg::In(i) | Arg::Uniform(i) => {
+                    Arg::In(i) | Arg::Uniform(i) | Arg::UniformRange(i, ..) => {
                         (node.inputs.get(i).map(|t| &tensors[t.0]), true)
                     }
                     Arg::InOut(i) => (node.inputs.get(i).map(|t| &tensors[t.0]), false),
@@ -212,15 +212,29 @@ impl Graph {
                         hint: " (the adapter's max_storage_buffer_binding_size); use a quantized model or a smaller --ctx".into(),
                     });
                 }
-                if let Arg::Uniform(_) = a {
+                let (from, len) = match *a {
+                    Arg::UniformRange(_, from, len) => (from, len),
+                    _ => (0, size),
+                };
+                if let Arg::Uniform(_) | Arg::UniformRange(..) = a {
                     let ualign = ctx.device.limits().min_uniform_buffer_offset_alignment as u64;
-                    if size > ctx.caps.max_uniform_binding || !t.offset.is_multiple_of(ualign) {
+                    let at = t.offset + from;
+                    if len == 0
+                        || from + len > size
+                        || len > ctx.caps.max_uniform_binding
+                        || !at.is_multiple_of(ualign)
+                    {
                         return Err(Error::op(
                             node.op.name(),
                             format!(
-                                "kernel `{}` binds {} ({size} bytes at offset {}) as a uniform \
-                                 buffer: the device allows {} bytes at offsets aligned to {ualign}",
-                                c.entry, t.desc, t.offset, ctx.caps.max_uniform_binding
+                                "kernel `{}` binds bytes {from}..{} of {} (at buffer offset {}) as \
+                                 a uniform buffer: the device allows {} bytes at offsets aligned \
+                                 to {ualign}, within the tensor's {size} bytes",
+                                c.entry,
+                                from + len,
+                                t.desc,
+                                t.offset,
+                                ctx.caps.max_uniform_binding
                             ),
                         ));
                     }
@@ -228,7 +242,7 @@ impl Graph {
                 } else {
                     kinds.push(BindingKind::Storage { read_only });
                 }
-                bound.push(t);
+                bound.push((t, from, len));
             }
             let key = PipelineKey {
                 shader: c.shader,
@@ -252,13 +266,13 @@ impl Graph {
                     resource: step.as_entire_binding(),
                 },
             ];
-            for (k, t) in bound.iter().enumerate() {
+            for (k, (t, from, len)) in bound.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
                     binding: 2 + k as u32,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: &t.buffer,
-                        offset: t.offset,
-                        size: wgpu::BufferSize::new(t.size_bytes()),
+                        offset: t.offset + from,
+                        size: wgpu::BufferSize::new(*len),
                     }),
                 });
             }
