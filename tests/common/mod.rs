@@ -62,7 +62,16 @@ pub fn assert_close_rel_max(what: &str, got: &[f32], want: &[f32], rtol: f32) {
 
 /// Run a single op on GPU tensors through the graph executor, with outputs poisoned first.
 pub fn run_op(op: impl Op + 'static, inputs: &[&Tensor], step: Step) -> Vec<Vec<f32>> {
-    let ctx = ctx();
+    run_op_on(&ctx(), op, inputs, step)
+}
+
+/// [`run_op`] on a given context (inputs must live on it).
+pub fn run_op_on(
+    ctx: &Arc<GpuContext>,
+    op: impl Op + 'static,
+    inputs: &[&Tensor],
+    step: Step,
+) -> Vec<Vec<f32>> {
     let mut g = Graph::new();
     let ids: Vec<_> = inputs
         .iter()
@@ -70,7 +79,7 @@ pub fn run_op(op: impl Op + 'static, inputs: &[&Tensor], step: Step) -> Vec<Vec<
         .map(|(i, t)| g.external(format!("in{i}"), t))
         .collect();
     let outs = g.add(op, &ids).expect("op rejected valid inputs");
-    let exe = g.compile(&ctx, &outs).expect("compile");
+    let exe = g.compile(ctx, &outs).expect("compile");
     for o in &outs {
         ctx.poison(exe.tensor(*o));
     }
