@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::generate::{encode_chat, encode_raw, TextRequest};
 use crate::model::Model;
+use crate::session::TokenLogprobs;
 use api::{ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
 use scheduler::{Event, Finished, Job, Rejected, Scheduler, Stats};
 
@@ -452,6 +453,7 @@ async fn start(
             max_tokens,
             stop: gen.stop.clone(),
         },
+        top_logprobs: gen.logprobs,
         events: tx,
     };
     s.inner.sched.submit(job).map_err(|r| match r {
@@ -481,10 +483,11 @@ async fn start(
         created: now_secs(),
         model: s.inner.model.name.clone(),
     };
+    let lp = gen.logprobs.is_some().then(|| s.inner.model.clone());
     if gen.stream {
-        Ok(stream_response(endpoint, meta, rx, gen.include_usage))
+        Ok(stream_response(endpoint, meta, rx, gen.include_usage, lp))
     } else {
-        whole_response(endpoint, meta, rx).await
+        whole_response(endpoint, meta, rx, lp).await
     }
 }
 
@@ -496,17 +499,41 @@ fn worker_gone() -> ApiError {
     )
 }
 
+/// The endpoint's logprobs object for `entries` (`offset`: see [`api::completion_logprobs`]),
+/// or null when they were not asked for (`model` is None).
+fn logprobs_value(
+    endpoint: Endpoint,
+    model: Option<&Arc<Model>>,
+    entries: &[TokenLogprobs],
+    offset: &mut usize,
+) -> Value {
+    let Some(m) = model else {
+        return Value::Null;
+    };
+    let bytes = |id: u32| m.tokenizer.token_bytes(id);
+    match endpoint {
+        Endpoint::Chat => api::chat_logprobs(entries, &bytes),
+        Endpoint::Completion => api::completion_logprobs(entries, &bytes, offset),
+    }
+}
+
 async fn whole_response(
     endpoint: Endpoint,
     meta: ResponseMeta,
     mut rx: mpsc::UnboundedReceiver<Event>,
+    logprobs_model: Option<Arc<Model>>,
 ) -> std::result::Result<Response, ApiError> {
     let mut text = String::new();
+    let mut lps = Vec::new();
     loop {
         match rx.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Text(t, l)) => {
+                text.push_str(&t);
+                lps.extend(l);
+            }
             Some(Event::Done(f)) => {
-                let body = meta.full(endpoint, &text, f.finish_reason, usage_of(&f));
+                let lp = logprobs_value(endpoint, logprobs_model.as_ref(), &lps, &mut 0);
+                let body = meta.full(endpoint, &text, f.finish_reason, usage_of(&f), lp);
                 return Ok(Json(body).into_response());
             }
             Some(Event::Failed(e)) => return Err(e.into()),
@@ -529,6 +556,10 @@ struct StreamState {
     endpoint: Endpoint,
     meta: ResponseMeta,
     include_usage: bool,
+    /// Set when log-probabilities were asked for (their token strings need the tokenizer).
+    logprobs_model: Option<Arc<Model>>,
+    /// Byte offset of the next token in the completion text (legacy `text_offset`).
+    text_offset: usize,
 }
 
 impl StreamState {
@@ -545,6 +576,7 @@ fn stream_response(
     meta: ResponseMeta,
     rx: mpsc::UnboundedReceiver<Event>,
     include_usage: bool,
+    logprobs_model: Option<Arc<Model>>,
 ) -> Response {
     let mut st = StreamState {
         rx,
@@ -554,10 +586,12 @@ fn stream_response(
         endpoint,
         meta,
         include_usage,
+        logprobs_model,
+        text_offset: 0,
     };
     if endpoint == Endpoint::Chat {
         // The role comes first, before any text (as OpenAI sends it).
-        let c = st.meta.chunk(endpoint, true, Some(""), None);
+        let c = st.meta.chunk(endpoint, true, Some(""), None, Value::Null);
         st.push(c);
         st.first = false;
     }
@@ -570,15 +604,29 @@ fn stream_response(
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Text(t)) => {
-                    let c = st.meta.chunk(st.endpoint, st.first, Some(&t), None);
+                Some(Event::Text(t, l)) => {
+                    let lp = if l.is_empty() {
+                        Value::Null
+                    } else {
+                        logprobs_value(
+                            st.endpoint,
+                            st.logprobs_model.as_ref(),
+                            &l,
+                            &mut st.text_offset,
+                        )
+                    };
+                    let c = st.meta.chunk(st.endpoint, st.first, Some(&t), None, lp);
                     st.first = false;
                     st.push(c);
                 }
                 Some(Event::Done(f)) => {
-                    let c = st
-                        .meta
-                        .chunk(st.endpoint, st.first, None, Some(f.finish_reason));
+                    let c = st.meta.chunk(
+                        st.endpoint,
+                        st.first,
+                        None,
+                        Some(f.finish_reason),
+                        Value::Null,
+                    );
                     st.push(c);
                     if st.include_usage {
                         let u = st.meta.usage_chunk(st.endpoint, usage_of(&f));
