@@ -130,6 +130,30 @@ impl Session {
             return Err(Error::Request("the context size must be at least 1".into()));
         }
         let gpu = &model.ctx;
+        gpu.check_alive("creating a session")?;
+        // Check the KV cache's size before touching the device, with overflow-safe arithmetic,
+        // so a huge --ctx gives an error naming the numbers, not an overflow or a driver abort.
+        let row = (cfg.num_key_value_heads * cfg.head_dim * 4) as u64;
+        let per_buffer = (ctx as u64).checked_mul(row);
+        let total = per_buffer.and_then(|b| b.checked_mul(2 * cfg.num_hidden_layers as u64));
+        let max = gpu.caps.max_buffer;
+        if per_buffer.is_none_or(|b| b > max) {
+            return Err(Error::OutOfMemory {
+                what: format!(
+                    "creating a session of {ctx} tokens (KV cache: {} layers × keys and values, \
+                     {} bytes in all)",
+                    cfg.num_hidden_layers,
+                    total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
+                ),
+                needed: per_buffer.unwrap_or(u64::MAX),
+                available: max,
+                hint: format!(
+                    " per cache buffer (the adapter's max_buffer_size); use a smaller --ctx \
+                     (at most {} tokens fit)",
+                    max / row.max(1)
+                ),
+            });
+        }
         let kv_desc = TensorDesc::f32([ctx, cfg.num_key_value_heads, cfg.head_dim]);
         let mut k = Vec::new();
         let mut v = Vec::new();
@@ -279,6 +303,7 @@ impl Session {
         params: &SamplingParams,
         logsumexp: bool,
     ) -> Result<StepOut> {
+        self.model.ctx.check_alive("running the model")?;
         let pos = self.history.len();
         let n = self.penalty_window(params);
         let key = GraphKey {

@@ -266,10 +266,18 @@ async fn method_not_allowed(req: Request) -> ApiError {
     .code("method_not_allowed")
 }
 
-async fn health(State(s): State<Server>) -> Json<Value> {
+/// 200 with `"status": "ok"` while the GPU works; 503 with `"status": "unhealthy"` and the
+/// reason once the device is lost (load balancers take the instance out; it must be restarted).
+async fn health(State(s): State<Server>) -> Response {
     let st = s.stats();
-    Json(json!({
-        "status": "ok",
+    let lost = s.inner.model.ctx.lost();
+    let code = if lost.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut body = json!({
+        "status": if lost.is_some() { "unhealthy" } else { "ok" },
         "model": s.inner.model.name,
         "slots": {"total": st.slots, "busy": st.busy},
         "queue": {"waiting": st.queued, "capacity": st.queue_capacity},
@@ -279,7 +287,13 @@ async fn health(State(s): State<Server>) -> Json<Value> {
             "failed": st.failed,
             "rejected": st.rejected,
         },
-    }))
+    });
+    if let Some(why) = lost {
+        body["error"] = json!(format!(
+            "the GPU device was lost ({why}); restart the server"
+        ));
+    }
+    (code, Json(body)).into_response()
 }
 
 fn model_object(s: &Server) -> Value {
@@ -390,37 +404,33 @@ async fn completions(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Check limits, queue the job and answer (streamed or whole).
-async fn start(
-    s: &Server,
+/// Turn a parsed request for a prompt of `prompt_len` tokens into what a slot runs, checking
+/// the server's limits (context, `--max-tokens-cap`). `fallback_seed` is used when the request
+/// gave none. No GPU work: the HTTP-body fuzz target drives this too.
+pub fn text_request(
+    cfg: &ServerConfig,
     endpoint: Endpoint,
-    prompt: Vec<u32>,
-    gen: GenParams,
-) -> std::result::Result<Response, ApiError> {
-    let cfg = &s.inner.cfg;
-    if prompt.is_empty() {
+    prompt_len: usize,
+    gen: &GenParams,
+    fallback_seed: u64,
+) -> std::result::Result<TextRequest, ApiError> {
+    let prompt_param = if endpoint == Endpoint::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
+    if prompt_len == 0 {
         return Err(
-            ApiError::invalid("the prompt is empty: nothing to generate from").param(
-                if endpoint == Endpoint::Chat {
-                    "messages"
-                } else {
-                    "prompt"
-                },
-            ),
+            ApiError::invalid("the prompt is empty: nothing to generate from").param(prompt_param),
         );
     }
-    if prompt.len() > cfg.ctx {
+    if prompt_len > cfg.ctx {
         return Err(ApiError::invalid(format!(
-            "the prompt is {} tokens but the context holds {} tokens (--ctx); \
+            "the prompt is {prompt_len} tokens but the context holds {} tokens (--ctx); \
              shorten the prompt or the conversation",
-            prompt.len(),
             cfg.ctx
         ))
-        .param(if endpoint == Endpoint::Chat {
-            "messages"
-        } else {
-            "prompt"
-        })
+        .param(prompt_param)
         .code("context_length_exceeded"));
     }
     let max_tokens = match gen.max_tokens {
@@ -435,24 +445,45 @@ async fn start(
         None => cfg.max_tokens_cap,
     };
     // Generation also stops when the context is full (finish_reason "length").
-    let max_tokens = max_tokens.min(cfg.ctx + 1 - prompt.len());
-    let n = s.inner.counter.fetch_add(1, Ordering::Relaxed);
+    let max_tokens = max_tokens.min(cfg.ctx + 1 - prompt_len);
     let mut params = gen.params.clone();
     if !gen.seeded {
-        params.seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        params.seed = fallback_seed;
     }
+    Ok(TextRequest {
+        params,
+        max_tokens,
+        stop: gen.stop.clone(),
+    })
+}
+
+/// Check limits, queue the job and answer (streamed or whole).
+async fn start(
+    s: &Server,
+    endpoint: Endpoint,
+    prompt: Vec<u32>,
+    gen: GenParams,
+) -> std::result::Result<Response, ApiError> {
+    let cfg = &s.inner.cfg;
+    if let Some(why) = s.inner.model.ctx.lost() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("the GPU device was lost ({why}); the server must be restarted"),
+        )
+        .code("device_lost"));
+    }
+    let n = s.inner.counter.fetch_add(1, Ordering::Relaxed);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let req = text_request(cfg, endpoint, prompt.len(), &gen, seed)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt,
-        req: TextRequest {
-            params,
-            max_tokens,
-            stop: gen.stop.clone(),
-        },
+        req,
         top_logprobs: gen.logprobs,
         events: tx,
     };
