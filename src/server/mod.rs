@@ -1,7 +1,8 @@
 //! `fado serve`: an OpenAI-compatible HTTP server over one loaded [`Model`].
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE streaming),
-//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (slot occupancy and counters).
+//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (slot occupancy and counters; 503
+//! `"unhealthy"` once the GPU device is lost, when requests get 503 `device_lost` too).
 //! Errors use OpenAI's JSON shape ([`api::ApiError`]).
 //!
 //! Requests are parsed and tokenized on the async side (tokenizing on a blocking thread), then
