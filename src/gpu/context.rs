@@ -83,6 +83,9 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     pub pipelines: PipelineCache,
+    /// Why the device was lost, once it is (set by wgpu's device-lost callback or
+    /// [`GpuContext::mark_lost`]). Work after that fails fast instead of waiting on a dead queue.
+    lost: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -240,6 +243,13 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::gpu(format!("opening adapter `{}`", info.name), e))?;
+        let lost = Arc::new(std::sync::Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = flag.lock() {
+                l.get_or_insert_with(|| format!("{reason:?}: {msg}"));
+            }
+        });
         let limits = device.limits();
         let caps = Caps {
             f16: features.contains(wgpu::Features::SHADER_F16),
@@ -268,7 +278,32 @@ impl GpuContext {
             queue,
             info,
             caps,
+            lost,
         }))
+    }
+
+    /// Why the device was lost, or `None` while it works.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Record that the device is lost (wgpu's callback does this; also a hook for tests and
+    /// for callers that detect a dead device another way).
+    pub fn mark_lost(&self, reason: impl Into<String>) {
+        if let Ok(mut l) = self.lost.lock() {
+            l.get_or_insert_with(|| reason.into());
+        }
+    }
+
+    /// An error when the device is lost: `what` is the work that cannot run.
+    pub fn check_alive(&self, what: &str) -> Result<()> {
+        match self.lost() {
+            None => Ok(()),
+            Some(why) => Err(Error::gpu(
+                what,
+                format!("the GPU device was lost ({why}); restart the process to open it again"),
+            )),
+        }
     }
 
     /// A short name for reports: `"llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)"`.
