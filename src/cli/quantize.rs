@@ -46,8 +46,12 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     for (name, d) in &r.fallbacks {
         eprintln!("  {name}: {d} (rows are not whole {} blocks)", a.dtype);
     }
-    for name in &r.requantized {
-        eprintln!("  {name}: re-quantized from another block format");
+    if !r.requantized.is_empty() {
+        eprintln!(
+            "  {} tensors re-quantized from another block format (more error than quantizing \
+             the original floats)",
+            r.requantized.len()
+        );
     }
     Ok(())
 }
