@@ -71,30 +71,6 @@ fn target_for(e: &TensorEntry, want: DType) -> DType {
     }
 }
 
-fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
-    Ok(match e.dtype {
-        DType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        d if quant::is_quantized(d) => quant::dequantize(d, b, e.numel())?,
-        d => {
-            return Err(Error::Config(format!(
-                "tensor `{}` has dtype {d}, which cannot hold weights",
-                e.name
-            )))
-        }
-    })
-}
-
 /// Quantize the model at `input` into `output` (GGUF v3) with matrices in `dtype` (Q8_0, Q4_0
 /// or Q4_K). `progress` gets (bytes read, bytes total) after each tensor.
 pub fn quantize_model(
@@ -206,7 +182,7 @@ pub fn quantize_model(
         let data: Vec<u8> = if s.dtype == o.dtype {
             bytes.into_owned()
         } else {
-            let v = widen(s, &bytes)?;
+            let v = crate::model::weights::widen(s, &bytes)?;
             match o.dtype {
                 DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 q if quant::is_quantized(q) => quant::quantize(q, &v)?,

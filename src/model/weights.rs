@@ -26,7 +26,8 @@ pub fn gpu_matmul_supports(dtype: DType) -> bool {
     dtype.is_float() || quant::is_quantized(dtype)
 }
 
-fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
+/// A tensor's values as f32 (floats widened, blocks dequantized).
+pub(crate) fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
     Ok(match e.dtype {
         DType::F32 => bytemuck::pod_collect_to_vec(&b[..e.numel() * 4]),
         DType::F16 => b
