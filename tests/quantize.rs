@@ -232,3 +232,38 @@ fn quantize_refuses_unsupported_types_and_tokenizers_with_the_reason() {
     assert!(!dir.join("x.gguf").exists() && !dir.join("x.gguf.part").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn fado_quantize_command_writes_the_file_and_reports_fallbacks() {
+    let dir = scratch("cli");
+    let out = dir.join("tiny.gguf");
+    let run = |ty: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fado"))
+            .args(["quantize"])
+            .arg(fixture("tiny-llama"))
+            .arg(&out)
+            .args(["--type", ty])
+            .output()
+            .expect("run fado")
+    };
+    let o = run("q4_0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("14 q4_0") && err.contains("down_proj.weight: bf16"),
+        "{err}"
+    );
+    assert_eq!(
+        GgufModel::open(&out)
+            .unwrap()
+            .get("model.embed_tokens.weight")
+            .unwrap()
+            .dtype,
+        DType::Q4_0
+    );
+    let o = run("q6_k");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown quantization `q6_k`"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
