@@ -257,6 +257,25 @@ fn pre_name(pre: &serde_json::Value) -> Option<&'static str> {
     }
 }
 
+/// The special token a `TemplateProcessing` post-processor (alone or inside a `Sequence`)
+/// puts first in a single sequence.
+fn template_first_token(pp: &serde_json::Value) -> Option<String> {
+    match pp.get("type")?.as_str()? {
+        "TemplateProcessing" => pp["single"]
+            .as_array()?
+            .first()?
+            .get("SpecialToken")?
+            .get("id")?
+            .as_str()
+            .map(str::to_owned),
+        "Sequence" => pp["processors"]
+            .as_array()?
+            .iter()
+            .find_map(template_first_token),
+        _ => None,
+    }
+}
+
 /// A special token of `tokenizer_config.json` (a string or `{"content": …}`).
 fn config_token(v: Option<&serde_json::Value>) -> Option<String> {
     match v? {
@@ -393,6 +412,17 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<BTreeMap<Stri
     for key in ["add_bos_token", "add_eos_token"] {
         if let Some(b) = tc.get(key).and_then(|v| v.as_bool()) {
             md.insert(format!("tokenizer.ggml.{key}"), MetaValue::Bool(b));
+        }
+    }
+    // Without the flag (Llama 3 style), a post-processor that starts with the BOS token adds
+    // it, as llama.cpp's SpecialVocab infers.
+    if !md.contains_key("tokenizer.ggml.add_bos_token") {
+        if let Some(bos) = config_token(tc.get("bos_token")) {
+            let first = template_first_token(&tj["post_processor"]);
+            md.insert(
+                "tokenizer.ggml.add_bos_token".into(),
+                MetaValue::Bool(first.as_deref() == Some(bos.as_str())),
+            );
         }
     }
     // The chat template as Fado reads it: chat_template.jinja, else tokenizer_config.json's.

@@ -267,3 +267,29 @@ fn fado_quantize_command_writes_the_file_and_reports_fallbacks() {
     assert!(err.contains("unknown quantization `q6_k`"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn add_bos_token_is_inferred_from_the_post_processor_when_the_config_omits_it() {
+    let dir = scratch("add-bos");
+    std::fs::copy(
+        fixture("tiny-llama/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    // The fixture's post-processor is TemplateProcessing "<s> $A".
+    for (bos, want) in [("<s>", true), ("</s>", false)] {
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            format!(r#"{{"bos_token": "{bos}", "eos_token": "<|im_end|>"}}"#),
+        )
+        .unwrap();
+        let md = convert::tokenizer_metadata(&dir, 512).unwrap();
+        assert_eq!(
+            md.get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.as_bool()),
+            Some(want),
+            "bos {bos}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
