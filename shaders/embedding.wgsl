@@ -1,17 +1,56 @@
-// embedding.wgsl — token embedding gather: y[t, j] = table[ids[t], j] widened to f32.
+// embedding.wgsl — token embedding gather: y[t, j] = table[ids[t], j] widened (float tables) or
+// dequantized (GGUF block tables) to f32.
 //
-// Bindings: 0 params {tokens, n, vocab, gx}; 1 step (unused); 2 ids: u32[tokens];
-//           3 table: f32[vocab*n] (W_F32) or u32[vocab*n/2] packed f16 (W_F16) / bf16 (W_BF16);
+// Bindings: 0 params {tokens, n, vocab, gx, nbr (blocks per table row), scales_word, _, _};
+//           1 step (unused); 2 ids: u32[tokens];
+//           3 table: f32[vocab*n] (W_F32), u32[vocab*n/2] packed f16 (W_F16) / bf16 (W_BF16),
+//             or u32[] block-quantized in the GPU layout of src/quant/mod.rs (QUANT plus one of
+//             Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K, decoded by quant_blocks.wgsl; BL = values per block);
 //           4 y: f32[tokens*n].
-// Dispatch: ceil(tokens*n / WG) workgroups over (gx, gy). An id >= vocab yields zeros (ids are
-// validated on the host; this keeps a bad id from reading out of bounds).
+// Dispatch: float tables: one thread per output value, ceil(tokens*n / WG) workgroups;
+//           quantized: one thread per 4 values (n is whole blocks, so a multiple of 32),
+//           ceil(tokens*n/4 / WG) workgroups; both over (gx, gy). An id >= vocab yields zeros
+//           (ids are validated on the host; this keeps a bad id from reading out of bounds).
+// Features: none.
 #include "common.wgsl"
 
-struct Params { tokens: u32, n: u32, vocab: u32, gx: u32 }
+struct Params { tokens: u32, n: u32, vocab: u32, gx: u32, nbr: u32, scales_word: u32, _p0: u32, _p1: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+#if QUANT
+@group(0) @binding(3) var<storage, read> w: array<u32>;
+#include "quant_blocks.wgsl"
+
+@compute @workgroup_size({{WG}})
+fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = wg_linear(wg, p.gx) * {{WG}}u + li;
+    let n4 = p.n / 4u;
+    if (i >= p.tokens * n4) {
+        return;
+    }
+    let t = i / n4;
+    let e = 4u * (i % n4);
+    let id = ids[t];
+    var v = vec4<f32>(0.0);
+    if (id < p.vocab) {
+        let in_blk = e % {{BL}}u;
+        let c = chunk_at(id * p.nbr + e / {{BL}}u, in_blk / 32u);
+        // Bit-exact with src/quant's dequantizers: an f16 scale times a small integer is exact
+        // in f32, and the roundings left (Q6_K's (d·sc)·q, the K-quants' `− min`) happen in
+        // the same order there.
+        v = chunk_vec4(c, (in_blk % 32u) / 4u);
+    }
+    let o = t * p.n + e;
+    y[o] = v.x;
+    y[o + 1u] = v.y;
+    y[o + 2u] = v.z;
+    y[o + 3u] = v.w;
+}
+#else
 #if W_F32
 @group(0) @binding(3) var<storage, read> table: array<f32>;
 fn load(e: u32) -> f32 { return table[e]; }
@@ -23,7 +62,6 @@ fn load(e: u32) -> f32 { return unpack2x16float(table[e >> 1u])[e & 1u]; }
 fn load(e: u32) -> f32 { return bf16x2(table[e >> 1u])[e & 1u]; }
 #endif
 #endif
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size({{WG}})
 fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -40,3 +78,4 @@ fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     y[i] = v;
 }
+#endif

@@ -5,6 +5,7 @@
 //! dispatch + CPU reference), [`graph`] (IR, memory planner, executor).
 
 pub mod chat_template;
+pub mod convert;
 pub mod error;
 pub mod generate;
 pub mod gpu;

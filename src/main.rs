@@ -35,6 +35,8 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models).
     Serve(cli::serve::ServeArgs),
+    /// Write a GGUF with block-quantized weights (q8_0, q4_0, q4_k) from a Hugging Face folder or a GGUF.
+    Quantize(cli::quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Cmd::Chat(a) => cli::run::chat(a, args.adapter),
         Cmd::Bench(a) => cli::bench::bench(a, args.adapter),
         Cmd::Serve(a) => cli::serve::serve_cmd(a, args.adapter),
+        Cmd::Quantize(a) => cli::quantize::quantize(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

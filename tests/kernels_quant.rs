@@ -1,5 +1,6 @@
 //! Quantized GEMV / matmul kernels against "dequantize on the CPU, then f32 matmul", for every
-//! block format, with and without subgroups, on ragged N and several M and K.
+//! block format, with and without subgroups, on ragged N and several M and K; and the embedding
+//! gather from a quantized table against the CPU dequantizer (bit-exact).
 
 mod common;
 use common::*;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use fado::gpu::GpuContext;
 use fado::graph::Graph;
 use fado::ops::matmul_quant::{self, QuantMatmul};
-use fado::ops::Step;
+use fado::ops::{embedding, Step};
 use fado::quant;
 use fado::tensor::{DType, Tensor, TensorDesc};
 
@@ -236,4 +237,82 @@ fn quantized_matmul_rejects_bad_shapes_with_a_named_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("dtype f16 is not supported"), "{e}");
+}
+
+/// Equal bit for bit; NaN (a poisoned, unwritten element) never matches a finite reference.
+fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length differs");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what}: element {i} is {g:e} but expected {w:e}"
+        );
+    }
+}
+
+#[test]
+fn embedding_gathers_quantized_rows_exactly_as_the_cpu_dequantizer() {
+    // Exact: the gather is a dequantize, computed in the CPU's order of operations.
+    let mut rng = Rng::new(30);
+    let c = ctx();
+    for (fi, &dtype) in embedding::TABLE_DTYPES
+        .iter()
+        .filter(|d| quant::is_quantized(**d))
+        .enumerate()
+    {
+        // Ragged vocabularies and rows of one to three blocks.
+        for (vocab, blocks) in [(1usize, 1usize), (7, 3), (130, 2)] {
+            let n = blocks * dtype.block_len();
+            let gguf = random_blocks(&mut rng, dtype, vocab, n);
+            let table = quant::dequantize(dtype, &gguf, vocab * n).expect("dequantize");
+            let tab = upload_weight(&c, dtype, vocab, n, &gguf);
+            // Repeated ids, the last row, and an id past the vocabulary (zeros).
+            for count in [1usize, 5, 67] {
+                let mut ids: Vec<u32> = (0..count).map(|_| rng.below(vocab as u32)).collect();
+                ids[0] = vocab as u32 - 1;
+                if count > 1 {
+                    ids[count - 1] = vocab as u32 + 11 + fi as u32;
+                }
+                let id_t = c
+                    .upload(
+                        "ids",
+                        TensorDesc::new(DType::U32, [ids.len()]),
+                        bytemuck::cast_slice(&ids),
+                    )
+                    .expect("upload ids");
+                let want = embedding::cpu(&ids, &table, n);
+                let got = run_op(embedding::Embedding, &[&id_t, &tab], Step::default());
+                assert_bits_eq(
+                    &format!("embedding {dtype} vocab={vocab} n={n} tokens={count}"),
+                    &got[0],
+                    &want,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_rejects_a_quantized_table_of_partial_blocks() {
+    let mut g = Graph::new();
+    let ids = g.external(
+        "ids",
+        &ctx()
+            .upload("ids", TensorDesc::new(DType::U32, [1]), &[0u8; 4])
+            .expect("upload"),
+    );
+    let table = g.external(
+        "table",
+        &ctx()
+            .upload("t", TensorDesc::new(DType::Q8_0, [2, 48]), &[0u8; 104])
+            .expect("upload"),
+    );
+    let e = g
+        .add(embedding::Embedding, &[ids, table])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("embedding") && e.contains("q8_0[2, 48]") && e.contains("32"),
+        "{e}"
+    );
 }

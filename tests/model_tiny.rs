@@ -1,6 +1,7 @@
 //! The tiny random Llama fixture (bf16, two safetensors shards; and its f16 GGUF twin) against
 //! the logits and greedy tokens transformers recorded (scripts/make_fixtures.py); penalized
-//! greedy decoding against the CPU reference of the penalties.
+//! greedy decoding against the CPU reference of the penalties; and a quantized, tied embedding
+//! table against its exact f32 twin.
 
 mod common;
 use common::*;
@@ -153,4 +154,102 @@ fn penalized_greedy_decoding_matches_the_cpu_reference_step_by_step() {
             "{what}: the penalties changed nothing"
         );
     }
+}
+
+/// Rewrite the f16 GGUF fixture with `token_embd` as `table` (ggml type, bytes) and
+/// `output.weight` as `lm_head_f32` (f32 bytes), or dropped (tied) when `None`; every other
+/// tensor and the metadata as they are.
+fn rewrite_gguf(out: &std::path::Path, table: (u32, &[u8]), lm_head_f32: Option<&[u8]>) {
+    use fado::loader::gguf::{write_raw, GgufFile, RawTensor};
+    let src = GgufFile::open(fixture("tiny-llama-f16.gguf")).expect("open fixture");
+    let md: Vec<_> = src
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut ts: Vec<RawTensor> = Vec::new();
+    for i in src.tensor_infos() {
+        let (ggml_type, data) = match i.name.as_str() {
+            "token_embd.weight" => table,
+            "output.weight" => match lm_head_f32 {
+                Some(d) => (0, d),
+                None => continue,
+            },
+            _ => (i.ggml_type, src.tensor_data(i)),
+        };
+        ts.push(RawTensor {
+            name: i.name.clone(),
+            ggml_type,
+            ne: i.ne.clone(),
+            data,
+        });
+    }
+    assert!(
+        lm_head_f32.is_none() || ts.iter().any(|t| t.name == "output.weight"),
+        "the fixture is untied: it has an output.weight to replace"
+    );
+    write_raw(out, 3, &md, &ts).expect("write gguf");
+}
+
+#[test]
+fn quantized_tied_embedding_is_one_gpu_buffer_and_matches_its_dequantized_twin() {
+    use fado::quant;
+    use fado::tensor::DType;
+    let dir = std::env::temp_dir().join(format!("fado-model-tiny-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fado::loader::gguf::GgufFile::open(fixture("tiny-llama-f16.gguf")).unwrap();
+    let info = src.tensor_info("token_embd.weight").unwrap();
+    let table: Vec<f32> = src
+        .tensor_data(info)
+        .chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect();
+    let vocab = info.ne[1] as usize;
+    for (dtype, ggml) in [(DType::Q8_0, 8u32), (DType::Q4_0, 2)] {
+        let blocks = quant::quantize(dtype, &table).unwrap();
+        let deq = quant::dequantize(dtype, &blocks, table.len()).unwrap();
+        let q_path = dir.join(format!("tied-{dtype}.gguf"));
+        rewrite_gguf(&q_path, (ggml, &blocks), None);
+        let f_path = dir.join(format!("untied-f32-{dtype}.gguf"));
+        rewrite_gguf(
+            &f_path,
+            (0, bytemuck::cast_slice(&deq)),
+            Some(bytemuck::cast_slice(&deq)),
+        );
+        let q = load(q_path.clone());
+        let f = load(f_path);
+        assert!(q.config.tie_word_embeddings);
+        let w = &q.weights;
+        assert_eq!(w.embed.dtype(), dtype, "the table stays in its blocks");
+        assert!(
+            std::sync::Arc::ptr_eq(&w.embed.buffer, &w.lm_head.buffer),
+            "{dtype}: the tied lm_head is the embedding's own buffer"
+        );
+        // The f32 twin holds two f32 tables; the quantized model one table of blocks.
+        let f32_table = (table.len() * 4) as u64;
+        assert_eq!(
+            f.weights_bytes - q.weights_bytes,
+            2 * f32_table - quant::gpu_layout_bytes(dtype, vocab, table.len() / vocab),
+            "{dtype}: GPU weight bytes"
+        );
+        // Same model (the twin holds the exact dequantized values): same logits and tokens.
+        for p in expected("tiny-llama-f16-gguf-expected.json")["prompts"]
+            .as_array()
+            .unwrap()
+        {
+            let prompt = ids(&p["ids"]);
+            let logits = |m: &Arc<Model>| {
+                let mut s = Session::new(m.clone(), 64).unwrap();
+                s.prefill(&prompt, 1).unwrap();
+                s.last_logits().unwrap()
+            };
+            assert_close_rel_max(
+                &format!("{dtype} tied vs f32 twin"),
+                &logits(&q),
+                &logits(&f),
+                F32_RTOL,
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -21,7 +21,7 @@ pub struct ModelArgs {
     pub quant: Option<DType>,
 }
 
-fn parse_quant(s: &str) -> std::result::Result<DType, String> {
+pub fn parse_quant(s: &str) -> std::result::Result<DType, String> {
     match s.to_ascii_lowercase().as_str() {
         "q8_0" => Ok(DType::Q8_0),
         "q4_0" => Ok(DType::Q4_0),

@@ -1423,7 +1423,25 @@ pub fn write_raw(
     metadata: &[(String, MetaValue)],
     tensors: &[RawTensor<'_>],
 ) -> Result<()> {
-    let path = path.as_ref();
+    let infos: Vec<(&str, u32, &[u64], u64)> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.ggml_type, &t.ne[..], t.data.len() as u64))
+        .collect();
+    write_raw_streamed(path.as_ref(), version, metadata, &infos, &mut |i| {
+        Ok(Cow::Borrowed(tensors[i].data))
+    })
+}
+
+/// [`write_raw`] with each tensor's bytes produced on demand, in order, by `data(i)` (which must
+/// return exactly the size announced in `infos`: name, ggml type, `ne`, bytes), so memory stays
+/// near one tensor. The file is written to `PATH.part` and renamed when complete.
+fn write_raw_streamed<'d>(
+    path: &Path,
+    version: u32,
+    metadata: &[(String, MetaValue)],
+    infos: &[(&str, u32, &[u64], u64)],
+    data: &mut dyn FnMut(usize) -> Result<Cow<'d, [u8]>>,
+) -> Result<()> {
     let alignment = metadata
         .iter()
         .find(|(k, _)| k == "general.alignment")
@@ -1433,7 +1451,7 @@ pub fn write_raw(
     let mut head = Vec::new();
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&version.to_le_bytes());
-    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(infos.len() as u64).to_le_bytes());
     head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
     for (k, v) in metadata {
         put_str(&mut head, k);
@@ -1441,30 +1459,50 @@ pub fn write_raw(
         put_value(path, &mut head, k, v)?;
     }
     let mut offset = 0u64;
-    for t in tensors {
-        put_str(&mut head, &t.name);
-        head.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
-        for d in &t.ne {
+    for (name, ggml_type, ne, size) in infos {
+        put_str(&mut head, name);
+        head.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        for d in ne.iter() {
             head.extend_from_slice(&d.to_le_bytes());
         }
-        head.extend_from_slice(&t.ggml_type.to_le_bytes());
+        head.extend_from_slice(&ggml_type.to_le_bytes());
         head.extend_from_slice(&offset.to_le_bytes());
-        offset += (t.data.len() as u64).div_ceil(alignment) * alignment;
+        offset += size.div_ceil(alignment) * alignment;
     }
     let pad = |n: u64| ((n.div_ceil(alignment) * alignment) - n) as usize;
     head.resize(head.len() + pad(head.len() as u64), 0);
 
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = std::io::BufWriter::new(file);
-    let io = |e| Error::io(path, e);
-    w.write_all(&head).map_err(io)?;
-    for t in tensors {
-        w.write_all(t.data).map_err(io)?;
-        w.write_all(&vec![0u8; pad(t.data.len() as u64)])
-            .map_err(io)?;
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let result = (|| {
+        let file = std::fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        let io = |e| Error::io(&part, e);
+        w.write_all(&head).map_err(io)?;
+        for (i, (name, _, _, size)) in infos.iter().enumerate() {
+            let d = data(i)?;
+            if d.len() as u64 != *size {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "tensor '{name}': {} bytes produced, {size} announced in the header",
+                        d.len()
+                    ),
+                ));
+            }
+            w.write_all(&d).map_err(io)?;
+            w.write_all(&vec![0u8; pad(*size)]).map_err(io)?;
+        }
+        w.flush().map_err(io)
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&part, path).map_err(|e| Error::io(path, e)),
+        Err(e) => {
+            std::fs::remove_file(&part).ok();
+            Err(e)
+        }
     }
-    w.flush().map_err(io)?;
-    Ok(())
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -1519,27 +1557,29 @@ pub fn write(
     metadata: &BTreeMap<String, MetaValue>,
     tensors: &[(TensorEntry, &[u8])],
 ) -> Result<()> {
+    let entries: Vec<TensorEntry> = tensors.iter().map(|(e, _)| e.clone()).collect();
+    write_streamed(path, metadata, &entries, &mut |i| {
+        Ok(Cow::Borrowed(tensors[i].1))
+    })
+}
+
+/// [`write`] with tensor `i`'s bytes (Fado's layout, Hugging Face row order) produced on demand
+/// by `data(i)`, in order, so memory stays near one tensor while a model is converted.
+pub fn write_streamed<'d>(
+    path: impl AsRef<Path>,
+    metadata: &BTreeMap<String, MetaValue>,
+    entries: &[TensorEntry],
+    data: &mut dyn FnMut(usize) -> Result<Cow<'d, [u8]>>,
+) -> Result<()> {
     let path = path.as_ref();
     let heads = |k: &str| metadata.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
     let n_head = heads("llama.attention.head_count");
     let n_head_kv = heads("llama.attention.head_count_kv").or(n_head);
 
-    let mut permuted: Vec<Option<Vec<u8>>> = Vec::with_capacity(tensors.len());
-    let mut infos = Vec::with_capacity(tensors.len());
-    for (e, data) in tensors {
-        let want = e.nbytes();
-        if data.len() != want {
-            return Err(Error::model(
-                path,
-                format!(
-                    "cannot write tensor '{}' ({} {:?}): {} bytes given, {want} expected",
-                    e.name,
-                    e.dtype,
-                    e.shape,
-                    data.len()
-                ),
-            ));
-        }
+    // Validate every tensor before anything is written.
+    let mut infos = Vec::with_capacity(entries.len());
+    let mut perms = Vec::with_capacity(entries.len());
+    for e in entries {
         let ggml_type = ggml_from_dtype(e.dtype).ok_or_else(|| {
             Error::model(
                 path,
@@ -1571,31 +1611,41 @@ pub fn write(
                     ));
                 }
                 check_permutable(path, &e.name, e.shape[0], h, &format!("llama.{key}"))?;
-                Some(permute_rows(data, h, data.len() / e.shape[0]))
+                Some(h)
             }
             None => None,
         };
-        permuted.push(perm);
-        infos.push((
-            gname,
-            ggml_type,
-            e.shape.iter().rev().map(|&d| d as u64).collect(),
-        ));
+        perms.push(perm);
+        let ne: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
+        infos.push((gname, ggml_type, ne, e.nbytes() as u64));
     }
-    let raws: Vec<RawTensor<'_>> = infos
-        .into_iter()
-        .zip(&permuted)
-        .zip(tensors)
-        .map(|(((name, ggml_type, ne), perm), (_, data))| RawTensor {
-            name,
-            ggml_type,
-            ne,
-            data: perm.as_deref().unwrap_or(data),
-        })
+    let info_refs: Vec<(&str, u32, &[u64], u64)> = infos
+        .iter()
+        .map(|(n, t, ne, s)| (n.as_str(), *t, &ne[..], *s))
         .collect();
     let md: Vec<(String, MetaValue)> = metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    write_raw(path, 3, &md, &raws)
+    write_raw_streamed(path, 3, &md, &info_refs, &mut |i| {
+        let e = &entries[i];
+        let d = data(i)?;
+        let want = e.nbytes();
+        if d.len() != want {
+            return Err(Error::model(
+                path,
+                format!(
+                    "cannot write tensor '{}' ({} {:?}): {} bytes given, {want} expected",
+                    e.name,
+                    e.dtype,
+                    e.shape,
+                    d.len()
+                ),
+            ));
+        }
+        Ok(match perms[i] {
+            Some(h) => Cow::Owned(permute_rows(&d, h, d.len() / e.shape[0].max(1))),
+            None => d,
+        })
+    })
 }

@@ -243,7 +243,8 @@ fn ones(ctx: &GpuContext, label: &str, n: usize) -> Result<Tensor> {
 }
 
 /// Random weights for `cfg`, with every matrix in `dtype` (norms f32 ones; the embedding table
-/// bf16 unless `dtype` is f32/f16). Returns the weights and their GPU bytes.
+/// too, bf16 when its rows are not whole blocks of `dtype`; tied, it is also the lm_head, as
+/// when loading a file). Returns the weights and their GPU bytes.
 pub fn weights(ctx: &GpuContext, cfg: &LlamaConfig, dtype: DType) -> Result<(Weights, u64)> {
     let mut bytes = 0u64;
     let mut seed = 1u32;
@@ -259,7 +260,11 @@ pub fn weights(ctx: &GpuContext, cfg: &LlamaConfig, dtype: DType) -> Result<(Wei
         cfg.q_dim(),
         cfg.kv_dim(),
     );
-    let embed_dtype = if dtype.is_float() { dtype } else { DType::BF16 };
+    let embed_dtype = if h.is_multiple_of(dtype.block_len()) {
+        dtype
+    } else {
+        DType::BF16
+    };
     let embed = mat("embed_tokens", embed_dtype, cfg.vocab_size, h)?;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
@@ -272,7 +277,7 @@ pub fn weights(ctx: &GpuContext, cfg: &LlamaConfig, dtype: DType) -> Result<(Wei
             down: mat(&format!("blk.{l}.down"), dtype, h, i_dim)?,
         });
     }
-    let lm_head = if cfg.tie_word_embeddings && dtype.is_float() {
+    let lm_head = if cfg.tie_word_embeddings {
         embed.clone()
     } else {
         mat("lm_head", dtype, cfg.vocab_size, h)?

@@ -26,7 +26,8 @@ pub fn gpu_matmul_supports(dtype: DType) -> bool {
     dtype.is_float() || quant::is_quantized(dtype)
 }
 
-fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
+/// A tensor's values as f32 (floats widened, blocks dequantized).
+pub(crate) fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
     Ok(match e.dtype {
         DType::F32 => bytemuck::pod_collect_to_vec(&b[..e.numel() * 4]),
         DType::F16 => b
@@ -141,12 +142,18 @@ impl Uploader<'_> {
         self.put(label, TensorDesc::new(target, [rows, cols]), &data)
     }
 
-    /// The embedding table, in a dtype the gather kernel reads (f32/f16/bf16).
+    /// The embedding table as stored: floats as they are, GGUF blocks in their GPU layout (the
+    /// gather kernel dequantizes the rows it reads, so a table tied with the lm_head is one
+    /// buffer). Formats the kernels do not read, or rows that are not whole blocks, are
+    /// widened to f32.
     pub fn embedding(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<Tensor> {
         let e = self.entry(name, &[vocab, hidden])?;
         let b = self.src.bytes(name)?;
         let t = if e.dtype.is_float() {
             self.put(name, e.desc(), &b)?
+        } else if quant::is_quantized(e.dtype) && hidden.is_multiple_of(e.dtype.block_len()) {
+            let data = quant::gpu_layout(e.dtype, vocab, hidden, &b)?;
+            self.put(name, e.desc(), &data)?
         } else {
             let v = widen(&e, &b)?;
             self.put(
@@ -218,17 +225,8 @@ pub fn upload(
     }
     let norm = u.vector("model.norm.weight", h)?;
     let lm_head = if cfg.tie_word_embeddings && src.get("lm_head.weight").is_err() {
-        // Tied: share the table unless the file's table is block-quantized (the gather kernel
-        // got a widened copy; the vocabulary GEMV reads the blocks).
-        if !quant::is_quantized(src.get("model.embed_tokens.weight")?.dtype) {
-            embed.clone()
-        } else {
-            u.matrix(
-                "lm_head.weight",
-                &[("model.embed_tokens.weight".into(), cfg.vocab_size)],
-                h,
-            )?
-        }
+        // Tied: the vocabulary GEMV reads the embedding table's own buffer (float or blocks).
+        embed.clone()
     } else {
         u.matrix(
             "lm_head.weight",

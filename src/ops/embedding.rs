@@ -1,11 +1,29 @@
-//! Embedding gather: token ids `u32 [t]` and a table `[vocab, n]` (f32, f16 or bf16) give f32 `[t, n]`.
+//! Embedding gather: token ids `u32 [t]` and a table `[vocab, n]` give f32 `[t, n]`.
+//!
+//! The table is f32, f16, bf16 (widened in the kernel) or one of the GGUF block formats in the
+//! GPU layout of [`crate::quant`] (the gathered rows are dequantized in the kernel, bit-exactly
+//! as [`crate::quant::dequantize`]), so a quantized table tied with the lm_head is one buffer.
 
 use super::{expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Caps;
+use crate::quant;
 use crate::tensor::{DType, TensorDesc};
 
 pub const WORKGROUP: u32 = 256;
+
+/// Table dtypes the gather reads.
+pub const TABLE_DTYPES: &[DType] = &[
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4K,
+    DType::Q5K,
+    DType::Q6K,
+];
 
 #[derive(Clone, Debug)]
 pub struct Embedding;
@@ -14,6 +32,12 @@ pub(crate) fn weight_define(d: DType) -> &'static str {
     match d {
         DType::F16 => "W_F16",
         DType::BF16 => "W_BF16",
+        DType::Q8_0 => "Q8_0",
+        DType::Q4_0 => "Q4_0",
+        DType::Q4_1 => "Q4_1",
+        DType::Q4K => "Q4K",
+        DType::Q5K => "Q5K",
+        DType::Q6K => "Q6K",
         _ => "W_F32",
     }
 }
@@ -27,13 +51,18 @@ impl Op for Embedding {
         let (ids, table) = (inputs[0], inputs[1]);
         expect_dtype(self.name(), "ids", ids, &[DType::U32])?;
         expect_rank(self.name(), "ids", ids, 1)?;
-        expect_dtype(
-            self.name(),
-            "table",
-            table,
-            &[DType::F32, DType::F16, DType::BF16],
-        )?;
+        expect_dtype(self.name(), "table", table, TABLE_DTYPES)?;
         expect_rank(self.name(), "table", table, 2)?;
+        let bl = table.dtype.block_len();
+        if !table.shape[1].is_multiple_of(bl) {
+            return Err(Error::op(
+                self.name(),
+                format!(
+                    "table is {table}: its rows of {} values are not whole {} blocks of {bl}",
+                    table.shape[1], table.dtype
+                ),
+            ));
+        }
         Ok(vec![TensorDesc::f32([ids.shape[0], table.shape[1]])])
     }
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
@@ -43,17 +72,34 @@ impl Op for Embedding {
             table.shape[1] as u32,
             table.shape[0] as u32,
         );
-        let [gx, gy, _] = grid_2d((t * n).div_ceil(WORKGROUP), caps.max_workgroups_per_dim);
-        Ok(vec![KernelCall::new("embedding.wgsl", "embedding")
+        let quantized = quant::is_quantized(table.dtype);
+        // Quantized tables: one thread per 4 values (rows are whole blocks, multiples of 32).
+        let per_thread = if quantized { 4 } else { 1 };
+        let threads = t * n / per_thread;
+        let [gx, gy, _] = grid_2d(threads.div_ceil(WORKGROUP), caps.max_workgroups_per_dim);
+        let (nbr, scales_word) = if quantized {
+            let nbr = table.shape[1] / table.dtype.block_len();
+            let sec = quant::gpu_sections(table.dtype, table.shape[0] * nbr);
+            (nbr as u32, (sec.scales_offset.unwrap_or(0) / 4) as u32)
+        } else {
+            (0, 0)
+        };
+        let mut call = KernelCall::new("embedding.wgsl", "embedding")
             .define(weight_define(table.dtype), 1)
             .define("WG", WORKGROUP)
-            .params(&[t, n, vocab, gx])
+            .params(&[t, n, vocab, gx, nbr, scales_word, 0, 0])
             .args(&[Arg::In(0), Arg::In(1), Arg::Out(0)])
-            .workgroups(gx, gy, 1)])
+            .workgroups(gx, gy, 1);
+        if quantized {
+            call = call
+                .define("QUANT", 1)
+                .define("BL", table.dtype.block_len() as u32);
+        }
+        Ok(vec![call])
     }
 }
 
-/// CPU reference over an f32 table.
+/// CPU reference over an f32 table (for a quantized table, its [`crate::quant::dequantize`]).
 pub fn cpu(ids: &[u32], table: &[f32], n: usize) -> Vec<f32> {
     let vocab = table.len() / n;
     let mut y = Vec::with_capacity(ids.len() * n);

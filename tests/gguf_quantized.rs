@@ -1,0 +1,236 @@
+//! GGUF files quantized by llama.cpp (Q4_K_M, Q6_K) and by `fado quantize` (Q8_0, Q4_0, Q4_K)
+//! against the `gguf` Python package's reference dequantizer and transformers
+//! (scripts/make_quant_fixtures.py wrote tests/fixtures/quant-gguf-expected.json): every tensor
+//! dequantizes bit for bit as the reference, and the llama.cpp files give transformers'
+//! logits and greedy tokens on the dequantized weights.
+
+mod common;
+use common::*;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fado::loader::gguf::GgufFile;
+use fado::model::{Model, ModelOptions};
+use fado::quant;
+use fado::session::Session;
+use fado::tensor::DType;
+use serde_json::Value;
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
+}
+
+fn expected() -> Value {
+    let s = std::fs::read_to_string(fixture("quant-gguf-expected.json")).expect("fixture json");
+    serde_json::from_str(&s).expect("fixture json parses")
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The fixture script's checksum: Σ bits(v[i]) · (2i + 1) mod 2^64, as 16 hex digits.
+fn checksum(v: &[f32]) -> String {
+    let h = v.iter().enumerate().fold(0u64, |h, (i, x)| {
+        h.wrapping_add((x.to_bits() as u64).wrapping_mul(2 * i as u64 + 1))
+    });
+    format!("{h:016x}")
+}
+
+/// A tensor's values as Fado reads them: quantized blocks through `quant::dequantize`, floats
+/// widened.
+fn values(dtype: DType, data: &[u8], n: usize) -> Vec<f32> {
+    match dtype {
+        DType::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        q => quant::dequantize(q, data, n).expect("dequantize"),
+    }
+}
+
+/// Check every tensor of `file` against the reference; returns the dtypes seen.
+fn check_tensors(file: &str) -> Vec<DType> {
+    let exp = expected();
+    let f = &exp["files"][file];
+    assert!(f.is_object(), "{file} is not in the fixture JSON");
+    let g = GgufFile::open(fixture(file)).expect("open");
+    let recs = f["tensors"].as_array().unwrap();
+    assert_eq!(recs.len(), g.tensor_infos().len(), "{file}: tensor count");
+    let mut seen = Vec::new();
+    for r in recs {
+        let name = r["name"].as_str().unwrap();
+        let info = g
+            .tensor_info(name)
+            .unwrap_or_else(|| panic!("{file}: no {name}"));
+        assert_eq!(
+            info.dtype.name(),
+            r["type"].as_str().unwrap().to_ascii_lowercase(),
+            "{file}: {name} type"
+        );
+        let ne: Vec<u64> = r["ne"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(info.ne, ne, "{file}: {name} ne");
+        let n = ne.iter().product::<u64>() as usize;
+        let v = values(info.dtype, g.tensor_data(info), n);
+        let first = f32s(&r["first"]);
+        for (i, (a, b)) in v.iter().zip(&first).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{file}: {name}[{i}] = {a}, reference {b}"
+            );
+        }
+        // Bitwise equality of every value (the checksum is order- and bit-sensitive).
+        assert_eq!(
+            checksum(&v),
+            r["checksum"].as_str().unwrap(),
+            "{file}: {name} ({}) dequantizes differently from gguf.quants",
+            info.dtype
+        );
+        if !seen.contains(&info.dtype) {
+            seen.push(info.dtype);
+        }
+    }
+    seen
+}
+
+/// Fado's kernels on the same dequantized weights as transformers: f32 accumulation in another
+/// order, so the f32 tolerance.
+fn check_model(file: &str) {
+    let exp = expected();
+    let m: Arc<Model> =
+        Model::load_on(ctx(), fixture(file), &ModelOptions::default()).expect("model loads");
+    for p in exp["files"][file]["prompts"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let prompt = u32s(&p["ids"]);
+        let mut s = Session::new(m.clone(), 128).unwrap();
+        s.prefill(&prompt, 1).unwrap();
+        assert_close_rel_max(
+            &format!("{file} {name}: last logits"),
+            &s.last_logits().unwrap(),
+            &f32s(&p["last_logits"]),
+            F32_RTOL,
+        );
+        // Greedy tokens up to the first step whose top-2 gap is within summation-order noise.
+        let want = u32s(&p["greedy_tokens"]);
+        let n = f32s(&p["greedy_margins"])
+            .iter()
+            .position(|g| *g < 1e-3)
+            .map(|i| i + 1)
+            .unwrap_or(want.len());
+        let mut s = Session::new(m.clone(), 128).unwrap();
+        let mut got = Vec::new();
+        let mut cands = s.prefill(&prompt, 1).unwrap();
+        for _ in 0..n {
+            got.push(cands[0].0);
+            cands = s.prefill(&[cands[0].0], 1).unwrap();
+        }
+        assert_eq!(
+            got,
+            want[..n],
+            "{file} {name}: greedy tokens ({n} compared)"
+        );
+    }
+}
+
+#[test]
+fn llama_cpp_q4_k_m_dequantizes_bitwise_as_gguf_reference() {
+    let seen = check_tensors("tiny-llama-256-q4_k_m.gguf");
+    assert!(
+        seen.contains(&DType::Q4K) && seen.contains(&DType::Q6K),
+        "Q4_K_M mixes Q4_K and Q6_K: {seen:?}"
+    );
+}
+
+#[test]
+fn llama_cpp_q6_k_dequantizes_bitwise_as_gguf_reference() {
+    assert!(check_tensors("tiny-llama-256-q6_k.gguf").contains(&DType::Q6K));
+}
+
+#[test]
+fn llama_cpp_q4_k_m_gives_transformers_logits_and_greedy_tokens() {
+    check_model("tiny-llama-256-q4_k_m.gguf");
+}
+
+#[test]
+fn llama_cpp_q6_k_gives_transformers_logits_and_greedy_tokens() {
+    check_model("tiny-llama-256-q6_k.gguf");
+}
+
+#[test]
+fn fado_quantized_files_read_back_through_the_gguf_reference_dequantizer() {
+    for (file, dtype) in [
+        ("tiny-llama-fado-q8_0.gguf", DType::Q8_0),
+        ("tiny-llama-fado-q4_0.gguf", DType::Q4_0),
+        ("tiny-llama-256-fado-q4_k.gguf", DType::Q4K),
+    ] {
+        assert!(check_tensors(file).contains(&dtype), "{file} holds {dtype}");
+    }
+}
+
+#[test]
+fn fado_quantized_files_give_transformers_logits_and_greedy_tokens() {
+    for file in [
+        "tiny-llama-fado-q8_0.gguf",
+        "tiny-llama-fado-q4_0.gguf",
+        "tiny-llama-256-fado-q4_k.gguf",
+    ] {
+        check_model(file);
+    }
+}
+
+#[test]
+fn fado_quantizer_still_writes_the_committed_fixture_bytes() {
+    // Keeps the fixtures above tied to the current quantizer and writer.
+    let dir = std::env::temp_dir().join(format!("fado-gguf-quantized-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (dtype, file) in [
+        (DType::Q8_0, "tiny-llama-fado-q8_0.gguf"),
+        (DType::Q4_0, "tiny-llama-fado-q4_0.gguf"),
+    ] {
+        let out = dir.join(file);
+        fado::convert::quantize_model(&fixture("tiny-llama"), &out, dtype, None).unwrap();
+        let (a, b) = (
+            GgufFile::open(&out).unwrap(),
+            GgufFile::open(fixture(file)).unwrap(),
+        );
+        assert_eq!(a.tensor_infos().len(), b.tensor_infos().len());
+        for i in a.tensor_infos() {
+            let j = b.tensor_info(&i.name).unwrap();
+            assert!(
+                a.tensor_data(i) == b.tensor_data(j),
+                "{file}: {} differs from the committed fixture",
+                i.name
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
