@@ -416,7 +416,7 @@ impl<'a> Reader<'a> {
         let len = self.u64()?;
         if len > cap {
             return Err(self.err(format!(
-                "{}: string length {len} is over the limit of {cap} bytes; the file is corrupt",
+                "{}: string length {len} is over the limit of {cap} bytes; the file is corrupt; re-download or re-convert it",
                 self.what
             )));
         }
@@ -434,7 +434,7 @@ impl<'a> Reader<'a> {
     fn value(&mut self, ty: u32, depth: usize) -> Result<MetaValue> {
         if self.values_left == 0 {
             return Err(self.err(format!(
-                "{}: more than {MAX_META_VALUES} metadata values; the file is corrupt",
+                "{}: more than {MAX_META_VALUES} metadata values; the file is corrupt; re-download or re-convert it",
                 self.what
             )));
         }
@@ -456,7 +456,7 @@ impl<'a> Reader<'a> {
             9 => {
                 if depth >= MAX_NESTING {
                     return Err(self.err(format!(
-                        "{}: arrays nested deeper than {MAX_NESTING} levels; the file is corrupt",
+                        "{}: arrays nested deeper than {MAX_NESTING} levels; the file is corrupt; re-download or re-convert it",
                         self.what
                     )));
                 }
@@ -470,14 +470,14 @@ impl<'a> Reader<'a> {
                 let n = self.u64()?;
                 if n > MAX_ARRAY_LEN {
                     return Err(self.err(format!(
-                        "{}: array length {n} is over the limit of {MAX_ARRAY_LEN}; the file is corrupt",
+                        "{}: array length {n} is over the limit of {MAX_ARRAY_LEN}; the file is corrupt; re-download or re-convert it",
                         self.what
                     )));
                 }
                 if n.saturating_mul(min) > self.left() {
                     return Err(self.err(format!(
                         "{}: array of {n} elements needs at least {} bytes but only {} are left in the file; \
-                         the file is truncated or corrupt",
+                         the file is truncated or corrupt; re-download or re-convert it",
                         self.what,
                         n.saturating_mul(min),
                         self.left()
@@ -613,13 +613,13 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     // least 8 (name length) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset) bytes.
     if n_kv.saturating_mul(13) > r.left() {
         return Err(r.err(format!(
-            "header claims {n_kv} metadata entries but the file has only {} bytes; the file is corrupt or truncated",
+            "header claims {n_kv} metadata entries but the file has only {} bytes; the file is corrupt or truncated; re-download or re-convert it",
             buf.len()
         )));
     }
     if n_tensors.saturating_mul(32) > r.left() {
         return Err(r.err(format!(
-            "header claims {n_tensors} tensors but the file has only {} bytes; the file is corrupt or truncated",
+            "header claims {n_tensors} tensors but the file has only {} bytes; the file is corrupt or truncated; re-download or re-convert it",
             buf.len()
         )));
     }
@@ -707,7 +707,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             }
             numel = numel.checked_mul(d).ok_or_else(|| {
                 r.err(format!(
-                    "tensor '{name}': element count of ne = {:?} overflows 64 bits; the file is corrupt",
+                    "tensor '{name}': element count of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
                     t.ne
                 ))
             })?;
@@ -723,7 +723,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             .checked_mul(t.dtype.block_bytes() as u64)
             .ok_or_else(|| {
                 r.err(format!(
-                    "tensor '{name}': byte size of ne = {:?} overflows 64 bits; the file is corrupt",
+                    "tensor '{name}': byte size of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
                     t.ne
                 ))
             })?;
@@ -747,7 +747,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             _ => {
                 return Err(r.err(format!(
                     "tensor '{name}' ({} ne = {:?}, {size} bytes) at data offset {} lies beyond the end of the \
-                     file ({file_len} bytes); the file is truncated or corrupt",
+                     file ({file_len} bytes); the file is truncated or corrupt; re-download or re-convert it",
                     t.dtype, t.ne, t.offset
                 )))
             }

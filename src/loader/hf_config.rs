@@ -73,7 +73,7 @@ impl Fields<'_> {
         Error::model(
             self.path,
             format!(
-                "required field '{}{k}' is missing; the config is incomplete",
+                "required field '{}{k}' is missing; add it from the model's original config.json",
                 self.prefix
             ),
         )

@@ -122,7 +122,13 @@ pub trait WeightSource: Send + Sync {
 /// - a single `.safetensors` file with a `config.json` next to it.
 pub fn open(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource>> {
     let path = path.as_ref();
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::model(
+            path,
+            "no such file or folder; check the path given to --model",
+        ),
+        _ => Error::io(path, e),
+    })?;
     if meta.is_dir() {
         if path.join("config.json").is_file() {
             return Ok(Box::new(SafetensorsModel::open_dir(path)?));
