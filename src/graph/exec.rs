@@ -2,6 +2,7 @@
 //! (one compute pass, one submission; only the [`Step`] uniform is written per run).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::plan::{assign, Lifetime};
@@ -47,6 +48,8 @@ pub struct Executable {
     step: wgpu::Buffer,
     _params: wgpu::Buffer,
     staging: Mutex<HashMap<TensorId, wgpu::Buffer>>,
+    /// Queue submissions made so far (see [`Executable::submissions`]).
+    submissions: AtomicU64,
     /// Bytes of the intermediate buffers the planner allocated.
     pub intermediate_bytes: u64,
 }
@@ -264,6 +267,7 @@ impl Graph {
             step,
             _params: params,
             staging: Mutex::new(HashMap::new()),
+            submissions: AtomicU64::new(0),
             intermediate_bytes,
         })
     }
@@ -276,8 +280,21 @@ impl Executable {
         &self.tensors[id.0]
     }
 
+    /// Number of compute dispatches one run records.
     pub fn num_dispatches(&self) -> usize {
         self.dispatches.len()
+    }
+
+    /// Queue submissions this executable has made. Each `run*` call records the whole graph
+    /// and submits once, so after `n` runs this is `n`; tests use it to check that a forward
+    /// pass really is one submission.
+    pub fn submissions(&self) -> u64 {
+        self.submissions.load(Ordering::Relaxed)
+    }
+
+    fn submit(&self, enc: wgpu::CommandEncoder) {
+        self.ctx.queue.submit(Some(enc.finish()));
+        self.submissions.fetch_add(1, Ordering::Relaxed);
     }
 
     fn encode(&self, enc: &mut wgpu::CommandEncoder) {
@@ -300,7 +317,7 @@ impl Executable {
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut enc);
-        self.ctx.queue.submit(Some(enc.finish()));
+        self.submit(enc);
         Ok(())
     }
 
@@ -327,7 +344,7 @@ impl Executable {
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut enc);
         enc.copy_buffer_to_buffer(&t.buffer, t.offset, buf, 0, len4);
-        self.ctx.queue.submit(Some(enc.finish()));
+        self.submit(enc);
         self.ctx.map_read(buf, len)
     }
 
@@ -383,7 +400,7 @@ impl Executable {
         }
         enc.resolve_query_set(&qs, 0..2 * n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
-        self.ctx.queue.submit(Some(enc.finish()));
+        self.submit(enc);
         let raw = self.ctx.map_read(&read, bytes)?;
         let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
         let period = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;
