@@ -11,7 +11,7 @@
 //!   is static); a first dispatch writes `(max, sum, unnormalized output)` per (chunk, head) into
 //!   scratch, a second merges them. Chunks past `kv_len` are skipped by both.
 
-use super::rope::{check_cache, check_heads};
+use super::rope::{check_cache, check_fits_cache, check_heads};
 use super::{expect_dtype, expect_inputs, expect_rank, fbits, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
@@ -140,6 +140,7 @@ impl Attention {
                 ),
             ));
         }
+        check_fits_cache(name, "q", q, inputs[1])?;
         Ok(vec![q.clone()])
     }
 

@@ -1,6 +1,8 @@
 //! Embedding gather: token ids `u32 [t]` and a table `[vocab, n]` (f32, f16 or bf16) give f32 `[t, n]`.
 
-use super::{expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op};
+use super::{
+    expect_addressable, expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op,
+};
 use crate::error::Result;
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
@@ -34,7 +36,10 @@ impl Op for Embedding {
             &[DType::F32, DType::F16, DType::BF16],
         )?;
         expect_rank(self.name(), "table", table, 2)?;
-        Ok(vec![TensorDesc::f32([ids.shape[0], table.shape[1]])])
+        let out = TensorDesc::f32([ids.shape[0], table.shape[1]]);
+        // The output can be larger than either input; the kernel's grid is computed in u32.
+        expect_addressable(self.name(), "the output", &out)?;
+        Ok(vec![out])
     }
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
         let (ids, table) = (inputs[0], inputs[1]);

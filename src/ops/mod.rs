@@ -118,9 +118,14 @@ pub trait Op: Debug + Send + Sync {
 /// Shared shape checks with messages that name the op, the shapes and what was expected.
 pub(crate) fn expect_inputs(op: &'static str, inputs: &[&TensorDesc], n: usize) -> Result<()> {
     if inputs.len() != n {
+        let given: Vec<String> = inputs.iter().map(|t| t.to_string()).collect();
         return Err(Error::op(
             op,
-            format!("expected {n} inputs, got {}", inputs.len()),
+            format!(
+                "expected {n} inputs, got {} [{}]",
+                inputs.len(),
+                given.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -143,14 +148,37 @@ pub(crate) fn expect_dtype(
             ),
         ));
     }
-    Ok(())
+    expect_addressable(op, what, t)
+}
+
+/// Kernels index elements with 32-bit integers (WGSL has no 64-bit ones), so no tensor may
+/// hold more than `u32::MAX` elements. Checked without overflow, so absurd shapes are errors
+/// rather than panics.
+pub(crate) fn expect_addressable(op: &'static str, what: &str, t: &TensorDesc) -> Result<()> {
+    let n = t
+        .shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+    match n {
+        Some(n) if n <= u32::MAX as u64 => Ok(()),
+        _ => Err(Error::op(
+            op,
+            format!(
+                "{what} is {t}: more than 2^32 − 1 elements; kernels index tensors with 32-bit \
+                 integers, so split the work into smaller tensors"
+            ),
+        )),
+    }
 }
 
 pub(crate) fn expect_rank(op: &'static str, what: &str, t: &TensorDesc, rank: usize) -> Result<()> {
     if t.rank() != rank {
         return Err(Error::op(
             op,
-            format!("{what} is {t}: expected {rank} dimensions"),
+            format!(
+                "{what} is {t}: expected {rank} dimension{}",
+                if rank == 1 { "" } else { "s" }
+            ),
         ));
     }
     Ok(())

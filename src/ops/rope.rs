@@ -45,6 +45,26 @@ pub(crate) fn check_cache(
     Ok(())
 }
 
+/// A step of `x.shape[0]` tokens must fit the cache even at position 0; more would silently
+/// drop rows (the kernels skip rows past the capacity).
+pub(crate) fn check_fits_cache(
+    op: &'static str,
+    what: &str,
+    x: &TensorDesc,
+    cache: &TensorDesc,
+) -> Result<()> {
+    if x.shape[0] > cache.shape[0] {
+        return Err(Error::op(
+            op,
+            format!(
+                "{what} is {x} and the cache is {cache}: expected at most {} tokens (the cache's capacity)",
+                cache.shape[0]
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Head-count and head-size rules shared by RoPE and attention.
 pub(crate) fn check_heads(op: &'static str, hq: usize, hkv: usize, d: usize) -> Result<()> {
     if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
@@ -97,6 +117,7 @@ impl Op for RopeKv {
                 format!("k_cache is {kc} but v_cache is {vc}: expected the same"),
             ));
         }
+        check_fits_cache(name, "qkv", qkv, kc)?;
         Ok(vec![TensorDesc::f32([qkv.shape[0], hq * d])])
     }
 
