@@ -13,7 +13,7 @@
 //!
 //! Q/K permutation: llama.cpp's converter permutes the rows of `attn_q` / `attn_k` for its
 //! interleaved RoPE. [`GgufModel`] undoes it when serving bytes, so the rest of Fado always sees
-//! Hugging Face's layout and uses rotate-half RoPE; [`write`] re-applies it.
+//! Hugging Face's layout and uses rotate-half RoPE; [`write()`] re-applies it.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
