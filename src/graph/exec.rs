@@ -1,6 +1,8 @@
 //! Compiling a graph (buffers, pipelines, bind groups — all created once) and running it
 //! (one compute pass, one submission; only the [`Step`] uniform is written per run).
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

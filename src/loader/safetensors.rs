@@ -6,6 +6,8 @@
 //! at fault (offsets beyond the file, size not matching shape × dtype). Only F32, F16 and BF16
 //! tensors are accepted. Shard names must be plain file names in the model folder.
 
+#![warn(missing_docs)]
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;

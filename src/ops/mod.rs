@@ -34,10 +34,12 @@ pub struct Step {
     pub pos: u32,
     /// Keys/values valid in the cache after this execution (`pos + tokens`).
     pub kv_len: u32,
+    /// Padding to 16 bytes (uniform layout).
     pub _pad: [u32; 2],
 }
 
 impl Step {
+    /// The step for `tokens` tokens starting at position `pos`.
     pub fn new(pos: u32, tokens: u32) -> Self {
         Step {
             pos,
@@ -63,16 +65,22 @@ pub enum Arg {
 /// One dispatch of one pipeline.
 #[derive(Clone, Debug)]
 pub struct KernelCall {
+    /// Shader file under `shaders/`.
     pub shader: &'static str,
+    /// Entry point.
     pub entry: &'static str,
+    /// Preprocessor defines that select the variant.
     pub defines: BTreeMap<String, String>,
     /// Static uniform parameters (u32 words; floats as bits).
     pub params: Vec<u32>,
+    /// Storage bindings 2…, in order.
     pub args: Vec<Arg>,
+    /// Workgroup grid.
     pub workgroups: [u32; 3],
 }
 
 impl KernelCall {
+    /// A call of `entry` in `shader`, no defines, params or bindings yet, one workgroup.
     pub fn new(shader: &'static str, entry: &'static str) -> Self {
         KernelCall {
             shader,
@@ -83,18 +91,22 @@ impl KernelCall {
             workgroups: [1, 1, 1],
         }
     }
+    /// Set a preprocessor define.
     pub fn define(mut self, k: &str, v: impl ToString) -> Self {
         self.defines.insert(k.to_string(), v.to_string());
         self
     }
+    /// Set the static params.
     pub fn params(mut self, p: &[u32]) -> Self {
         self.params = p.to_vec();
         self
     }
+    /// Set the storage bindings.
     pub fn args(mut self, a: &[Arg]) -> Self {
         self.args = a.to_vec();
         self
     }
+    /// Set the workgroup grid.
     pub fn workgroups(mut self, x: u32, y: u32, z: u32) -> Self {
         self.workgroups = [x, y, z];
         self
@@ -104,6 +116,7 @@ impl KernelCall {
 /// An operation over tensors. Ops validate shapes and dtypes when added to a graph, so a
 /// built graph cannot fail for shape reasons at run time.
 pub trait Op: Debug + Send + Sync {
+    /// Short name used in errors and profiles (e.g. `rmsnorm`).
     fn name(&self) -> &'static str;
     /// Check the inputs and return the descriptions of the outputs.
     fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>>;

@@ -10,17 +10,24 @@
 //! One dispatch does all of it: the Q/K/V split is free, and K/V never round-trip through an
 //! intermediate buffer.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 64;
 
+/// RoPE on the Q and K heads of fused q|k|v rows, writing K and V into the cache.
 #[derive(Clone, Debug)]
 pub struct RopeKv {
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads.
     pub n_kv_heads: usize,
+    /// Size of one head (a multiple of 4, at most 256).
     pub head_dim: usize,
     /// GGUF/GPT-J pair layout `(2i, 2i+1)` instead of Hugging Face rotate-half `(i, i + D/2)`.
     pub interleaved: bool,

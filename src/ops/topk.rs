@@ -10,11 +10,14 @@
 //! [`Penalize`]: repetition, presence and frequency penalties applied in place to the logits
 //! of listed token ids.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, expect_rank, fbits, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 256;
 /// Largest supported k.
 pub const MAX_K: usize = 64;
@@ -24,8 +27,10 @@ const ITEMS_TOPK: u32 = 32;
 /// Unused slot of [`Penalize`]'s id list (and "no candidate" in [`TopK`]'s output).
 pub const NO_TOKEN: u32 = u32::MAX;
 
+/// The `k` largest logits and their token ids.
 #[derive(Clone, Debug)]
 pub struct TopK {
+    /// How many (1 ..= [`MAX_K`]).
     pub k: usize,
 }
 
@@ -132,8 +137,11 @@ pub fn topk_cpu(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
 /// The host rewrites `ids`/`counts` between steps.
 #[derive(Clone, Debug)]
 pub struct Penalize {
+    /// Repetition penalty: positive logits divided by it, negative ones multiplied (1 = off).
     pub repeat: f32,
+    /// Subtracted once from the logit of every listed token.
     pub presence: f32,
+    /// Subtracted once per occurrence.
     pub frequency: f32,
 }
 
