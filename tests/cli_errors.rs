@@ -295,20 +295,24 @@ fn truncated_gguf_is_one_line_naming_the_file() {
 }
 
 #[test]
-fn gguf_tensor_of_unknown_type_names_the_tensor_and_type() {
+fn gguf_tensor_of_unknown_or_unsupported_type_names_the_tensor_and_type() {
     let d = scratch("gguf-type");
-    let mut b = std::fs::read(fixtures().join("tiny-llama-f16.gguf")).unwrap();
-    let at = gguf_type_offset(&b, "output_norm.weight");
-    b[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
-    let p = d.join("bad-type.gguf");
-    std::fs::write(&p, &b).unwrap();
-    let o = run_fado(&p, Some("hi"), None, &[]);
-    assert_one_line_error(
-        "gguf type 99",
-        &o,
-        &["bad-type.gguf", "output_norm.weight", "99"],
-        &["supported", "convert", "download"],
-    );
+    let fixture = std::fs::read(fixtures().join("tiny-llama-f16.gguf")).unwrap();
+    let at = gguf_type_offset(&fixture, "output_norm.weight");
+    // 99 is no ggml type; 6 is ggml's Q5_0, which Fado does not run.
+    for (ty, named) in [(99u32, "type 99 (no ggml type"), (6, "Q5_0 (6)")] {
+        let mut b = fixture.clone();
+        b[at..at + 4].copy_from_slice(&ty.to_le_bytes());
+        let p = d.join(format!("type-{ty}.gguf"));
+        std::fs::write(&p, &b).unwrap();
+        let o = run_fado(&p, Some("hi"), None, &[]);
+        assert_one_line_error(
+            &format!("gguf type {ty}"),
+            &o,
+            &[&format!("type-{ty}.gguf"), "output_norm.weight", named],
+            &["re-quantize"],
+        );
+    }
 }
 
 #[test]

@@ -128,7 +128,7 @@ pub fn ggml_type_name(t: u32) -> String {
     ];
     match NAMES.get(t as usize) {
         Some(n) => format!("{n} ({t})"),
-        None => format!("unknown type {t}"),
+        None => format!("{t} (no ggml type has this id)"),
     }
 }
 
