@@ -12,16 +12,34 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// A fresh, empty scratch folder per case.
-fn scratch(name: &str) -> PathBuf {
+/// A fresh, empty scratch folder per case, removed when the case passes (kept for a look when
+/// it fails).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("fado-cli-errors-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
-    d
+    Scratch(d)
 }
 
 /// A copy of the sharded bf16 tiny-llama folder to break.
-fn tiny_llama_copy(name: &str) -> PathBuf {
+fn tiny_llama_copy(name: &str) -> Scratch {
     let d = scratch(name);
     for e in std::fs::read_dir(fixtures().join("tiny-llama")).expect("read fixture folder") {
         let p = e.expect("fixture entry").path();
@@ -340,7 +358,8 @@ fn invalid_utf8_on_stdin_is_one_line() {
 
 #[test]
 fn nonexistent_model_path_is_one_line() {
-    let p = scratch("missing").join("no-such-model.gguf");
+    let d = scratch("missing");
+    let p = d.join("no-such-model.gguf");
     let o = run_fado(&p, Some("hi"), None, &[]);
     assert_one_line_error(
         "missing model",
