@@ -18,6 +18,10 @@
 //!   `Tokenizer::from_gguf_map`; odd → a structured description (see [`tok_structured`]).
 //! - `chat_template`: template source, then 0xFF-separated: flags byte, bos, eos, then role and
 //!   content of each message in turn.
+//! - `http_body`: first byte even → the rest is a `POST /v1/chat/completions` body, odd → a
+//!   `POST /v1/completions` body; parsed as the server does, then turned into the slot's
+//!   generation request under a fixed server configuration (the prompt length stands in for
+//!   tokenization: the token count of a token prompt, else the byte length of the text).
 
 #![allow(dead_code)]
 
@@ -337,5 +341,61 @@ pub fn chat_template(data: &[u8]) {
     if let Ok(out) = t.render(&messages, flags & 1 != 0, &bos, &eos) {
         // The default output cap is 16 MiB.
         assert!(out.len() <= 16 << 20, "render exceeded the output cap");
+    }
+}
+
+pub fn http_body(data: &[u8]) {
+    use fado::server::api::{self, Endpoint, Prompt};
+    use fado::server::{text_request, ServerConfig};
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    let cfg = ServerConfig {
+        ctx: 256,
+        max_tokens_cap: 64,
+        ..ServerConfig::default()
+    };
+    let (endpoint, parsed) = if sel % 2 == 0 {
+        let r = api::parse_chat(body).map(|r| {
+            let len: usize = r.messages.iter().map(|m| m.content.len() + 4).sum();
+            (len, r.gen)
+        });
+        (Endpoint::Chat, r)
+    } else {
+        let r = api::parse_completion(body).map(|r| {
+            let len = match &r.prompt {
+                Prompt::Text(t) => t.len(),
+                Prompt::Tokens(t) => t.len(),
+            };
+            (len, r.gen)
+        });
+        (Endpoint::Completion, r)
+    };
+    let check_error = |e: &api::ApiError| {
+        assert!(e.status.is_client_error(), "{e:?}");
+        assert!(!e.message.is_empty());
+        let _ = e.body().to_string();
+    };
+    let (len, gen) = match parsed {
+        Ok(x) => x,
+        Err(e) => return check_error(&e),
+    };
+    // What parsing accepted is in range.
+    gen.params
+        .validate()
+        .expect("parsed sampling parameters validate");
+    assert!(gen.params.temperature <= 2.0);
+    assert!(gen.stop.len() <= api::MAX_STOP_STRINGS && gen.stop.iter().all(|s| !s.is_empty()));
+    assert!(gen
+        .logprobs
+        .is_none_or(|n| n <= fado::sampling::MAX_TOP_LOGPROBS));
+    assert!(gen.max_tokens != Some(0));
+    match text_request(&cfg, endpoint, len, &gen, 7) {
+        Ok(req) => {
+            assert!(req.max_tokens >= 1 && req.max_tokens <= cfg.max_tokens_cap);
+            assert!(len >= 1 && len + req.max_tokens <= cfg.ctx + 1);
+            assert_eq!(req.params.seed == 7, !gen.seeded || gen.params.seed == 7);
+        }
+        Err(e) => check_error(&e),
     }
 }

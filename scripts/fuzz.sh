@@ -4,8 +4,9 @@
 # input) or out-of-memory (>2 GiB RSS); the input that failed is left under
 # fuzz/artifacts/<target>/ — add it to tests/fixtures/fuzz/<target>/ with the fix.
 #
-# Without a nightly toolchain or cargo-fuzz (and no way to install it) only the regression
-# tests run, and the script says so.
+# It installs what it needs when it can: the nightly toolchain through rustup (when rustup is
+# there) and cargo-fuzz through `cargo install`. Without them (and no way to install them) only
+# the regression tests run, and the script says so.
 #
 # Environment: FUZZ_SECS (seconds per target, default 30), FUZZ_TARGETS (space-separated
 # subset), FUZZ_TARGET_DIR (cargo target dir for the nightly builds, default fuzz/target; keep
@@ -14,22 +15,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS="${FUZZ_SECS:-30}"
-# The HTTP-body target goes here once the server lands: add `http_body` to this list, a
-# `harness::http_body` function in fuzz/harness.rs, fuzz/fuzz_targets/http_body.rs (copy any
-# other target) and its [[bin]] in fuzz/Cargo.toml, seeds under fuzz/corpus/http_body/.
-TARGETS=(${FUZZ_TARGETS:-gguf safetensors hf_config gguf_tokenizer chat_template})
+# A new target: a `harness::<name>` function in fuzz/harness.rs, fuzz/fuzz_targets/<name>.rs
+# (copy any other target), its [[bin]] in fuzz/Cargo.toml, seeds under fuzz/corpus/<name>/, a
+# replay test in tests/fuzz_regressions.rs, and its name in this list.
+TARGETS=(${FUZZ_TARGETS:-gguf safetensors hf_config gguf_tokenizer chat_template http_body})
 
 echo "== fuzz.sh: regression inputs (stable)"
 cargo test --quiet --test fuzz_regressions
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
-    echo "fuzz.sh: no nightly toolchain (rustup toolchain install nightly); ran the regression tests only"
-    exit 0
+    if command -v rustup >/dev/null 2>&1; then
+        echo "== fuzz.sh: installing the nightly toolchain (rustup)"
+        rustup toolchain install nightly --profile minimal || true
+    fi
+    if ! cargo +nightly --version >/dev/null 2>&1; then
+        echo "fuzz.sh: SKIPPED fuzzing: no nightly toolchain and none could be installed" \
+             "(needs rustup: rustup toolchain install nightly); ran the regression tests only"
+        exit 0
+    fi
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== fuzz.sh: installing cargo-fuzz"
     if ! cargo install cargo-fuzz --locked; then
-        echo "fuzz.sh: cannot install cargo-fuzz; ran the regression tests only"
+        echo "fuzz.sh: SKIPPED fuzzing: cargo-fuzz could not be installed" \
+             "(cargo install cargo-fuzz); ran the regression tests only"
         exit 0
     fi
 fi

@@ -38,6 +38,78 @@ const NEG: f32 = -3.0e38;     // masked score
 // Valid cache rows; never past the capacity, even for a step the host should have refused.
 fn kv_len() -> u32 { return min(step.kv_len, p.cap); }
 
+#if ROWS
+// Entry `attn_rows` (CPU devices, decode, T = 1) — no workgroup memory, no barriers: workgroup x
+// takes chunk x of the keys (as SPLIT) for every query head; head h gets the LH lanes of one
+// subgroup (LH = the subgroup size), lane l holds its vec4s l, l + LH, … of q (pre-scaled) and of
+// O, a key's score is one subgroupAdd, and the online softmax runs in registers. q is a uniform
+// array (HQ·D4 vec4): on lavapipe uniform loads are gathers, storage loads per-lane loops.
+//   Bindings: 0 params; 1 step; 2 q (uniform); 3 k_cache; 4 v_cache; 5 part; 6 ml (as SPLIT).
+//   Defines: D4, G, LH, WG = HQ·LH, QU = HQ·D4, KV_F16.   Dispatch (S, 1, 1).
+const LH: u32 = {{LH}}u;
+const ACC: u32 = D4 / LH;
+
+@group(0) @binding(2) var<uniform> q: array<vec4<f32>, {{QU}}>;
+#if KV_F16
+@group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;
+fn load_k(i: u32) -> vec4<f32> { let w = k_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+fn load_v(i: u32) -> vec4<f32> { let w = v_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+#else
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
+fn load_k(i: u32) -> vec4<f32> { return k_cache[i]; }
+fn load_v(i: u32) -> vec4<f32> { return v_cache[i]; }
+#endif
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;
+
+@compute @workgroup_size({{WG}})
+fn attn_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let chunk = wg.x;
+    let h = li / LH;
+    let l = li % LH;
+    let hk = h / {{G}}u;
+    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
+    let k_begin = chunk * clen;
+    if (k_begin >= kv_len()) {
+        return;
+    }
+    let k_end = min(kv_len(), k_begin + clen);
+    var qv: array<vec4<f32>, ACC>;
+    var acc: array<vec4<f32>, ACC>;
+    for (var a = 0u; a < ACC; a++) {
+        qv[a] = q[h * D4 + l + LH * a] * p.scale;
+        acc[a] = vec4<f32>(0.0);
+    }
+    var m = NEG;
+    var sum = 0.0;
+    for (var j = k_begin; j < k_end; j++) {
+        let base = (j * p.hkv + hk) * D4 + l;
+        var s = 0.0;
+        for (var a = 0u; a < ACC; a++) {
+            s += dot(qv[a], load_k(base + LH * a));
+        }
+        s = subgroupAdd(s);
+        let mn = max(m, s);
+        let alpha = exp(m - mn);
+        let pj = exp(s - mn);
+        sum = sum * alpha + pj;
+        for (var a = 0u; a < ACC; a++) {
+            acc[a] = acc[a] * alpha + pj * load_v(base + LH * a);
+        }
+        m = mn;
+    }
+    let slot = chunk * p.hq + h;
+    for (var a = 0u; a < ACC; a++) {
+        part[slot * D4 + l + LH * a] = acc[a];
+    }
+    if (l == 0u) {
+        ml[slot] = vec2<f32>(m, sum);
+    }
+}
+
+#else
 #if REDUCE
 @group(0) @binding(2) var<storage, read_write> part: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> ml: array<vec2<f32>>;
@@ -245,4 +317,5 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
 }
 
+#endif
 #endif

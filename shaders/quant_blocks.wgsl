@@ -110,25 +110,49 @@ fn chunk_at(blk: u32, sub: u32) -> Chunk {
     return c;
 }
 
-// Values 4i .. 4i+4 of the chunk (i < 8).
-fn chunk_vec4(c: Chunk, i: u32) -> vec4<f32> {
+// Values 4i .. 4i+4 of the chunk (i < 8) from its quant word `q` (and, for Q5_K and Q6_K, its
+// high-bit word `h`): the words `chunk_vec4` reads, or a vector load already holds.
+fn decode4(c: Chunk, i: u32, q: u32, h: u32) -> vec4<f32> {
 #if Q8_0
-    return c.a * i8x4(w[c.qs + i]);
+    return c.a * i8x4(q);
 #endif
 #if Q4_0
-    return c.a * u8x4(w[c.qs + (i & 3u)], 4u * (i >> 2u), 0xfu) + c.b;
+    return c.a * u8x4(q, 4u * (i >> 2u), 0xfu) + c.b;
 #endif
 #if Q4_1
-    return c.a * u8x4(w[c.qs + (i & 3u)], 4u * (i >> 2u), 0xfu) + c.b;
+    return c.a * u8x4(q, 4u * (i >> 2u), 0xfu) + c.b;
 #endif
 #if Q4K
-    return c.a * u8x4(w[c.qs + i], c.sh, 0xfu) + c.b;
+    return c.a * u8x4(q, c.sh, 0xfu) + c.b;
 #endif
 #if Q5K
-    return c.a * (u8x4(w[c.qs + i], c.sh, 0xfu) + 16.0 * u8x4(w[c.qh + i], c.hsh, 1u)) + c.b;
+    return c.a * (u8x4(q, c.sh, 0xfu) + 16.0 * u8x4(h, c.hsh, 1u)) + c.b;
 #endif
 #if Q6K
-    let q = u8x4(w[c.qs + i], c.sh, 0xfu) + 16.0 * u8x4(w[c.qh + i], c.hsh, 3u) - 32.0;
-    return select(c.a2, c.a, i < 4u) * q;
+    let v = u8x4(q, c.sh, 0xfu) + 16.0 * u8x4(h, c.hsh, 3u) - 32.0;
+    return select(c.a2, c.a, i < 4u) * v;
+#endif
+}
+
+// Values 4i .. 4i+4 of the chunk (i < 8). The legacy 4-bit formats keep values j and j+16 in
+// one byte, so words 0..4 serve i and i+4; Q5_K and Q6_K add a high-bit word.
+fn chunk_vec4(c: Chunk, i: u32) -> vec4<f32> {
+#if Q8_0
+    return decode4(c, i, w[c.qs + i], 0u);
+#endif
+#if Q4_0
+    return decode4(c, i, w[c.qs + (i & 3u)], 0u);
+#endif
+#if Q4_1
+    return decode4(c, i, w[c.qs + (i & 3u)], 0u);
+#endif
+#if Q4K
+    return decode4(c, i, w[c.qs + i], 0u);
+#endif
+#if Q5K
+    return decode4(c, i, w[c.qs + i], w[c.qh + i]);
+#endif
+#if Q6K
+    return decode4(c, i, w[c.qs + i], w[c.qh + i]);
 #endif
 }

@@ -1,9 +1,11 @@
 // quant_matmul.wgsl — y[m, n] (+)= Σ_k x[m, k] · W[n, k] with W block-quantized, dequantized in
 // the kernel (f32 accumulation). W stays in its GPU layout (src/quant/mod.rs), ≈ the file size.
 //
-// Bindings: 0 params {m, n, k, nbr (blocks per W row), scales_word, gx, chunks (k/32), _};
-//           1 step (unused); 2 x: vec4<f32>[m*k/4]; 3 w: u32[] (quantized); 4 y: f32[m*n].
-// Defines:  one dtype of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (see quant_blocks.wgsl); SUBS (32-value
+// Bindings: 0 params {m, n, k, nbr (blocks per W row), scales_word, gx, chunks (k/32), m0};
+//           1 step (unused); 2 x: vec4<f32>[m*k/4]; 3 w: u32[] (quantized); 4 y: f32[m*n];
+//           gemv_rows also 5 w4: vec4<u32>[] (binding 3's buffer again).
+// Defines:  gemv_rows, matmul_rows: XU (x is a uniform array of XU vec4), NIB32 (Q4_0/Q4_1), QH (Q5_K/Q6_K);
+//           one dtype of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (see quant_blocks.wgsl); SUBS (32-value
 //           chunks per block: 1 or 8); WG (threads); ADD (y += instead of y =);
 //           gemv: TPR (threads per W row, a power of two; WG / TPR rows per workgroup),
 //           SUBGROUPS (subgroup reduction; TPR must be a multiple of the subgroup size);
@@ -14,6 +16,17 @@
 //          adjacent threads read adjacent words; they dequantize, multiply by x, then reduce: subgroupAdd + one partial per subgroup in workgroup
 //          memory when SUBGROUPS, else a tree over the row's TPR slots of workgroup memory.
 //          Dispatch: ceil(n / (WG / TPR)) workgroups over (gx, gy).
+//   gemv_rows (m == 1, CPU devices): thread i computes output row wg·WG + i alone, chunk by
+//          chunk, with no reduction and no barrier — on a CPU device the lanes of a SIMD
+//          vector are rows and a barrier is a context switch. With XU (= k/4) x is bound as
+//          a uniform array: lavapipe turns a storage load into a loop over the lanes with a
+//          branch each, a uniform load into one vector gather.
+//          Dispatch: ceil(n / WG) workgroups over (gx, gy).
+//   matmul_rows (m ≥ 2, CPU devices): one call per window of up to 8 rows of x, bound as a
+//          uniform array of XU vec4 (p.m = the window's rows, p.m0 its first row of y); thread
+//          i owns W row wg·WG + i, dequantizes each chunk once and uses it for the 8 rows
+//          (8 named accumulators: a private array would live in memory there). No barriers.
+//          Dispatch per window: ceil(n / WG) workgroups over (gx, gy).
 //   matmul (m ≥ 2): a workgroup computes a BM × WG tile of y: thread i owns W row n0 + i and
 //          BM accumulators; per 32-value chunk of k the workgroup stages the BM x rows in
 //          workgroup memory, each thread dequantizes its W chunk once and uses it BM times.
@@ -21,11 +34,16 @@
 // Features: SUBGROUPS needs wgpu::Features::SUBGROUP; otherwise none.
 #include "common.wgsl"
 
-struct Params { m: u32, n: u32, k: u32, nbr: u32, scales_word: u32, gx: u32, chunks: u32, _p: u32 }
+struct Params { m: u32, n: u32, k: u32, nbr: u32, scales_word: u32, gx: u32, chunks: u32, m0: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+#if XU
+// x as a uniform array (gemv_rows on CPU devices, where uniform loads are vector gathers).
+@group(0) @binding(2) var<uniform> x: array<vec4<f32>, {{XU}}>;
+#else
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+#endif
 @group(0) @binding(3) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
@@ -96,6 +114,121 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         store(r0 + li / TPR, red[li]);
     }
 #endif
+}
+#endif
+
+#if ROWS
+// The weight again, as vec4 words (the same buffer as binding 3).
+@group(0) @binding(5) var<storage, read> w4: array<vec4<u32>>;
+
+// A chunk's quant words (q) and high-bit words (h) as vec4 loads: each storage load is a
+// per-lane loop on lavapipe whatever its width; every format's quants start 16-byte aligned.
+struct Words { q0: vec4<u32>, q1: vec4<u32>, h0: vec4<u32>, h1: vec4<u32> }
+
+fn chunk_words(ch: Chunk) -> Words {
+    var r: Words;
+    r.q0 = w4[ch.qs / 4u];
+#if NIB32
+    // Q4_0 / Q4_1: one vec4 holds all 32 values (low nibbles 0..16, high 16..32).
+    r.q1 = r.q0;
+#else
+    r.q1 = w4[ch.qs / 4u + 1u];
+#endif
+#if QH
+    r.h0 = w4[ch.qh / 4u];
+    r.h1 = w4[ch.qh / 4u + 1u];
+#endif
+    return r;
+}
+
+// Values 4i .. 4i+4 of the chunk from its loaded words.
+fn words_vec4(ch: Chunk, r: Words, i: u32) -> vec4<f32> {
+    if (i < 4u) {
+        return decode4(ch, i, r.q0[i], r.h0[i]);
+    }
+    return decode4(ch, i, r.q1[i - 4u], r.h1[i - 4u]);
+}
+#endif
+
+#if GEMV_ROWS
+
+@compute @workgroup_size({{WG}})
+fn gemv_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let n = wg_linear(wg, p.gx) * WG + li;
+    // Rows past the end redo the last row instead of returning early: control flow stays
+    // uniform, so the driver can load x once per SIMD vector instead of once per lane.
+    let row = min(n, p.n - 1u);
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < p.chunks; c++) {
+        let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
+        let xb = c * 8u;
+        let r = chunk_words(ch);
+        acc += decode4(ch, 0u, r.q0.x, r.h0.x) * x[xb];
+        acc += decode4(ch, 1u, r.q0.y, r.h0.y) * x[xb + 1u];
+        acc += decode4(ch, 2u, r.q0.z, r.h0.z) * x[xb + 2u];
+        acc += decode4(ch, 3u, r.q0.w, r.h0.w) * x[xb + 3u];
+        acc += decode4(ch, 4u, r.q1.x, r.h1.x) * x[xb + 4u];
+        acc += decode4(ch, 5u, r.q1.y, r.h1.y) * x[xb + 5u];
+        acc += decode4(ch, 6u, r.q1.z, r.h1.z) * x[xb + 6u];
+        acc += decode4(ch, 7u, r.q1.w, r.h1.w) * x[xb + 7u];
+    }
+    if (n < p.n) {
+        store(n, acc.x + acc.y + acc.z + acc.w);
+    }
+}
+#endif
+
+#if MATMUL_ROWS
+@compute @workgroup_size({{WG}})
+fn matmul_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let n = wg_linear(wg, p.gx) * WG + li;
+    let row = min(n, p.n - 1u);
+    let k4 = p.k / 4u;
+    // Rows past the window's end read its last row (in bounds of the uniform array); their
+    // sums are not stored.
+    let last = p.m - 1u;
+    let o1 = min(1u, last) * k4;
+    let o2 = min(2u, last) * k4;
+    let o3 = min(3u, last) * k4;
+    let o4 = min(4u, last) * k4;
+    let o5 = min(5u, last) * k4;
+    let o6 = min(6u, last) * k4;
+    let o7 = min(7u, last) * k4;
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    var a3 = 0.0;
+    var a4 = 0.0;
+    var a5 = 0.0;
+    var a6 = 0.0;
+    var a7 = 0.0;
+    for (var c = 0u; c < p.chunks; c++) {
+        let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
+        let r = chunk_words(ch);
+        for (var i = 0u; i < 8u; i++) {
+            let wv = words_vec4(ch, r, i);
+            let xb = c * 8u + i;
+            a0 += dot(wv, x[xb]);
+            a1 += dot(wv, x[o1 + xb]);
+            a2 += dot(wv, x[o2 + xb]);
+            a3 += dot(wv, x[o3 + xb]);
+            a4 += dot(wv, x[o4 + xb]);
+            a5 += dot(wv, x[o5 + xb]);
+            a6 += dot(wv, x[o6 + xb]);
+            a7 += dot(wv, x[o7 + xb]);
+        }
+    }
+    if (n < p.n) {
+        let y0 = p.m0 * p.n + n;
+        store(y0, a0);
+        if (last >= 1u) { store(y0 + p.n, a1); }
+        if (last >= 2u) { store(y0 + 2u * p.n, a2); }
+        if (last >= 3u) { store(y0 + 3u * p.n, a3); }
+        if (last >= 4u) { store(y0 + 4u * p.n, a4); }
+        if (last >= 5u) { store(y0 + 5u * p.n, a5); }
+        if (last >= 6u) { store(y0 + 6u * p.n, a6); }
+        if (last >= 7u) { store(y0 + 7u * p.n, a7); }
+    }
 }
 #endif
 

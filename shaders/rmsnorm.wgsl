@@ -4,7 +4,8 @@
 //           4 y: f32[rows*n].
 // Dispatch: one workgroup of WG threads per row, rows spread over (gx, gy) (ops::grid_2d).
 // Features: none. Reduction through workgroup memory (rows are short; one pass reads x twice,
-// the second read hits cache).
+// the second read hits cache). With SG (CPU devices: WG = the fixed subgroup size) one
+// subgroupAdd instead — no workgroup memory, no barrier (a context switch there).
 #include "common.wgsl"
 
 struct Params { rows: u32, n: u32, eps: f32, gx: u32 }
@@ -15,7 +16,9 @@ struct Params { rows: u32, n: u32, eps: f32, gx: u32 }
 @group(0) @binding(3) var<storage, read> w: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
+#if !SG
 var<workgroup> partial: array<f32, {{WG}}>;
+#endif
 
 @compute @workgroup_size({{WG}})
 fn rmsnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -29,6 +32,9 @@ fn rmsnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         let v = x[base + i];
         s += v * v;
     }
+#if SG
+    let total = subgroupAdd(s);
+#else
     partial[li] = s;
     workgroupBarrier();
     for (var off = {{WG}}u / 2u; off > 0u; off >>= 1u) {
@@ -37,7 +43,9 @@ fn rmsnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         }
         workgroupBarrier();
     }
-    let inv = inverseSqrt(partial[0] / f32(p.n) + p.eps);
+    let total = partial[0];
+#endif
+    let inv = inverseSqrt(total / f32(p.n) + p.eps);
     for (var i = li; i < p.n; i += {{WG}}u) {
         y[base + i] = x[base + i] * inv * w[i];
     }

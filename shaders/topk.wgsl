@@ -16,6 +16,8 @@
 //   Dispatch (1, 1, 1).
 // Entry `penalize` (PENALIZE) — bindings 2 logits f32 [V] (in place); 3 ids u32 [P]; 4 counts
 //   f32 [P]. One thread per entry; id 0xFFFFFFFF (or ≥ V) is an unused slot. Ids must be distinct.
+// Entry `logsumexp` (LOGSUMEXP) — bindings 2 logits f32 [V]; 3 out f32 [1] = log Σ exp(logits),
+//   NaN skipped, -inf when nothing but -inf/NaN, +inf when any logit is +inf. Dispatch (1, 1, 1).
 // Features: SUBGROUPS reduces each round with subgroupMax/Min, else through workgroup memory.
 #include "common.wgsl"
 
@@ -44,6 +46,49 @@ fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
     var l = logits[id];
     l = select(l * p.repeat, l / p.repeat, l > 0.0);
     logits[id] = l - (p.presence + p.frequency * counts[i]);
+}
+#else
+#if LOGSUMEXP
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+var<workgroup> red: array<vec2<f32>, {{WG}}>; // (max, Σ exp(l − max))
+
+// Start value of the running max: finite, so (-inf) − (-inf) never makes a NaN; a -inf logit
+// adds exp(-inf) = 0. Logits above HUGE (only +inf in practice) make the result the max itself.
+const LOW: f32 = -3.0e38;
+const HUGE: f32 = 3.0e38;
+
+fn merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let m = max(a.x, b.x);
+    if (m > HUGE) {
+        return vec2<f32>(m, 1.0);
+    }
+    return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));
+}
+
+@compute @workgroup_size({{WG}})
+fn logsumexp(@builtin(local_invocation_index) li: u32) {
+    var acc = vec2<f32>(LOW, 0.0);
+    for (var i = li; i < p.v; i += {{WG}}u) {
+        let l = logits[i];
+        if ((bitcast<u32>(l) & 0x7fffffffu) <= 0x7f800000u) { // not NaN
+            acc = merge(acc, vec2<f32>(l, 1.0));
+        }
+    }
+    red[li] = acc;
+    workgroupBarrier();
+    for (var off = {{WG}}u / 2u; off > 0u; off >>= 1u) {
+        if (li < off) {
+            red[li] = merge(red[li], red[li + off]);
+        }
+        workgroupBarrier();
+    }
+    if (li == 0u) {
+        let r = red[0];
+        // Sum 0 (every logit -inf or NaN): log(0) = -inf.
+        out[0] = r.x + log(r.y);
+    }
 }
 #else
 
@@ -197,4 +242,5 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         workgroupBarrier();
     }
 }
+#endif
 #endif

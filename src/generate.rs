@@ -7,7 +7,7 @@ use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampling::SamplingParams;
-use crate::session::{FinishReason, Generation, Session};
+use crate::session::{FinishReason, Generation, Session, TokenLogprobs};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -27,6 +27,9 @@ pub struct TextOutput {
     pub text: String,
     /// Token ids, timings and why generation stopped.
     pub generation: Generation,
+    /// One entry per generated token passed on (not the end-of-sequence token), when
+    /// log-probabilities were asked for.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// Token ids of a raw prompt (with BOS when the tokenizer adds one).
@@ -71,6 +74,22 @@ pub fn generate_text(
     req: &TextRequest,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<TextOutput> {
+    generate_text_with_logprobs(session, prompt, req, None, &mut |t, _| on_text(t))
+}
+
+/// [`generate_text`] that also computes each token's log-probabilities (with the
+/// `top_logprobs` best alternatives) when `top_logprobs` is given. `on_text` receives, with each
+/// piece of text, the entries of the tokens generated since the previous piece (a token whose
+/// text is held back — an incomplete UTF-8 sequence, a possible stop string — comes with the
+/// piece that releases it). Entries not yet passed on when generation ends are the tail of
+/// [`TextOutput::logprobs`] past those delivered.
+pub fn generate_text_with_logprobs(
+    session: &mut Session,
+    prompt: &[u32],
+    req: &TextRequest,
+    top_logprobs: Option<usize>,
+    on_text: &mut dyn FnMut(&str, &[TokenLogprobs]) -> bool,
+) -> Result<TextOutput> {
     if req.stop.iter().any(|s| s.is_empty()) {
         return Err(Error::Request("a stop string may not be empty".into()));
     }
@@ -81,32 +100,45 @@ pub fn generate_text(
     let mut stopped = false;
     let mut cancelled = false;
     let stops = &req.stop;
-    let mut gen = session.generate(prompt, &req.params, req.max_tokens, &mut |id| {
-        text.push_str(&dec.push(id));
-        if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(cut);
-            if cut > emitted && !on_text(&text[emitted..]) {
-                cancelled = true;
-            }
-            emitted = text.len().max(emitted);
-            stopped = true;
-            return false;
-        }
-        let safe = text.len() - held_back(&text, stops);
-        if safe > emitted {
-            let ok = on_text(&text[emitted..safe]);
-            emitted = safe;
-            if !ok {
-                cancelled = true;
+    let mut lps: Vec<TokenLogprobs> = Vec::new();
+    let mut sent = 0usize; // entries of `lps` passed to on_text
+    let mut gen = session.generate_with_logprobs(
+        prompt,
+        &req.params,
+        req.max_tokens,
+        top_logprobs,
+        &mut |id, lp| {
+            lps.extend(lp.cloned());
+            text.push_str(&dec.push(id));
+            if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+                if cut > emitted {
+                    if !on_text(&text[emitted..], &lps[sent..]) {
+                        cancelled = true;
+                    }
+                    sent = lps.len();
+                }
+                emitted = text.len().max(emitted);
+                stopped = true;
                 return false;
             }
-        }
-        true
-    })?;
+            let safe = text.len() - held_back(&text, stops);
+            if safe > emitted {
+                let ok = on_text(&text[emitted..safe], &lps[sent..]);
+                sent = lps.len();
+                emitted = safe;
+                if !ok {
+                    cancelled = true;
+                    return false;
+                }
+            }
+            true
+        },
+    )?;
     if !stopped {
         text.push_str(&dec.finish());
         if text.len() > emitted && !cancelled {
-            on_text(&text[emitted..]);
+            on_text(&text[emitted..], &lps[sent..]);
         }
     }
     if stopped {
@@ -117,6 +149,7 @@ pub fn generate_text(
     Ok(TextOutput {
         text,
         generation: gen,
+        logprobs: lps,
     })
 }
 

@@ -9,6 +9,8 @@ use crate::rng::Rng;
 
 /// The most candidates a decode step reads back.
 pub const MAX_CANDIDATES: usize = 64;
+/// The most alternatives a token's log-probabilities may list (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -21,10 +23,13 @@ pub struct SamplingParams {
     /// 0.0 = disabled.
     pub min_p: f32,
     /// 1.0 = disabled. Divides positive logits (multiplies negative ones) of tokens seen in the
-    /// last `repeat_last_n` tokens.
+    /// last `repeat_last_n` tokens (prompt and generated, capped at the context size).
     pub repeat_penalty: f32,
+    /// 0 = disabled. Subtracted once from the logit of each token seen in the window.
     pub presence_penalty: f32,
+    /// 0 = disabled. Subtracted per occurrence in the window.
     pub frequency_penalty: f32,
+    /// The penalty window in tokens; 0 disables all three penalties.
     pub repeat_last_n: usize,
     pub seed: u64,
 }
@@ -65,7 +70,10 @@ impl SamplingParams {
     }
 
     pub fn has_penalties(&self) -> bool {
-        self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repeat_last_n > 0
+            && (self.repeat_penalty != 1.0
+                || self.presence_penalty != 0.0
+                || self.frequency_penalty != 0.0)
     }
 
     /// Check ranges; the message names the parameter.

@@ -42,6 +42,11 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
 }
 
 #[test]
+fn http_body_corpus_and_crashes() {
+    assert!(replay("http_body", harness::http_body) > 0);
+}
+
+#[test]
 fn gguf_corpus_and_crashes() {
     assert!(replay("gguf", harness::gguf) > 0, "no gguf seeds found");
 }

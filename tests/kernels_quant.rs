@@ -4,9 +4,9 @@
 mod common;
 use common::*;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use fado::gpu::{GpuContext, GpuOptions};
+use fado::gpu::GpuContext;
 use fado::graph::Graph;
 use fado::ops::matmul_quant::{self, QuantMatmul};
 use fado::ops::Step;
@@ -18,19 +18,6 @@ const QUANT_RTOL: f32 = 1e-3;
 
 const MS: &[usize] = &[1, 2, 7, 33];
 const NS: &[usize] = &[1, 5, 63, 130];
-
-/// The adapter with subgroups turned off, to cover the workgroup-reduction fallback.
-fn ctx_no_subgroups() -> Arc<GpuContext> {
-    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new(&GpuOptions {
-            disable_subgroups: true,
-            ..GpuOptions::from_env()
-        })
-        .expect("kernel tests need a Vulkan adapter")
-    })
-    .clone()
-}
 
 /// `rows` rows of random GGUF blocks: random quant bytes, f16 scale fields set to finite values
 /// (random bytes there could be NaN or huge).
@@ -97,23 +84,32 @@ fn check_format(dtype: DType, ks: &[usize], seed: u64) {
 
 fn check_shapes(dtype: DType, ks: &[usize], ns: &[usize], ms: &[usize], seed: u64) {
     let mut rng = Rng::new(seed);
-    let contexts = [ctx(), ctx_no_subgroups()];
-    assert!(!contexts[1].caps.subgroups);
-    // The first context really runs the subgroup variant of the GEMV where the device has one.
-    let gemv = matmul_quant::kernels(
-        &contexts[0].caps,
-        &TensorDesc::f32([1, ks[0]]),
-        &TensorDesc::new(dtype, [4, ks[0]]),
-        false,
-    )
-    .expect("kernels");
+    let contexts = variant_contexts();
+    // Each context really runs its variant of the GEMV: the row-per-thread kernel with x
+    // uniform on the CPU-style one, the subgroup reduction where the device has subgroups.
+    let entry = |c: &GpuContext| {
+        let calls = matmul_quant::kernels(
+            &c.caps,
+            &TensorDesc::f32([1, ks[0]]),
+            &TensorDesc::new(dtype, [4, ks[0]]),
+            false,
+        )
+        .expect("kernels");
+        (calls[0].entry, calls[0].defines.clone())
+    };
+    let (e, d) = entry(&contexts[0].1);
+    assert_eq!(e, "gemv_rows");
+    assert!(d.contains_key("XU"), "x is bound as a uniform");
+    let (e, d) = entry(&contexts[1].1);
+    assert_eq!(e, "gemv");
     assert_eq!(
-        gemv[0].defines.contains_key("SUBGROUPS"),
-        contexts[0].caps.subgroups,
+        d.contains_key("SUBGROUPS"),
+        contexts[1].1.caps.subgroups,
         "subgroup sizes {}..{}",
-        contexts[0].caps.subgroup_min,
-        contexts[0].caps.subgroup_max
+        contexts[1].1.caps.subgroup_min,
+        contexts[1].1.caps.subgroup_max
     );
+    assert!(!contexts[2].1.caps.subgroups);
     for &k in ks {
         for &n in ns {
             let gguf = random_blocks(&mut rng, dtype, n, k);
@@ -121,11 +117,11 @@ fn check_shapes(dtype: DType, ks: &[usize], ns: &[usize], ms: &[usize], seed: u6
             for &m in ms {
                 let x = rng.vec(m * k, 1.0);
                 let want = matmul_quant::cpu(&x, &wf, k);
-                for c in &contexts {
+                for (label, c) in &contexts {
                     let w = upload_weight(c, dtype, n, k, &gguf);
                     let xt = c.upload_f32("x", &[m, k], &x).expect("upload x");
                     let got = run(c, &xt, &w, None);
-                    let what = format!("{dtype} m={m} n={n} k={k} subgroups={}", c.caps.subgroups);
+                    let what = format!("{dtype} m={m} n={n} k={k} {label}");
                     assert_close_rel_max(&what, &got, &want, QUANT_RTOL);
                 }
             }
@@ -191,12 +187,13 @@ fn add_into_accumulates_onto_y_for_gemv_and_matmul() {
             for (a, b) in want.iter_mut().zip(&y0) {
                 *a += b;
             }
-            for c in [ctx(), ctx_no_subgroups()] {
+            for (label, c) in variant_contexts() {
                 let w = upload_weight(&c, dtype, n, k, &gguf);
                 let xt = c.upload_f32("x", &[m, k], &x).unwrap();
                 let yt = c.upload_f32("y", &[m, n], &y0).unwrap();
                 let got = run(&c, &xt, &w, Some(&yt));
-                assert_close_rel_max(&format!("{dtype} add_into m={m}"), &got, &want, QUANT_RTOL);
+                let what = format!("{dtype} add_into m={m} {label}");
+                assert_close_rel_max(&what, &got, &want, QUANT_RTOL);
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Softmax, top-k/argmax and the logit penalties against their CPU references.
+//! Softmax, top-k/argmax, log-sum-exp and the logit penalties against their CPU references.
 
 mod common;
 use common::*;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fado::gpu::{GpuContext, GpuOptions};
 use fado::graph::Graph;
 use fado::ops::softmax::{self, Softmax};
-use fado::ops::topk::{penalize_cpu, topk_cpu, Penalize, TopK, NO_TOKEN};
+use fado::ops::topk::{logsumexp_cpu, penalize_cpu, topk_cpu, LogSumExp, Penalize, TopK, NO_TOKEN};
 use fado::ops::Step;
 use fado::tensor::{DType, TensorDesc};
 
@@ -193,4 +193,40 @@ fn topk_takes_many_winners_from_one_thread() {
     for k in [33usize, 64] {
         check_topk(&ctx, &logits, k, "strided maxima");
     }
+}
+
+#[test]
+fn logsumexp_matches_reference_on_ragged_vocabularies_with_nan_and_infinities() {
+    let mut rng = Rng::new(46);
+    // run_op poisons the output with NaN first, so an unwritten result fails.
+    for &v in &[1usize, 7, 255, 257, 1000, 4097, 32003] {
+        let mut x = rng.vec(v, 12.0);
+        if v > 10 {
+            x[v / 3] = f32::NAN;
+            x[v / 2] = f32::NEG_INFINITY;
+            x[v - 1] = 30.0; // one dominant logit far from the rest
+        }
+        let want = logsumexp_cpu(&x);
+        let got = run_op(LogSumExp, &[&upload("x", &[1, v], &x)], Step::default());
+        assert_close(
+            &format!("logsumexp v={v}"),
+            &got[0],
+            &[want],
+            F32_RTOL,
+            1e-6,
+        );
+    }
+    let edge = |x: Vec<f32>| {
+        let v = x.len();
+        run_op(LogSumExp, &[&upload("x", &[1, v], &x)], Step::default())[0][0]
+    };
+    assert_eq!(edge(vec![f32::NEG_INFINITY; 300]), f32::NEG_INFINITY);
+    assert_eq!(logsumexp_cpu(&[f32::NEG_INFINITY; 3]), f32::NEG_INFINITY);
+    let mut x = vec![1.0f32; 600];
+    x[599] = f32::INFINITY;
+    assert_eq!(edge(x.clone()), f32::INFINITY);
+    assert_eq!(logsumexp_cpu(&x), f32::INFINITY);
+    // log(600 · e) for 600 equal logits of 1.
+    let got = edge(vec![1.0; 600]);
+    assert!((got - (1.0 + 600f32.ln())).abs() < 1e-5, "{got}");
 }

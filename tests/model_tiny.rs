@@ -1,5 +1,6 @@
 //! The tiny random Llama fixture (bf16, two safetensors shards; and its f16 GGUF twin) against
-//! the logits and greedy tokens transformers recorded (scripts/make_fixtures.py).
+//! the logits and greedy tokens transformers recorded (scripts/make_fixtures.py); penalized
+//! greedy decoding against the CPU reference of the penalties.
 
 mod common;
 use common::*;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fado::model::{Model, ModelOptions};
+use fado::ops::topk::{penalize_cpu, topk_cpu};
 use fado::sampling::SamplingParams;
 use fado::session::Session;
 use serde_json::Value;
@@ -83,4 +85,72 @@ fn tiny_llama_safetensors_matches_transformers_logits_and_greedy_tokens() {
 fn tiny_llama_gguf_with_permuted_qk_matches_transformers() {
     let m = load(fixture("tiny-llama-f16.gguf"));
     check(&m, &expected("tiny-llama-f16-gguf-expected.json"));
+}
+
+/// The penalty window as the CPU sees it: distinct ids of the last `n` tokens, with counts.
+fn window(tokens: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut w = tokens[tokens.len().saturating_sub(n)..].to_vec();
+    w.sort_unstable();
+    let mut ids = Vec::new();
+    let mut counts = Vec::new();
+    for run in w.chunk_by(|a, b| a == b) {
+        ids.push(run[0]);
+        counts.push(run.len() as f32);
+    }
+    (ids, counts)
+}
+
+/// Greedy decoding with penalties on the GPU gives, step by step, the argmax of the
+/// un-penalized logits (read back from a plain session fed the same tokens) after the CPU
+/// reference of the penalties; and the penalties change the output.
+#[test]
+fn penalized_greedy_decoding_matches_the_cpu_reference_step_by_step() {
+    let m = load(fixture("tiny-llama"));
+    let exp = expected("tiny-llama-expected.json");
+    let prompt = ids(&exp["prompts"][0]["ids"]);
+    let steps = 24;
+    let plain = {
+        let mut s = Session::new(m.clone(), 128).unwrap();
+        s.generate(&prompt, &SamplingParams::greedy(), steps, &mut |_| true)
+            .unwrap()
+            .tokens
+    };
+    // (repeat, presence, frequency, window): a window shorter than the prompt, and one longer.
+    for (repeat, presence, frequency, last_n) in
+        [(1.8f32, 0.0f32, 0.0f32, 12usize), (1.0, 0.5, 0.75, 64)]
+    {
+        let what =
+            format!("repeat {repeat} presence {presence} frequency {frequency} last {last_n}");
+        let p = SamplingParams {
+            repeat_penalty: repeat,
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            repeat_last_n: last_n,
+            ..SamplingParams::greedy()
+        };
+        let mut s = Session::new(m.clone(), 128).unwrap();
+        let got = s
+            .generate(&prompt, &p, steps, &mut |_| true)
+            .unwrap()
+            .tokens;
+        assert!(!got.is_empty(), "{what}: no tokens");
+        // The reference: plain logits of the same history, penalized on the CPU.
+        let mut r = Session::new(m.clone(), 128).unwrap();
+        let mut history = prompt.clone();
+        r.prefill(&prompt, 1).unwrap();
+        for (i, &t) in got.iter().enumerate() {
+            let mut logits = r.last_logits().unwrap();
+            let (wi, wc) = window(&history, last_n);
+            penalize_cpu(&mut logits, &wi, &wc, repeat, presence, frequency);
+            let want = topk_cpu(&logits, 1).0[0];
+            assert_eq!(t, want, "{what}: token {i} (history {history:?})");
+            history.push(t);
+            r.prefill(&[t], 1).unwrap();
+        }
+        assert_ne!(
+            got,
+            plain[..got.len()],
+            "{what}: the penalties changed nothing"
+        );
+    }
 }

@@ -33,16 +33,20 @@ fn f32t(shape: &[usize]) -> TensorDesc {
     t(DType::F32, shape)
 }
 
-/// Limits of a small portable device (WebGPU defaults), with subgroups.
-fn caps() -> Caps {
+/// Limits of a small portable device (WebGPU defaults) with subgroups; `cpu` marks a CPU
+/// device (lavapipe-like), for which several ops pick other kernels.
+fn caps(cpu: bool) -> Caps {
     Caps {
         f16: true,
         subgroups: true,
-        subgroup_min: 32,
-        subgroup_max: 32,
+        subgroup_min: if cpu { 8 } else { 32 },
+        subgroup_max: if cpu { 8 } else { 32 },
         timestamps: false,
         timestamps_in_passes: false,
         cooperative_matrix: false,
+        cpu,
+        max_uniform_binding: if cpu { 1 << 30 } else { 64 << 10 },
+        uniform_offset_align: 256,
         max_storage_binding: 128 << 20,
         max_buffer: 256 << 20,
         max_workgroup_storage: 16 * 1024,
@@ -611,11 +615,14 @@ fn no_op_panics_on_mutated_inputs() {
         DType::Q4K,
     ];
     const DIMS: &[usize] = &[0, 1, 2, 3, 4, 7, 8, 16, 32, 64, 256, 1 << 20, 1 << 31];
-    let caps = caps();
     let mut rng = Rng::new(7);
     let pick = |rng: &mut Rng, n: usize| rng.below(n as u32) as usize;
     let (mut accepted, mut rejected) = (0usize, 0usize);
-    for (op, valid) in all_ops() {
+    let runs = [false, true]
+        .into_iter()
+        .flat_map(|cpu| all_ops().into_iter().map(move |o| (o, cpu)));
+    for ((op, valid), cpu) in runs {
+        let caps = caps(cpu);
         // The starting point is valid, so the mutations below are one to three steps from it.
         let refs: Vec<&TensorDesc> = valid.iter().collect();
         op.infer(&refs)
@@ -654,7 +661,7 @@ fn no_op_panics_on_mutated_inputs() {
                 }
             }
             let refs: Vec<&TensorDesc> = inputs.iter().collect();
-            let what = format!("{} #{i} on {inputs:?}", op.name());
+            let what = format!("{} #{i} (cpu device: {cpu}) on {inputs:?}", op.name());
             let named = |msg: &str| msg.starts_with("op `") || msg.starts_with("GPU out of memory");
             match no_panic(&what, || op.infer(&refs)) {
                 Err(e) => {

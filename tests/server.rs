@@ -1,148 +1,22 @@
 //! `fado serve` over real loopback HTTP with the tiny fixture model: answers equal direct
 //! generation, streams equal whole answers, concurrent slots give their sequential results, a
-//! client that disconnects frees its slot, and bad requests get OpenAI-shaped 4xx errors while
-//! the server keeps answering.
+//! client that disconnects frees its slot, bad requests get OpenAI-shaped 4xx errors while
+//! the server keeps answering, log-probabilities equal the log-softmax of the session's logits
+//! and penalties reach generation.
 
 mod common;
+#[path = "common/server.rs"]
+mod server_common;
+use server_common::*;
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use fado::chat_template::Message;
-use fado::generate::{encode_chat, encode_raw, generate_text, TextRequest};
-use fado::model::{Model, ModelOptions};
+use fado::generate::{encode_chat, encode_raw};
 use fado::sampling::SamplingParams;
-use fado::server::{Server, ServerConfig, ServerHandle};
+use fado::server::ServerConfig;
 use fado::session::Session;
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-/// The fixture's max_position_embeddings.
-const CTX: usize = 256;
-/// Any single HTTP exchange in these tests finishes well within this on lavapipe.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn model() -> Arc<Model> {
-    static M: OnceLock<Arc<Model>> = OnceLock::new();
-    M.get_or_init(|| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-        Model::load_on(common::ctx(), &p, &ModelOptions::default()).expect("tiny model loads")
-    })
-    .clone()
-}
-
-async fn start(cfg: ServerConfig) -> (ServerHandle, String) {
-    let server = Server::new(model(), cfg).expect("server starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let h = server.spawn(listener).expect("spawn");
-    let base = format!("http://{}", h.addr);
-    (h, base)
-}
-
-fn cfg(parallel: usize) -> ServerConfig {
-    ServerConfig {
-        parallel,
-        ctx: CTX,
-        ..Default::default()
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("http client")
-}
-
-fn user(text: &str) -> Vec<Message> {
-    vec![Message::new("user", text)]
-}
-
-/// Greedy text from a fresh session: what the server must reproduce.
-fn direct(prompt: &[u32], max_tokens: usize, stop: &[&str]) -> String {
-    let m = model();
-    let mut s = Session::new(m, CTX).expect("session");
-    let req = TextRequest {
-        params: SamplingParams::greedy(),
-        max_tokens,
-        stop: stop.iter().map(|s| s.to_string()).collect(),
-    };
-    generate_text(&mut s, prompt, &req, &mut |_| true)
-        .expect("direct generation")
-        .text
-}
-
-fn direct_chat(text: &str, max_tokens: usize) -> String {
-    let ids = encode_chat(&model(), &user(text), true).expect("encode");
-    direct(&ids, max_tokens, &[])
-}
-
-fn chat_body(text: &str, max_tokens: usize, stream: bool) -> Value {
-    json!({
-        "model": "default",
-        "messages": [{"role": "user", "content": text}],
-        "temperature": 0,
-        "max_tokens": max_tokens,
-        "stream": stream,
-        "stream_options": {"include_usage": true},
-    })
-}
-
-/// Read an SSE response to its end: the `data:` payloads in order.
-async fn sse(resp: reqwest::Response) -> Vec<String> {
-    assert_eq!(resp.status(), 200, "stream status");
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
-    let mut buf = String::new();
-    let mut out = Vec::new();
-    let mut body = resp.bytes_stream();
-    while let Some(b) = body.next().await {
-        buf.push_str(std::str::from_utf8(&b.expect("stream bytes")).expect("utf-8 stream"));
-        while let Some(i) = buf.find("\n\n") {
-            let ev: String = buf.drain(..i + 2).collect();
-            for line in ev.lines() {
-                if let Some(d) = line.strip_prefix("data: ") {
-                    out.push(d.to_string());
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Concatenated `delta.content` (chat) or `text` (completions) of parsed chunks.
-fn stream_text(events: &[String]) -> String {
-    events
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str::<Value>(e).expect("chunk is JSON"))
-        .filter_map(|v| {
-            let c = v["choices"].get(0)?.clone();
-            c["delta"]["content"]
-                .as_str()
-                .or(c["text"].as_str())
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-async fn health(c: &reqwest::Client, base: &str) -> Value {
-    let r = c
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .expect("health");
-    assert_eq!(r.status(), 200);
-    r.json().await.expect("health json")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_at_temperature_zero_equals_direct_generation_and_stream_equals_whole() {
@@ -320,24 +194,6 @@ async fn sixteen_concurrent_streams_on_four_slots_equal_their_sequential_runs() 
     h.shutdown().await;
 }
 
-/// Wait until `/health` satisfies `ok`, or fail after `limit`.
-async fn wait_health(
-    c: &reqwest::Client,
-    base: &str,
-    limit: Duration,
-    ok: impl Fn(&Value) -> bool,
-) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let v = health(c, base).await;
-        if ok(&v) {
-            return v;
-        }
-        assert!(t0.elapsed() < limit, "health never got there: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_stream_frees_its_slot_and_a_full_queue_answers_429() {
     let (h, base) = start(ServerConfig { queue: 1, ..cfg(1) }).await;
@@ -414,25 +270,6 @@ async fn a_disconnected_stream_frees_its_slot_and_a_full_queue_answers_429() {
         "the slot was not freed early ({freed:?} ≥ a full run's {full_time:?})"
     );
     h.shutdown().await;
-}
-
-async fn expect_error(r: reqwest::Response, status: u16, what: &str) -> Value {
-    assert_eq!(r.status(), status, "{what}");
-    let v: Value = r
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: not JSON ({e})"));
-    let e = &v["error"];
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: {v}"
-    );
-    assert!(e["type"].is_string(), "{what}: {v}");
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "{what}: {v}"
-    );
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,12 +353,12 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_answering() {
     )
     .await;
     expect_error(
-        post(format!(r#"{{{ok_msgs},"logprobs":true}}"#))
+        post(format!(r#"{{{ok_msgs},"logprobs":"yes"}}"#))
             .send()
             .await
             .unwrap(),
         400,
-        "logprobs",
+        "logprobs of the wrong type",
     )
     .await;
     let v = expect_error(
@@ -617,5 +454,247 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_answering() {
     assert_eq!(r.status(), 200);
     let st = h.stats();
     assert_eq!((st.completed, st.failed, st.busy), (1, 0, 0));
+    h.shutdown().await;
+}
+
+/// log-softmax of `logits` in f64.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let m = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let lse = m + logits
+        .iter()
+        .map(|&x| (x as f64 - m).exp())
+        .sum::<f64>()
+        .ln();
+    logits.iter().map(|&x| x as f64 - lse).collect()
+}
+
+fn bytes_of(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .expect("bytes is a list")
+        .iter()
+        .map(|b| b.as_u64().expect("a byte") as u8)
+        .collect()
+}
+
+const LOGPROB_TOL: f64 = 1e-4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_logprobs_equal_the_log_softmax_of_the_session_logits() {
+    const TOP: usize = 5;
+    const MAX_TOKENS: usize = 8;
+    let (h, base) = start(cfg(1)).await;
+    let c = client();
+    let prompt = "Name three rivers.";
+    let mut body = chat_body(prompt, MAX_TOKENS, false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(TOP);
+    let v: Value = c
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logprobs.content: {v}"))
+        .clone();
+    assert!(!content.is_empty(), "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        direct_chat(prompt, MAX_TOKENS)
+    );
+
+    // The reference: a session fed the same tokens; each step's logits, log-softmaxed.
+    let m = model();
+    let ids = encode_chat(&m, &user(prompt), true).unwrap();
+    let mut s = Session::new(m.clone(), CTX).unwrap();
+    s.prefill(&ids, 1).unwrap();
+    for (i, e) in content.iter().enumerate() {
+        let logits = s.last_logits().unwrap();
+        let ls = log_softmax(&logits);
+        let (best, _) = fado::ops::topk::topk_cpu(&logits, TOP);
+        let t = best[0];
+        assert_eq!(
+            bytes_of(&e["bytes"]),
+            m.tokenizer.token_bytes(t),
+            "token {i}: {e}"
+        );
+        assert_eq!(
+            e["token"].as_str().unwrap(),
+            String::from_utf8_lossy(&m.tokenizer.token_bytes(t))
+        );
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(
+            (lp - ls[t as usize]).abs() < LOGPROB_TOL,
+            "token {i}: {lp} vs {}",
+            ls[t as usize]
+        );
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), TOP, "token {i}: {e}");
+        for (j, (alt, &id)) in top.iter().zip(&best).enumerate() {
+            let alp = alt["logprob"].as_f64().unwrap();
+            assert_eq!(
+                bytes_of(&alt["bytes"]),
+                m.tokenizer.token_bytes(id),
+                "token {i} alt {j}"
+            );
+            assert!(
+                (alp - ls[id as usize]).abs() < LOGPROB_TOL,
+                "token {i} alt {j}: {alp}"
+            );
+            if j > 0 {
+                assert!(
+                    alp <= top[j - 1]["logprob"].as_f64().unwrap(),
+                    "token {i}: unsorted"
+                );
+            }
+        }
+        assert_eq!(
+            top[0]["logprob"], e["logprob"],
+            "greedy: the token is the best alternative"
+        );
+        s.prefill(&[t], 1).unwrap();
+    }
+
+    // Streamed: the chunks' entries, concatenated, are the same.
+    body["stream"] = json!(true);
+    let ev = sse(c
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let streamed: Vec<Value> = ev
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|v| {
+            v["choices"].get(0)?["logprobs"]["content"]
+                .as_array()
+                .cloned()
+        })
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), content.len());
+    for (a, b) in streamed.iter().zip(&content) {
+        assert_eq!(a["bytes"], b["bytes"]);
+        let (x, y) = (
+            a["logprob"].as_f64().unwrap(),
+            b["logprob"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() < LOGPROB_TOL, "{a} vs {b}");
+    }
+
+    // More than OpenAI's 20 alternatives, or top_logprobs alone, is a 400 naming the field.
+    body["top_logprobs"] = json!(21);
+    let r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let e = expect_error(r, 400, "top_logprobs 21").await;
+    assert_eq!(e["error"]["param"], "top_logprobs");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_logprobs_have_the_legacy_shape() {
+    const N: usize = 3;
+    let (h, base) = start(cfg(1)).await;
+    let c = client();
+    let prompt = "Once upon a time";
+    let m = model();
+    let ids = encode_raw(&m, prompt).unwrap();
+    let body = json!({"prompt": prompt, "temperature": 0, "max_tokens": 6, "logprobs": N});
+    let v: Value = c
+        .post(format!("{base}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let n = tokens.len();
+    assert!(n > 0, "{v}");
+    for k in ["token_logprobs", "top_logprobs", "text_offset"] {
+        assert_eq!(lp[k].as_array().map(Vec::len), Some(n), "{k}: {lp}");
+    }
+    let mut s = Session::new(m.clone(), CTX).unwrap();
+    s.prefill(&ids, 1).unwrap();
+    let mut offset = 0;
+    for i in 0..n {
+        let logits = s.last_logits().unwrap();
+        let ls = log_softmax(&logits);
+        let t = fado::ops::topk::topk_cpu(&logits, 1).0[0];
+        let text = String::from_utf8_lossy(&m.tokenizer.token_bytes(t)).into_owned();
+        assert_eq!(tokens[i], text.as_str(), "token {i}");
+        let got = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(
+            (got - ls[t as usize]).abs() < LOGPROB_TOL,
+            "token {i}: {got}"
+        );
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= N, "{top:?}");
+        assert!((top[&text].as_f64().unwrap() - got).abs() < LOGPROB_TOL);
+        assert_eq!(lp["text_offset"][i], offset);
+        offset += m.tokenizer.token_bytes(t).len();
+        s.prefill(&[t], 1).unwrap();
+    }
+    let mut b = body.clone();
+    b["logprobs"] = json!(21);
+    let r = c
+        .post(format!("{base}/v1/completions"))
+        .json(&b)
+        .send()
+        .await
+        .unwrap();
+    let e = expect_error(r, 400, "logprobs 21").await;
+    assert_eq!(e["error"]["param"], "logprobs");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_frequency_penalties_reach_generation() {
+    const MAX_TOKENS: usize = 24;
+    let (h, base) = start(cfg(1)).await;
+    let c = client();
+    // BOS alone: the tiny model's greedy answer repeats tokens, so penalties change it.
+    let ids = vec![0u32];
+    let plain = direct(&ids, MAX_TOKENS, &[]);
+    // Each penalty on its own, so that one not reaching generation fails the test.
+    for (presence, frequency) in [(0.5f32, 0.0f32), (0.0, 0.75)] {
+        let penalized = SamplingParams {
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            ..SamplingParams::greedy()
+        };
+        let want = direct_with(&ids, penalized, MAX_TOKENS, &[]);
+        assert_ne!(
+            want, plain,
+            "precondition: {presence}/{frequency} change the answer"
+        );
+        let body = json!({"prompt": ids, "temperature": 0, "max_tokens": MAX_TOKENS,
+                          "presence_penalty": presence, "frequency_penalty": frequency});
+        let v: Value = c
+            .post(format!("{base}/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["choices"][0]["text"], want, "{presence}/{frequency}: {v}");
+    }
     h.shutdown().await;
 }

@@ -15,6 +15,10 @@ pub struct GpuOptions {
     pub disable_f16: bool,
     /// Pretend the adapter lacks subgroups (tests the workgroup-reduction fallbacks).
     pub disable_subgroups: bool,
+    /// Kernel style: `Some(true)` forces the CPU-device variants (one thread per output row,
+    /// no barriers), `Some(false)` the GPU ones; `None` picks by the adapter's device type.
+    /// Also `FADO_KERNELS=cpu|gpu`.
+    pub cpu_kernels: Option<bool>,
 }
 
 impl GpuOptions {
@@ -25,6 +29,11 @@ impl GpuOptions {
             adapter: std::env::var("FADO_ADAPTER").ok().filter(|s| !s.is_empty()),
             disable_f16: disable.contains("f16"),
             disable_subgroups: disable.contains("subgroup"),
+            cpu_kernels: match std::env::var("FADO_KERNELS").as_deref() {
+                Ok("cpu") => Some(true),
+                Ok("gpu") => Some(false),
+                _ => None,
+            },
         }
     }
 }
@@ -46,6 +55,14 @@ pub struct Caps {
     pub timestamps_in_passes: bool,
     /// Cooperative-matrix kernels may be used (not yet: always false).
     pub cooperative_matrix: bool,
+    /// The device is a CPU rasterizer (lavapipe, SwiftShader, WARP): each workgroup runs on
+    /// one core as SIMD lanes, barriers are context switches and memory is CPU cache, so
+    /// kernels take variants with one thread per output row and no workgroup reductions.
+    pub cpu: bool,
+    /// Largest uniform binding; on CPU devices every buffer can also be bound as uniform.
+    pub max_uniform_binding: u64,
+    /// `min_uniform_buffer_offset_alignment` in bytes.
+    pub uniform_offset_align: u32,
     /// `max_storage_buffer_binding_size`: the largest tensor one binding can hold.
     pub max_storage_binding: u64,
     /// `max_buffer_size`: the largest buffer.
@@ -95,6 +112,9 @@ pub struct GpuContext {
     pub caps: Caps,
     /// Every pipeline built so far, by variant.
     pub pipelines: PipelineCache,
+    /// Why the device was lost, once it is (set by wgpu's device-lost callback or
+    /// [`GpuContext::mark_lost`]). Work after that fails fast instead of waiting on a dead queue.
+    lost: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -152,6 +172,10 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
             (
                 "max_storage_buffer_binding_size".into(),
                 l.max_storage_buffer_binding_size,
+            ),
+            (
+                "max_uniform_buffer_binding_size".into(),
+                l.max_uniform_buffer_binding_size,
             ),
             (
                 "max_storage_buffers_per_shader_stage".into(),
@@ -248,6 +272,13 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::gpu(format!("opening adapter `{}`", info.name), e))?;
+        let lost = Arc::new(std::sync::Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = flag.lock() {
+                l.get_or_insert_with(|| format!("{reason:?}: {msg}"));
+            }
+        });
         let limits = device.limits();
         let caps = Caps {
             f16: features.contains(wgpu::Features::SHADER_F16),
@@ -257,6 +288,11 @@ impl GpuContext {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix: false,
+            cpu: opts
+                .cpu_kernels
+                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
+            max_uniform_binding: limits.max_uniform_buffer_binding_size,
+            uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
@@ -271,7 +307,32 @@ impl GpuContext {
             queue,
             info,
             caps,
+            lost,
         }))
+    }
+
+    /// Why the device was lost, or `None` while it works.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Record that the device is lost (wgpu's callback does this; also a hook for tests and
+    /// for callers that detect a dead device another way).
+    pub fn mark_lost(&self, reason: impl Into<String>) {
+        if let Ok(mut l) = self.lost.lock() {
+            l.get_or_insert_with(|| reason.into());
+        }
+    }
+
+    /// An error when the device is lost: `what` is the work that cannot run.
+    pub fn check_alive(&self, what: &str) -> Result<()> {
+        match self.lost() {
+            None => Ok(()),
+            Some(why) => Err(Error::gpu(
+                what,
+                format!("the GPU device was lost ({why}); restart the process to open it again"),
+            )),
+        }
     }
 
     /// A short name for reports: `"llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)"`.
@@ -297,7 +358,12 @@ impl GpuContext {
             size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
+                | wgpu::BufferUsages::COPY_SRC
+                | if self.caps.cpu {
+                    wgpu::BufferUsages::UNIFORM
+                } else {
+                    wgpu::BufferUsages::empty()
+                },
             mapped_at_creation: false,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {

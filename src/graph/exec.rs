@@ -49,7 +49,7 @@ pub struct Executable {
     dispatches: Vec<Dispatch>,
     step: wgpu::Buffer,
     _params: wgpu::Buffer,
-    staging: Mutex<HashMap<TensorId, wgpu::Buffer>>,
+    staging: Mutex<HashMap<Vec<TensorId>, wgpu::Buffer>>,
     /// Queue submissions made so far (see [`Executable::submissions`]).
     submissions: AtomicU64,
     /// Bytes of the intermediate buffers the planner allocated.
@@ -189,10 +189,12 @@ impl Graph {
         for ((ni, c), off) in calls.into_iter().zip(offsets) {
             let node = &self.nodes[ni];
             let mut kinds = vec![BindingKind::Uniform, BindingKind::Uniform];
-            let mut bound: Vec<&Tensor> = Vec::new();
+            let mut bound: Vec<(&Tensor, u64, u64)> = Vec::new();
             for a in &c.args {
                 let (t, read_only) = match *a {
-                    Arg::In(i) => (node.inputs.get(i).map(|t| &tensors[t.0]), true),
+                    Arg::In(i) | Arg::Uniform(i) | Arg::UniformRange(i, ..) => {
+                        (node.inputs.get(i).map(|t| &tensors[t.0]), true)
+                    }
                     Arg::InOut(i) => (node.inputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Out(i) => (node.outputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Scratch(i) => (scratch.get(&(ni, i)), false),
@@ -215,8 +217,37 @@ impl Graph {
                         hint: " (the adapter's max_storage_buffer_binding_size); use a quantized model or a smaller --ctx".into(),
                     });
                 }
-                kinds.push(BindingKind::Storage { read_only });
-                bound.push(t);
+                let (from, len) = match *a {
+                    Arg::UniformRange(_, from, len) => (from, len),
+                    _ => (0, size),
+                };
+                if let Arg::Uniform(_) | Arg::UniformRange(..) = a {
+                    let ualign = ctx.device.limits().min_uniform_buffer_offset_alignment as u64;
+                    let at = t.offset + from;
+                    if len == 0
+                        || from + len > size
+                        || len > ctx.caps.max_uniform_binding
+                        || !at.is_multiple_of(ualign)
+                    {
+                        return Err(Error::op(
+                            node.op.name(),
+                            format!(
+                                "kernel `{}` binds bytes {from}..{} of {} (at buffer offset {}) as \
+                                 a uniform buffer: the device allows {} bytes at offsets aligned \
+                                 to {ualign}, within the tensor's {size} bytes",
+                                c.entry,
+                                from + len,
+                                t.desc,
+                                t.offset,
+                                ctx.caps.max_uniform_binding
+                            ),
+                        ));
+                    }
+                    kinds.push(BindingKind::Uniform);
+                } else {
+                    kinds.push(BindingKind::Storage { read_only });
+                }
+                bound.push((t, from, len));
             }
             let key = PipelineKey {
                 shader: c.shader,
@@ -240,13 +271,13 @@ impl Graph {
                     resource: step.as_entire_binding(),
                 },
             ];
-            for (k, t) in bound.iter().enumerate() {
+            for (k, (t, from, len)) in bound.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
                     binding: 2 + k as u32,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: &t.buffer,
-                        offset: t.offset,
-                        size: wgpu::BufferSize::new(t.size_bytes()),
+                        offset: t.offset + from,
+                        size: wgpu::BufferSize::new(*len),
                     }),
                 });
             }
@@ -325,29 +356,57 @@ impl Executable {
 
     /// Run once and read back the first `len` bytes of `id`, in the same submission.
     pub fn run_read(&self, step: Step, id: TensorId, len: u64) -> Result<Vec<u8>> {
+        let mut out = self.run_read_many(step, &[(id, len)])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Run once and read back the first `len` bytes of each listed tensor, in the same
+    /// submission and through one staging buffer (one map, one wait).
+    pub fn run_read_many(&self, step: Step, reads: &[(TensorId, u64)]) -> Result<Vec<Vec<u8>>> {
         self.ctx
             .queue
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
-        let t = &self.tensors[id.0];
-        let len = len.min(t.size_bytes());
-        let len4 = len.div_ceil(4) * 4;
+        // (tensor, bytes to read, bytes copied: a multiple of 4, offset in the staging buffer)
+        let mut plan = Vec::with_capacity(reads.len());
+        let mut total = 0u64;
+        for &(id, len) in reads {
+            let t = &self.tensors[id.0];
+            let len = len.min(t.size_bytes());
+            let len4 = len.div_ceil(4) * 4;
+            plan.push((t, len, len4, total));
+            total += len4;
+        }
+        let key: Vec<TensorId> = reads.iter().map(|r| r.0).collect();
         let mut staging = self
             .staging
             .lock()
             .map_err(|_| Error::gpu("reading back", "lock poisoned"))?;
-        let buf = staging.entry(id).or_insert_with(|| {
+        // Sized for whole tensors so later reads of the same list fit.
+        let full: u64 = reads
+            .iter()
+            .map(|r| self.tensors[r.0 .0].size_bytes().div_ceil(4) * 4)
+            .sum();
+        let buf = staging.entry(key).or_insert_with(|| {
             self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging"),
-                size: t.size_bytes().max(4),
+                size: full.max(4),
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         });
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut enc);
-        enc.copy_buffer_to_buffer(&t.buffer, t.offset, buf, 0, len4);
+        for &(t, _, len4, at) in &plan {
+            if len4 > 0 {
+                enc.copy_buffer_to_buffer(&t.buffer, t.offset, buf, at, len4);
+            }
+        }
         self.submit(enc);
-        self.ctx.map_read(buf, len)
+        let bytes = self.ctx.map_read(buf, total)?;
+        Ok(plan
+            .iter()
+            .map(|&(_, len, _, at)| bytes[at as usize..(at + len) as usize].to_vec())
+            .collect())
     }
 
     /// Read a tensor after a run (waits for the GPU).

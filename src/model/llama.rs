@@ -12,8 +12,14 @@ use super::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::{
-    attention::Attention, embedding::Embedding, matmul, rmsnorm::RmsNorm, rope::RopeKv,
-    rows::TakeLastRow, swiglu::SwiGluCat, topk::TopK,
+    attention::Attention,
+    embedding::Embedding,
+    matmul,
+    rmsnorm::RmsNorm,
+    rope::RopeKv,
+    rows::TakeLastRow,
+    swiglu::SwiGluCat,
+    topk::{LogSumExp, Penalize, TopK},
 };
 use crate::tensor::Tensor;
 
@@ -68,6 +74,20 @@ pub struct Forward {
     pub logits: TensorId,
     /// Top-k of those logits (`[2k]` u32: indices then f32 bits), when asked for.
     pub topk: Option<TensorId>,
+    /// `log Σ exp(logits)` (f32 `[1]`), when asked for: the log-softmax normaliser.
+    pub logsumexp: Option<TensorId>,
+}
+
+/// What runs after the lm_head on the last token's logits (see [`forward_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct Head {
+    /// Return the top-k candidates.
+    pub topk: Option<usize>,
+    /// Apply penalties in place to the logits first, for the token ids in `ids` (u32 `[P]`)
+    /// with the values in `counts` (f32 `[P]`); both are rewritten by the caller between steps.
+    pub penalize: Option<(Penalize, Tensor, Tensor)>,
+    /// Also reduce the (penalized) logits to their log-sum-exp.
+    pub logsumexp: bool,
 }
 
 /// Build the forward pass for `tokens` token ids (read from `ids`, u32 `[tokens]`) starting at
@@ -78,6 +98,21 @@ pub fn forward(
     cache: &KvCache,
     ids: &Tensor,
     topk: Option<usize>,
+) -> Result<Forward> {
+    let head = Head {
+        topk,
+        ..Head::default()
+    };
+    forward_with(cfg, w, cache, ids, &head)
+}
+
+/// [`forward`] with penalties and the log-softmax normaliser on the logits ([`Head`]).
+pub fn forward_with(
+    cfg: &LlamaConfig,
+    w: &Weights,
+    cache: &KvCache,
+    ids: &Tensor,
+    head: &Head,
 ) -> Result<Forward> {
     let tokens = ids.shape()[0];
     if tokens == 0 {
@@ -140,13 +175,24 @@ pub fn forward(
     };
     let h = g.add1(RmsNorm { eps }, &[last, norm])?;
     let logits = g.add1(matmul::Matmul, &[h, lm_head])?;
-    let topk = match topk {
+    if let Some((op, pen_ids, pen_counts)) = &head.penalize {
+        let pen_ids = g.external("penalty_ids", pen_ids);
+        let pen_counts = g.external("penalty_counts", pen_counts);
+        g.add0(op.clone(), &[logits, pen_ids, pen_counts])?;
+    }
+    let topk = match head.topk {
         Some(k) => Some(g.add1(TopK { k }, &[logits])?),
         None => None,
+    };
+    let logsumexp = if head.logsumexp {
+        Some(g.add1(LogSumExp, &[logits])?)
+    } else {
+        None
     };
     Ok(Forward {
         graph: g,
         logits,
         topk,
+        logsumexp,
     })
 }

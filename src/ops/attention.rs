@@ -221,6 +221,37 @@ impl Attention {
                 .workgroups(blocks, hkv as u32, 1)]);
         }
         let chunks = split.chunks.max(1);
+        let sg = caps.subgroup_min;
+        let qu_bytes = (hq * d * 4) as u64;
+        if caps.cpu
+            && caps.subgroups
+            && sg > 0
+            && sg == caps.subgroup_max
+            && d4.is_multiple_of(sg as usize)
+            && qu_bytes <= caps.max_uniform_binding
+            && hq as u64 * sg as u64 <= caps.max_invocations as u64
+        {
+            return Ok(vec![
+                KernelCall::new("attention.wgsl", "attn_rows")
+                    .define("ROWS", 1)
+                    .define("D4", d4)
+                    .define("G", g)
+                    .define("LH", sg)
+                    .define("WG", hq as u32 * sg)
+                    .define("QU", hq * d4)
+                    .define("KV_F16", (kc.dtype == DType::F16) as u32)
+                    .params(&params)
+                    .args(&[
+                        Arg::Uniform(0),
+                        Arg::In(1),
+                        Arg::In(2),
+                        Arg::Scratch(0),
+                        Arg::Scratch(1),
+                    ])
+                    .workgroups(chunks, 1, 1),
+                reduce_call(d4, &params),
+            ]);
+        }
         Ok(vec![
             call.define("SPLIT", 1)
                 .args(&[
@@ -231,15 +262,20 @@ impl Attention {
                     Arg::Scratch(1),
                 ])
                 .workgroups(chunks, hkv as u32, 1),
-            KernelCall::new("attention.wgsl", "attn_reduce")
-                .define("REDUCE", 1)
-                .define("D4", d4)
-                .define("WG", REDUCE_WG)
-                .params(&params)
-                .args(&[Arg::Scratch(0), Arg::Scratch(1), Arg::Out(0)])
-                .workgroups(hq as u32, 1, 1),
+            reduce_call(d4, &params),
         ])
     }
+}
+
+/// The split-decode reduce pass: one workgroup per query head.
+fn reduce_call(d4: usize, params: &[u32; 8]) -> KernelCall {
+    KernelCall::new("attention.wgsl", "attn_reduce")
+        .define("REDUCE", 1)
+        .define("D4", d4)
+        .define("WG", REDUCE_WG)
+        .params(params)
+        .args(&[Arg::Scratch(0), Arg::Scratch(1), Arg::Out(0)])
+        .workgroups(params[1], 1, 1)
 }
 
 fn capacity(inputs: &[&TensorDesc]) -> usize {

@@ -159,6 +159,21 @@ pub enum Plan {
     Gemv { reduction: GemvReduction, tpr: u32 },
     /// `shaders/matmul.wgsl` with these tiles.
     Tiled(Tiles),
+    /// `shaders/rows.wgsl` (CPU devices): a thread per weight row, x uniform in windows of up
+    /// to [`ROWS_WINDOW`] rows; needs [`rows_fit`].
+    Rows,
+}
+
+/// Rows of x per `shaders/rows.wgsl` call.
+pub const ROWS_WINDOW: usize = 8;
+/// Threads (= weight rows) per `shaders/rows.wgsl` workgroup.
+pub const ROWS_WG: u32 = 64;
+
+/// Whether the CPU-device kernel takes this product: whole vec4 (f32) or 8-value (16-bit) weight
+/// loads per row, and a row of x within one uniform binding.
+pub fn rows_fit(caps: &Caps, k: usize, w: DType) -> bool {
+    let per_load = if w == DType::F32 { 4 } else { 8 };
+    k.is_multiple_of(per_load) && (k as u64) * 4 <= caps.max_uniform_binding
 }
 
 /// How the GEMV reduces one row's partial sums.
@@ -209,8 +224,13 @@ pub fn kernels_for(
     w: &TensorDesc,
     y: Option<&TensorDesc>,
 ) -> Result<Vec<KernelCall>> {
-    let (m, n, _, _) = check(op, x, w, y)?;
-    kernels_with(op, caps, x, w, y, plan(caps, m, n))
+    let (m, n, k, _) = check(op, x, w, y)?;
+    let plan = if caps.cpu && !quant::is_quantized(w.dtype) && rows_fit(caps, k, w.dtype) {
+        Plan::Rows
+    } else {
+        plan(caps, m, n)
+    };
+    kernels_with(op, caps, x, w, y, plan)
 }
 
 /// [`kernels_for`] with the kernel choice given (tests use it to cover every variant on one
@@ -256,6 +276,7 @@ pub fn kernels_with(
             }
             matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, t)
         }
+        Plan::Rows => return rows_calls(op, caps, m, n, k, w.dtype, add_into),
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
 }
@@ -301,6 +322,64 @@ fn gemv_call(
         .define("SG_ROW", (red == GemvReduction::SubgroupRow) as u32)
         .params(&[k, n, gx, m])
         .workgroups(gx, gy, 1)
+}
+
+/// `shaders/rows.wgsl`: one call per window of up to [`ROWS_WINDOW`] rows of x, each bound as
+/// a uniform at its offset (window sizes are multiples of the uniform offset alignment).
+fn rows_calls(
+    op: &'static str,
+    caps: &Caps,
+    m: usize,
+    n: usize,
+    k: usize,
+    w: DType,
+    add_into: bool,
+) -> Result<Vec<KernelCall>> {
+    if !rows_fit(caps, k, w) {
+        return Err(Error::op(
+            op,
+            format!(
+                "the CPU-device kernel needs K a multiple of {} and a row of x within {} bytes \
+                 (got K = {k}, {w} weights)",
+                if w == DType::F32 { 4 } else { 8 },
+                caps.max_uniform_binding
+            ),
+        ));
+    }
+    let row_bytes = k as u64 * 4;
+    let align = caps.uniform_offset_align.max(1) as u64;
+    let mut window = ((caps.max_uniform_binding / row_bytes) as usize).min(ROWS_WINDOW);
+    while window > 1 && !(window as u64 * row_bytes).is_multiple_of(align) {
+        window -= 1;
+    }
+    if m > window && !(window as u64 * row_bytes).is_multiple_of(align) {
+        return Err(Error::op(
+            op,
+            format!("rows of {row_bytes} bytes cannot start windows aligned to {align} bytes"),
+        ));
+    }
+    let [gx, gy, _] = grid_2d((n as u32).div_ceil(ROWS_WG), caps.max_workgroups_per_dim);
+    let out = if add_into { Arg::InOut(2) } else { Arg::Out(0) };
+    let mut calls = Vec::new();
+    for m0 in (0..m).step_by(window) {
+        let rows = window.min(m - m0);
+        calls.push(
+            KernelCall::new("rows.wgsl", "rows")
+                .define("WG", ROWS_WG)
+                .define("MR", if m == 1 { 1 } else { 8 })
+                .define("XU", rows * k / 4)
+                .define(weight_define(w), 1)
+                .define("ADD_INTO", add_into as u32)
+                .params(&[rows as u32, n as u32, k as u32, gx, m0 as u32, 0, 0, 0])
+                .args(&[
+                    Arg::UniformRange(0, m0 as u64 * row_bytes, rows as u64 * row_bytes),
+                    Arg::In(1),
+                    out,
+                ])
+                .workgroups(gx, gy, 1),
+        );
+    }
+    Ok(calls)
 }
 
 fn matmul_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType, t: Tiles) -> KernelCall {

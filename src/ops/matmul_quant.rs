@@ -19,6 +19,10 @@ pub const GEMV_WG: u32 = 256;
 /// subgroup size, so a subgroup never spans two rows; devices whose subgroups can be larger
 /// take the workgroup-memory reduction.
 pub const GEMV_TPR: u32 = 64;
+/// Threads (= W rows) per workgroup of the CPU-device kernels (`gemv_rows`, `matmul_rows`).
+pub const ROWS_WG: u32 = 64;
+/// Rows of x per `matmul_rows` call (the shader's named accumulators).
+pub const MATMUL_ROWS_MB: usize = 8;
 /// Threads (= W rows) per matmul workgroup.
 pub const MATMUL_WG: u32 = 64;
 /// x rows per matmul workgroup.
@@ -117,24 +121,61 @@ pub fn kernels(
             c
         }
     };
-    let words = |gx: u32| {
+    let words = |gx: u32, rows: usize, m0: usize| {
         [
-            m as u32,
+            rows as u32,
             n as u32,
             k as u32,
             nbr as u32,
             scales_word as u32,
             gx,
             (k / 32) as u32,
-            0,
+            m0 as u32,
         ]
     };
+    let row_bytes = k as u64 * 4;
+    // CPU devices: x rows as uniform windows (see the shader); windows start at multiples of
+    // the uniform offset alignment.
+    let window = if m == 1 {
+        1
+    } else {
+        let fit = (caps.max_uniform_binding / row_bytes).min(MATMUL_ROWS_MB as u64) as usize;
+        let mut w = fit;
+        while w > 0 && !(w as u64 * row_bytes).is_multiple_of(caps.uniform_offset_align as u64) {
+            w -= 1;
+        }
+        w
+    };
+    if caps.cpu && row_bytes <= caps.max_uniform_binding && window > 0 {
+        let entry = if m == 1 { "gemv_rows" } else { "matmul_rows" };
+        let groups = (n as u32).div_ceil(ROWS_WG);
+        let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
+        let mut calls = Vec::new();
+        for m0 in (0..m).step_by(window) {
+            let rows = window.min(m - m0);
+            let mut c = base(entry, ROWS_WG)
+                .define("ROWS", 1)
+                .define(if m == 1 { "GEMV_ROWS" } else { "MATMUL_ROWS" }, 1)
+                .define("XU", rows * k / 4)
+                .params(&words(gx, rows, m0))
+                .workgroups(gx, gy, 1);
+            c.args[0] = Arg::UniformRange(0, m0 as u64 * row_bytes, rows as u64 * row_bytes);
+            c.args.push(Arg::In(1));
+            match dtype {
+                DType::Q4_0 | DType::Q4_1 => c = c.define("NIB32", 1),
+                DType::Q5K | DType::Q6K => c = c.define("QH", 1),
+                _ => {}
+            }
+            calls.push(c);
+        }
+        return Ok(calls);
+    }
     let call = if m == 1 {
         let groups = (n as u32).div_ceil(GEMV_WG / GEMV_TPR);
         let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
         let mut c = base("gemv", GEMV_WG)
             .define("TPR", GEMV_TPR)
-            .params(&words(gx))
+            .params(&words(gx, m, 0))
             .workgroups(gx, gy, 1);
         if caps.subgroups && caps.subgroup_max <= GEMV_TPR && caps.subgroup_min > 0 {
             c = c.define("SUBGROUPS", 1);
@@ -154,7 +195,7 @@ pub fn kernels(
         }
         base("matmul", MATMUL_WG)
             .define("BM", MATMUL_BM)
-            .params(&words(gx))
+            .params(&words(gx, m, 0))
             .workgroups(gx, gy, 1)
     };
     Ok(vec![call])

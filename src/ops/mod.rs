@@ -60,6 +60,14 @@ pub enum Arg {
     Out(usize),
     /// Scratch buffer `i` of [`Op::scratch`].
     Scratch(usize),
+    /// Input `i`, read only, bound as a uniform buffer (CPU devices: uniform loads are
+    /// vector gathers there, storage loads a per-lane loop). Only for inputs the op knows fit
+    /// [`crate::gpu::Caps::max_uniform_binding`].
+    Uniform(usize),
+    /// Bytes `offset .. offset + size` of input `i` as a uniform buffer: a window of rows of
+    /// an input too large for one uniform binding. `offset` must be a multiple of the
+    /// device's uniform offset alignment.
+    UniformRange(usize, u64, u64),
 }
 
 /// One dispatch of one pipeline.

@@ -42,8 +42,12 @@ impl Op for RmsNorm {
         let x = inputs[0];
         let rows = x.rows() as u32;
         let [gx, gy, _] = grid_2d(rows, caps.max_workgroups_per_dim);
+        // CPU devices: one subgroup per row, no barriers (see the shader).
+        let sg = caps.subgroup_min;
+        let one_subgroup = caps.cpu && caps.subgroups && sg > 0 && sg == caps.subgroup_max;
         Ok(vec![KernelCall::new("rmsnorm.wgsl", "rmsnorm")
-            .define("WG", WORKGROUP)
+            .define("WG", if one_subgroup { sg } else { WORKGROUP })
+            .define("SG", one_subgroup as u32)
             .params(&[rows, x.cols() as u32, fbits(self.eps), gx])
             .args(&[Arg::In(0), Arg::In(1), Arg::Out(0)])
             .workgroups(gx, gy, 1)])

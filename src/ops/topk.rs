@@ -9,6 +9,9 @@
 //!
 //! [`Penalize`]: repetition, presence and frequency penalties applied in place to the logits
 //! of listed token ids.
+//!
+//! [`LogSumExp`]: logits f32 `[1, V]` → f32 `[1]`, `log Σ exp(l)`: with it the log-probability of
+//! any returned candidate is `logit − lse`, so log-probs need 4 more bytes of readback, not `4V`.
 
 #![warn(missing_docs)]
 
@@ -214,4 +217,49 @@ pub fn penalize_cpu(
             *l = x - (presence + frequency * c);
         }
     }
+}
+
+/// `log Σ_i exp(logits[i])` over one row, NaN skipped; `-inf` when no finite-or-`-inf` logit
+/// remains (all NaN) or all are `-inf`; `+inf` when a logit is `+inf`. One workgroup: each
+/// thread keeps an online (max, sum) over a strided slice, merged through workgroup memory.
+#[derive(Clone, Debug)]
+pub struct LogSumExp;
+
+impl Op for LogSumExp {
+    fn name(&self) -> &'static str {
+        "logsumexp"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        expect_inputs(self.name(), inputs, 1)?;
+        vocab(self.name(), inputs[0])?;
+        Ok(vec![TensorDesc::f32([1])])
+    }
+
+    fn kernels(&self, _caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let v = vocab(self.name(), inputs[0])? as u32;
+        Ok(vec![KernelCall::new("topk.wgsl", "logsumexp")
+            .define("LOGSUMEXP", 1)
+            .define("WG", WORKGROUP)
+            .params(&[v, 0, 0, 0, 0, 0, 0, 0])
+            .args(&[Arg::In(0), Arg::Out(0)])
+            .workgroups(1, 1, 1)])
+    }
+}
+
+/// CPU reference of [`LogSumExp`] (f64 inside).
+pub fn logsumexp_cpu(logits: &[f32]) -> f32 {
+    let m = logits
+        .iter()
+        .filter(|x| !x.is_nan())
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    if !m.is_finite() {
+        return m as f32;
+    }
+    let s: f64 = logits
+        .iter()
+        .filter(|x| !x.is_nan())
+        .map(|&x| (x as f64 - m).exp())
+        .sum();
+    (m + s.ln()) as f32
 }

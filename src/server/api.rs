@@ -4,8 +4,16 @@
 //! Requests are parsed field by field from a `serde_json::Value`, so a wrong type says which
 //! field (`"temperature": invalid type: string "hot", expected f32`) and carries it in `param`.
 //! Unknown fields are ignored (clients send many); fields that would change the output in a way
-//! this server cannot honour (`n` > 1, `logprobs`, tools, `echo`) are refused with a 400
-//! rather than silently ignored.
+//! this server cannot honour (`n` > 1, tools, `echo`) are refused with a 400 rather than
+//! silently ignored.
+//!
+//! Log-probabilities: chat takes `logprobs: true` and `top_logprobs: 0..=20` and answers
+//! `choices[0].logprobs.content = [{token, logprob, bytes, top_logprobs: [{token, logprob,
+//! bytes}]}]`; completions take `logprobs: 0..=20` (the number of alternatives; OpenAI's legacy
+//! limit is 5, this server allows 20) and answer `{tokens, token_logprobs, top_logprobs,
+//! text_offset}` with `text_offset` the byte offset of each token in the completion text. Both
+//! are natural logs of the softmax of the logits after penalties, before temperature, and
+//! appear in stream chunks too (for the tokens of that chunk).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +22,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::chat_template::Message;
-use crate::sampling::SamplingParams;
-use crate::session::FinishReason;
+use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
+use crate::session::{FinishReason, TokenLogprobs};
 
 /// The most stop strings a request may give.
 pub const MAX_STOP_STRINGS: usize = 16;
@@ -162,11 +170,13 @@ pub struct GenParams {
     pub seeded: bool,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
+    /// Report log-probabilities, with this many alternatives per token.
+    pub logprobs: Option<usize>,
 }
 
 /// OpenAI's default temperature and top_p; top_k and min_p (extensions) default to Fado's CLI
 /// values, as llama.cpp's server does.
-fn gen_params(obj: &Obj) -> Result<GenParams, ApiError> {
+fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
     let model = field::<String>(obj, "model")?;
     let stream = field::<bool>(obj, "stream")?.unwrap_or(false);
     let include_usage = match obj.get("stream_options") {
@@ -190,16 +200,7 @@ fn gen_params(obj: &Obj) -> Result<GenParams, ApiError> {
             .param("n"));
         }
     }
-    if field::<bool>(obj, "logprobs")?.unwrap_or(false)
-        || field::<u32>(obj, "top_logprobs")?.is_some()
-    {
-        return Err(ApiError::invalid(
-            "`logprobs` / `top_logprobs` are not supported by this server (it reads back only \
-             the sampling candidates, not normalized log-probabilities)",
-        )
-        .param("logprobs")
-        .code("unsupported_parameter"));
-    }
+    let logprobs = logprobs_param(obj, endpoint)?;
     for p in ["tools", "functions", "tool_choice", "function_call"] {
         if obj
             .get(p)
@@ -286,6 +287,101 @@ fn gen_params(obj: &Obj) -> Result<GenParams, ApiError> {
         seeded: seed.is_some(),
         max_tokens: mt.map(|v| v.min(usize::MAX as u64) as usize),
         stop,
+        logprobs,
+    })
+}
+
+/// Chat: `logprobs: bool` with `top_logprobs: 0..=20` (which needs `logprobs: true`).
+/// Completions: `logprobs: 0..=20`, the number of alternatives.
+fn logprobs_param(obj: &Obj, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
+    let too_many = |name: &str, n: u32| {
+        ApiError::invalid(format!(
+            "`{name}` = {n}: at most {MAX_TOP_LOGPROBS} alternatives per token are supported"
+        ))
+        .param(name)
+    };
+    match endpoint {
+        Endpoint::Chat => {
+            let on = field::<bool>(obj, "logprobs")?.unwrap_or(false);
+            let top = field::<u32>(obj, "top_logprobs")?;
+            match (on, top) {
+                (_, Some(n)) if n as usize > MAX_TOP_LOGPROBS => Err(too_many("top_logprobs", n)),
+                (false, Some(_)) => Err(ApiError::invalid(
+                    "`top_logprobs` needs `logprobs: true` as well",
+                )
+                .param("top_logprobs")),
+                (false, None) => Ok(None),
+                (true, n) => Ok(Some(n.unwrap_or(0) as usize)),
+            }
+        }
+        Endpoint::Completion => match field::<u32>(obj, "logprobs")? {
+            Some(n) if n as usize > MAX_TOP_LOGPROBS => Err(too_many("logprobs", n)),
+            n => Ok(n.map(|n| n as usize)),
+        },
+    }
+}
+
+/// The bytes a token id stands for (the tokenizer's view).
+pub type TokenBytes<'a> = &'a dyn Fn(u32) -> Vec<u8>;
+
+fn token_entry(id: u32, logprob: f32, bytes: TokenBytes) -> Map<String, Value> {
+    let b = bytes(id);
+    let mut m = Map::new();
+    m.insert(
+        "token".into(),
+        String::from_utf8_lossy(&b).into_owned().into(),
+    );
+    m.insert("logprob".into(), json!(logprob));
+    m.insert("bytes".into(), json!(b));
+    m
+}
+
+/// Chat's `logprobs` object for some generated tokens.
+pub fn chat_logprobs(entries: &[TokenLogprobs], bytes: TokenBytes) -> Value {
+    let content: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut m = token_entry(e.token, e.logprob, bytes);
+            let top: Vec<Value> = e
+                .top
+                .iter()
+                .map(|&(id, lp)| Value::Object(token_entry(id, lp, bytes)))
+                .collect();
+            m.insert("top_logprobs".into(), top.into());
+            Value::Object(m)
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// The legacy completions `logprobs` object; `offset` is the byte offset of the first token in
+/// the completion text and is advanced past these tokens (streams call this per chunk).
+pub fn completion_logprobs(
+    entries: &[TokenLogprobs],
+    bytes: TokenBytes,
+    offset: &mut usize,
+) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top_logprobs = Vec::new();
+    let mut text_offset = Vec::new();
+    for e in entries {
+        let b = bytes(e.token);
+        tokens.push(Value::from(String::from_utf8_lossy(&b).into_owned()));
+        token_logprobs.push(json!(e.logprob));
+        let mut top = Map::new();
+        for &(id, lp) in &e.top {
+            top.insert(String::from_utf8_lossy(&bytes(id)).into_owned(), json!(lp));
+        }
+        top_logprobs.push(Value::Object(top));
+        text_offset.push(json!(*offset));
+        *offset += b.len();
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
     })
 }
 
@@ -397,7 +493,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     }
     Ok(ChatRequest {
         messages,
-        gen: gen_params(&obj)?,
+        gen: gen_params(&obj, Endpoint::Chat)?,
     })
 }
 
@@ -450,7 +546,7 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     }
     Ok(CompletionRequest {
         prompt,
-        gen: gen_params(&obj)?,
+        gen: gen_params(&obj, Endpoint::Completion)?,
     })
 }
 
@@ -501,20 +597,27 @@ impl ResponseMeta {
         m
     }
 
-    /// A whole (non-streamed) response.
-    pub fn full(&self, e: Endpoint, text: &str, finish: FinishReason, usage: Value) -> Value {
+    /// A whole (non-streamed) response; `logprobs` is the endpoint's logprobs object or null.
+    pub fn full(
+        &self,
+        e: Endpoint,
+        text: &str,
+        finish: FinishReason,
+        usage: Value,
+        logprobs: Value,
+    ) -> Value {
         let mut m = self.base(e, false);
         let choice = match e {
             Endpoint::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish_str(finish),
             }),
             Endpoint::Completion => json!({
                 "index": 0,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish_str(finish),
             }),
         };
@@ -530,6 +633,7 @@ impl ResponseMeta {
         first: bool,
         text: Option<&str>,
         finish: Option<FinishReason>,
+        logprobs: Value,
     ) -> Value {
         let mut m = self.base(e, true);
         let fr = finish.map(finish_str);
@@ -542,10 +646,10 @@ impl ResponseMeta {
                 if let Some(t) = text {
                     delta.insert("content".into(), t.into());
                 }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": fr})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": fr})
             }
             Endpoint::Completion => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": fr})
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": fr})
             }
         };
         m.insert("choices".into(), json!([choice]));
@@ -620,7 +724,6 @@ mod tests {
     fn unsupported_features_are_refused() {
         let m = r#""messages":[{"role":"user","content":"hi"}]"#;
         for extra in [
-            r#""logprobs":true"#,
             r#""n":2"#,
             r#""tools":[{"type":"function"}]"#,
             r#""response_format":{"type":"json_object"}"#,
@@ -630,5 +733,38 @@ mod tests {
         }
         let body = format!(r#"{{{m},"logprobs":false,"n":1,"user":"u"}}"#);
         assert!(parse_chat(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn logprobs_parameters_parse_and_are_capped() {
+        let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let chat = |extra: &str| parse_chat(format!("{{{m},{extra}}}").as_bytes());
+        assert_eq!(chat(r#""logprobs":true"#).unwrap().gen.logprobs, Some(0));
+        assert_eq!(
+            chat(r#""logprobs":true,"top_logprobs":20"#)
+                .unwrap()
+                .gen
+                .logprobs,
+            Some(20)
+        );
+        assert_eq!(chat(r#""logprobs":false"#).unwrap().gen.logprobs, None);
+        let e = chat(r#""logprobs":true,"top_logprobs":21"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        let e = chat(r#""top_logprobs":3"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        let e = chat(r#""logprobs":5"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logprobs"));
+        let cmpl =
+            |extra: &str| parse_completion(format!(r#"{{"prompt":"x",{extra}}}"#).as_bytes());
+        assert_eq!(cmpl(r#""logprobs":3"#).unwrap().gen.logprobs, Some(3));
+        assert_eq!(cmpl(r#""logprobs":null"#).unwrap().gen.logprobs, None);
+        assert_eq!(
+            cmpl(r#""logprobs":21"#).unwrap_err().param.as_deref(),
+            Some("logprobs")
+        );
+        assert_eq!(
+            cmpl(r#""logprobs":true"#).unwrap_err().param.as_deref(),
+            Some("logprobs")
+        );
     }
 }

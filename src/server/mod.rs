@@ -1,7 +1,8 @@
 //! `fado serve`: an OpenAI-compatible HTTP server over one loaded [`Model`].
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE streaming),
-//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (slot occupancy and counters).
+//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (slot occupancy and counters; 503
+//! `"unhealthy"` once the GPU device is lost, when requests get 503 `device_lost` too).
 //! Errors use OpenAI's JSON shape ([`api::ApiError`]).
 //!
 //! Requests are parsed and tokenized on the async side (tokenizing on a blocking thread), then
@@ -44,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::generate::{encode_chat, encode_raw, TextRequest};
 use crate::model::Model;
+use crate::session::TokenLogprobs;
 use api::{ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
 use scheduler::{Event, Finished, Job, Rejected, Scheduler, Stats};
 
@@ -265,10 +267,18 @@ async fn method_not_allowed(req: Request) -> ApiError {
     .code("method_not_allowed")
 }
 
-async fn health(State(s): State<Server>) -> Json<Value> {
+/// 200 with `"status": "ok"` while the GPU works; 503 with `"status": "unhealthy"` and the
+/// reason once the device is lost (load balancers take the instance out; it must be restarted).
+async fn health(State(s): State<Server>) -> Response {
     let st = s.stats();
-    Json(json!({
-        "status": "ok",
+    let lost = s.inner.model.ctx.lost();
+    let code = if lost.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut body = json!({
+        "status": if lost.is_some() { "unhealthy" } else { "ok" },
         "model": s.inner.model.name,
         "slots": {"total": st.slots, "busy": st.busy},
         "queue": {"waiting": st.queued, "capacity": st.queue_capacity},
@@ -278,7 +288,13 @@ async fn health(State(s): State<Server>) -> Json<Value> {
             "failed": st.failed,
             "rejected": st.rejected,
         },
-    }))
+    });
+    if let Some(why) = lost {
+        body["error"] = json!(format!(
+            "the GPU device was lost ({why}); restart the server"
+        ));
+    }
+    (code, Json(body)).into_response()
 }
 
 fn model_object(s: &Server) -> Value {
@@ -389,37 +405,33 @@ async fn completions(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Check limits, queue the job and answer (streamed or whole).
-async fn start(
-    s: &Server,
+/// Turn a parsed request for a prompt of `prompt_len` tokens into what a slot runs, checking
+/// the server's limits (context, `--max-tokens-cap`). `fallback_seed` is used when the request
+/// gave none. No GPU work: the HTTP-body fuzz target drives this too.
+pub fn text_request(
+    cfg: &ServerConfig,
     endpoint: Endpoint,
-    prompt: Vec<u32>,
-    gen: GenParams,
-) -> std::result::Result<Response, ApiError> {
-    let cfg = &s.inner.cfg;
-    if prompt.is_empty() {
+    prompt_len: usize,
+    gen: &GenParams,
+    fallback_seed: u64,
+) -> std::result::Result<TextRequest, ApiError> {
+    let prompt_param = if endpoint == Endpoint::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
+    if prompt_len == 0 {
         return Err(
-            ApiError::invalid("the prompt is empty: nothing to generate from").param(
-                if endpoint == Endpoint::Chat {
-                    "messages"
-                } else {
-                    "prompt"
-                },
-            ),
+            ApiError::invalid("the prompt is empty: nothing to generate from").param(prompt_param),
         );
     }
-    if prompt.len() > cfg.ctx {
+    if prompt_len > cfg.ctx {
         return Err(ApiError::invalid(format!(
-            "the prompt is {} tokens but the context holds {} tokens (--ctx); \
+            "the prompt is {prompt_len} tokens but the context holds {} tokens (--ctx); \
              shorten the prompt or the conversation",
-            prompt.len(),
             cfg.ctx
         ))
-        .param(if endpoint == Endpoint::Chat {
-            "messages"
-        } else {
-            "prompt"
-        })
+        .param(prompt_param)
         .code("context_length_exceeded"));
     }
     let max_tokens = match gen.max_tokens {
@@ -434,24 +446,46 @@ async fn start(
         None => cfg.max_tokens_cap,
     };
     // Generation also stops when the context is full (finish_reason "length").
-    let max_tokens = max_tokens.min(cfg.ctx + 1 - prompt.len());
-    let n = s.inner.counter.fetch_add(1, Ordering::Relaxed);
+    let max_tokens = max_tokens.min(cfg.ctx + 1 - prompt_len);
     let mut params = gen.params.clone();
     if !gen.seeded {
-        params.seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        params.seed = fallback_seed;
     }
+    Ok(TextRequest {
+        params,
+        max_tokens,
+        stop: gen.stop.clone(),
+    })
+}
+
+/// Check limits, queue the job and answer (streamed or whole).
+async fn start(
+    s: &Server,
+    endpoint: Endpoint,
+    prompt: Vec<u32>,
+    gen: GenParams,
+) -> std::result::Result<Response, ApiError> {
+    let cfg = &s.inner.cfg;
+    if let Some(why) = s.inner.model.ctx.lost() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("the GPU device was lost ({why}); the server must be restarted"),
+        )
+        .code("device_lost"));
+    }
+    let n = s.inner.counter.fetch_add(1, Ordering::Relaxed);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let req = text_request(cfg, endpoint, prompt.len(), &gen, seed)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt,
-        req: TextRequest {
-            params,
-            max_tokens,
-            stop: gen.stop.clone(),
-        },
+        req,
+        top_logprobs: gen.logprobs,
         events: tx,
     };
     s.inner.sched.submit(job).map_err(|r| match r {
@@ -481,10 +515,11 @@ async fn start(
         created: now_secs(),
         model: s.inner.model.name.clone(),
     };
+    let lp = gen.logprobs.is_some().then(|| s.inner.model.clone());
     if gen.stream {
-        Ok(stream_response(endpoint, meta, rx, gen.include_usage))
+        Ok(stream_response(endpoint, meta, rx, gen.include_usage, lp))
     } else {
-        whole_response(endpoint, meta, rx).await
+        whole_response(endpoint, meta, rx, lp).await
     }
 }
 
@@ -496,17 +531,41 @@ fn worker_gone() -> ApiError {
     )
 }
 
+/// The endpoint's logprobs object for `entries` (`offset`: see [`api::completion_logprobs`]),
+/// or null when they were not asked for (`model` is None).
+fn logprobs_value(
+    endpoint: Endpoint,
+    model: Option<&Arc<Model>>,
+    entries: &[TokenLogprobs],
+    offset: &mut usize,
+) -> Value {
+    let Some(m) = model else {
+        return Value::Null;
+    };
+    let bytes = |id: u32| m.tokenizer.token_bytes(id);
+    match endpoint {
+        Endpoint::Chat => api::chat_logprobs(entries, &bytes),
+        Endpoint::Completion => api::completion_logprobs(entries, &bytes, offset),
+    }
+}
+
 async fn whole_response(
     endpoint: Endpoint,
     meta: ResponseMeta,
     mut rx: mpsc::UnboundedReceiver<Event>,
+    logprobs_model: Option<Arc<Model>>,
 ) -> std::result::Result<Response, ApiError> {
     let mut text = String::new();
+    let mut lps = Vec::new();
     loop {
         match rx.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Text(t, l)) => {
+                text.push_str(&t);
+                lps.extend(l);
+            }
             Some(Event::Done(f)) => {
-                let body = meta.full(endpoint, &text, f.finish_reason, usage_of(&f));
+                let lp = logprobs_value(endpoint, logprobs_model.as_ref(), &lps, &mut 0);
+                let body = meta.full(endpoint, &text, f.finish_reason, usage_of(&f), lp);
                 return Ok(Json(body).into_response());
             }
             Some(Event::Failed(e)) => return Err(e.into()),
@@ -529,6 +588,10 @@ struct StreamState {
     endpoint: Endpoint,
     meta: ResponseMeta,
     include_usage: bool,
+    /// Set when log-probabilities were asked for (their token strings need the tokenizer).
+    logprobs_model: Option<Arc<Model>>,
+    /// Byte offset of the next token in the completion text (legacy `text_offset`).
+    text_offset: usize,
 }
 
 impl StreamState {
@@ -545,6 +608,7 @@ fn stream_response(
     meta: ResponseMeta,
     rx: mpsc::UnboundedReceiver<Event>,
     include_usage: bool,
+    logprobs_model: Option<Arc<Model>>,
 ) -> Response {
     let mut st = StreamState {
         rx,
@@ -554,10 +618,12 @@ fn stream_response(
         endpoint,
         meta,
         include_usage,
+        logprobs_model,
+        text_offset: 0,
     };
     if endpoint == Endpoint::Chat {
         // The role comes first, before any text (as OpenAI sends it).
-        let c = st.meta.chunk(endpoint, true, Some(""), None);
+        let c = st.meta.chunk(endpoint, true, Some(""), None, Value::Null);
         st.push(c);
         st.first = false;
     }
@@ -570,15 +636,29 @@ fn stream_response(
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Text(t)) => {
-                    let c = st.meta.chunk(st.endpoint, st.first, Some(&t), None);
+                Some(Event::Text(t, l)) => {
+                    let lp = if l.is_empty() {
+                        Value::Null
+                    } else {
+                        logprobs_value(
+                            st.endpoint,
+                            st.logprobs_model.as_ref(),
+                            &l,
+                            &mut st.text_offset,
+                        )
+                    };
+                    let c = st.meta.chunk(st.endpoint, st.first, Some(&t), None, lp);
                     st.first = false;
                     st.push(c);
                 }
                 Some(Event::Done(f)) => {
-                    let c = st
-                        .meta
-                        .chunk(st.endpoint, st.first, None, Some(f.finish_reason));
+                    let c = st.meta.chunk(
+                        st.endpoint,
+                        st.first,
+                        None,
+                        Some(f.finish_reason),
+                        Value::Null,
+                    );
                     st.push(c);
                     if st.include_usage {
                         let u = st.meta.usage_chunk(st.endpoint, usage_of(&f));

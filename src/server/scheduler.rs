@@ -22,15 +22,17 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::generate::{generate_text, TextRequest};
+use crate::generate::{generate_text_with_logprobs, TextRequest};
 use crate::model::Model;
-use crate::session::{FinishReason, Session};
+use crate::session::{FinishReason, Session, TokenLogprobs};
 
 /// What a job sends back.
 #[derive(Debug)]
 pub enum Event {
-    /// The next piece of text.
-    Text(String),
+    /// The next piece of text, with the log-probabilities of the tokens it completes (empty
+    /// unless asked for). The last piece before `Done` may have empty text and carry the
+    /// entries of tokens whose text never came (e.g. cut by a stop string).
+    Text(String, Vec<TokenLogprobs>),
     /// Generation ended normally.
     Done(Finished),
     /// Generation failed (the message is for the client).
@@ -51,6 +53,8 @@ pub struct Finished {
 pub struct Job {
     pub prompt: Vec<u32>,
     pub req: TextRequest,
+    /// Report log-probabilities with this many alternatives per token.
+    pub top_logprobs: Option<usize>,
     pub events: mpsc::UnboundedSender<Event>,
 }
 
@@ -301,9 +305,22 @@ fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finis
     };
     session.truncate(common);
     let events = &job.events;
-    let out = generate_text(session, &prompt[common..], &job.req, &mut |t| {
-        events.send(Event::Text(t.to_string())).is_ok()
-    })?;
+    let mut sent = 0usize;
+    let out = generate_text_with_logprobs(
+        session,
+        &prompt[common..],
+        &job.req,
+        job.top_logprobs,
+        &mut |t, lps| {
+            sent += lps.len();
+            events
+                .send(Event::Text(t.to_string(), lps.to_vec()))
+                .is_ok()
+        },
+    )?;
+    if out.logprobs.len() > sent {
+        let _ = events.send(Event::Text(String::new(), out.logprobs[sent..].to_vec()));
+    }
     Ok(Finished {
         finish_reason: out.generation.finish_reason,
         prompt_tokens: prompt.len(),

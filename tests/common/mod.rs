@@ -62,7 +62,16 @@ pub fn assert_close_rel_max(what: &str, got: &[f32], want: &[f32], rtol: f32) {
 
 /// Run a single op on GPU tensors through the graph executor, with outputs poisoned first.
 pub fn run_op(op: impl Op + 'static, inputs: &[&Tensor], step: Step) -> Vec<Vec<f32>> {
-    let ctx = ctx();
+    run_op_on(&ctx(), op, inputs, step)
+}
+
+/// [`run_op`] on a given context (inputs must live on it).
+pub fn run_op_on(
+    ctx: &Arc<GpuContext>,
+    op: impl Op + 'static,
+    inputs: &[&Tensor],
+    step: Step,
+) -> Vec<Vec<f32>> {
     let mut g = Graph::new();
     let ids: Vec<_> = inputs
         .iter()
@@ -70,7 +79,7 @@ pub fn run_op(op: impl Op + 'static, inputs: &[&Tensor], step: Step) -> Vec<Vec<
         .map(|(i, t)| g.external(format!("in{i}"), t))
         .collect();
     let outs = g.add(op, &ids).expect("op rejected valid inputs");
-    let exe = g.compile(&ctx, &outs).expect("compile");
+    let exe = g.compile(ctx, &outs).expect("compile");
     for o in &outs {
         ctx.poison(exe.tensor(*o));
     }
@@ -82,4 +91,33 @@ pub fn run_op(op: impl Op + 'static, inputs: &[&Tensor], step: Step) -> Vec<Vec<
 
 pub fn upload(name: &str, shape: &[usize], data: &[f32]) -> Tensor {
     ctx().upload_f32(name, shape, data).expect("upload")
+}
+
+/// The test device again with its kernel variants forced: `cpu` picks the CPU-device kernels
+/// (one thread per output row, uniform x), otherwise the GPU ones, with or without subgroups.
+/// Kernels choose their variant from the device, so on lavapipe only these reach the GPU-style
+/// kernels, and on a GPU only these reach the CPU-style ones.
+pub fn ctx_variant(cpu: bool, subgroups: bool) -> Arc<GpuContext> {
+    type Cache = std::sync::Mutex<Vec<((bool, bool), Arc<GpuContext>)>>;
+    static CTXS: OnceLock<Cache> = OnceLock::new();
+    let m = CTXS.get_or_init(Default::default);
+    let mut m = m.lock().expect("context cache");
+    if let Some((_, c)) = m.iter().find(|(k, _)| *k == (cpu, subgroups)) {
+        return c.clone();
+    }
+    let mut o = GpuOptions::from_env();
+    o.cpu_kernels = Some(cpu);
+    o.disable_subgroups |= !subgroups;
+    let c = GpuContext::new(&o).expect("kernel tests need a Vulkan adapter");
+    m.push(((cpu, subgroups), c.clone()));
+    c
+}
+
+/// Every kernel-variant context, labelled: CPU-style, GPU-style, GPU-style without subgroups.
+pub fn variant_contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
+    vec![
+        ("cpu-style", ctx_variant(true, true)),
+        ("gpu-style", ctx_variant(false, true)),
+        ("gpu-style-no-subgroups", ctx_variant(false, false)),
+    ]
 }
