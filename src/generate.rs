@@ -1,6 +1,8 @@
 //! Text in, text out: prompts (raw or through the chat template), streaming text with stop
 //! strings, on top of a [`Session`]. Used by the CLI and the server.
 
+#![warn(missing_docs)]
+
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -10,7 +12,9 @@ use crate::session::{FinishReason, Generation, Session, TokenLogprobs};
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct TextRequest {
+    /// Sampling settings.
     pub params: SamplingParams,
+    /// Most new tokens to generate.
     pub max_tokens: usize,
     /// Generation stops before any of these strings; they are not part of the text.
     pub stop: Vec<String>,
@@ -19,7 +23,9 @@ pub struct TextRequest {
 /// What came out.
 #[derive(Clone, Debug)]
 pub struct TextOutput {
+    /// The generated text (stop strings removed).
     pub text: String,
+    /// Token ids, timings and why generation stopped.
     pub generation: Generation,
     /// One entry per generated token passed on (not the end-of-sequence token), when
     /// log-probabilities were asked for.

@@ -1,12 +1,16 @@
 //! A small seeded random generator (SplitMix64 → xoshiro256**), used for sampling, synthetic
 //! weights and tests. Own code so that `--seed` gives the same tokens across dependency updates.
 
+#![warn(missing_docs)]
+
+/// xoshiro256** state.
 #[derive(Clone, Debug)]
 pub struct Rng {
     s: [u64; 4],
 }
 
 impl Rng {
+    /// A generator seeded through SplitMix64 (any seed, 0 included, is fine).
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut next = || {
@@ -21,6 +25,7 @@ impl Rng {
         }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let r = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;
@@ -55,6 +60,7 @@ impl Rng {
         (0..n).map(|_| self.uniform(-scale, scale)).collect()
     }
 
+    /// Uniform in `0..n` (`n` ≥ 1).
     pub fn below(&mut self, n: u32) -> u32 {
         (((self.next_u64() >> 32) * n as u64) >> 32) as u32
     }

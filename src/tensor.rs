@@ -4,23 +4,33 @@
 //! Hugging Face checkpoints, so `y = x · Wᵀ`. 16-bit floats are stored packed two per `u32`
 //! and widened inside the kernels; block-quantized types keep their blocks.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::sync::Arc;
 
 /// Element type of a tensor as stored on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float.
     F32,
     /// Token ids and other indices.
     U32,
+    /// IEEE half precision, packed two per `u32`.
     F16,
+    /// bfloat16, packed two per `u32`.
     BF16,
     /// Block-quantized formats (GGUF names). Block size in elements and bytes per block below.
     Q8_0,
+    /// GGUF Q4_0: 32 4-bit values and an f16 scale.
     Q4_0,
+    /// GGUF Q4_1: 32 4-bit values, an f16 scale and an f16 minimum.
     Q4_1,
+    /// GGUF Q4_K: 256 4-bit values in 8 sub-blocks with 6-bit scales and minima.
     Q4K,
+    /// GGUF Q5_K: like Q4_K with a fifth bit per value.
     Q5K,
+    /// GGUF Q6_K: 256 6-bit values in 16 sub-blocks with 8-bit scales.
     Q6K,
 }
 
@@ -48,6 +58,7 @@ impl DType {
         }
     }
 
+    /// f32, f16 or bf16.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }
@@ -57,6 +68,7 @@ impl DType {
         n.div_ceil(self.block_len()) * self.block_bytes()
     }
 
+    /// Lower-case GGUF-style name (`f32`, `q4_k`, …).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -82,20 +94,25 @@ impl fmt::Display for DType {
 /// What a tensor is, without where it lives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TensorDesc {
+    /// Element type.
     pub dtype: DType,
+    /// Shape, outermost first.
     pub shape: Vec<usize>,
 }
 
 impl TensorDesc {
+    /// A description of `dtype` elements in `shape`.
     pub fn new(dtype: DType, shape: impl Into<Vec<usize>>) -> Self {
         TensorDesc {
             dtype,
             shape: shape.into(),
         }
     }
+    /// An f32 description.
     pub fn f32(shape: impl Into<Vec<usize>>) -> Self {
         Self::new(DType::F32, shape)
     }
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -104,6 +121,7 @@ impl TensorDesc {
         let b = self.dtype.bytes_for(self.numel());
         (b.div_ceil(4) * 4) as u64
     }
+    /// Number of dimensions.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
@@ -131,18 +149,24 @@ impl fmt::Display for TensorDesc {
 /// A tensor resident on the GPU: a description plus a byte range of a buffer.
 #[derive(Clone, Debug)]
 pub struct Tensor {
+    /// Dtype and shape.
     pub desc: TensorDesc,
+    /// The buffer holding the data.
     pub buffer: Arc<wgpu::Buffer>,
+    /// Byte offset of the data in the buffer.
     pub offset: u64,
 }
 
 impl Tensor {
+    /// Element type.
     pub fn dtype(&self) -> DType {
         self.desc.dtype
     }
+    /// Shape, outermost first.
     pub fn shape(&self) -> &[usize] {
         &self.desc.shape
     }
+    /// Bytes of the data (see [`TensorDesc::size_bytes`]).
     pub fn size_bytes(&self) -> u64 {
         self.desc.size_bytes()
     }

@@ -20,6 +20,8 @@
 //!
 //! [`StreamDecoder`] turns ids into text one at a time without ever emitting half a character.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -44,15 +46,25 @@ use crate::error::{Error, Result};
 /// value type to this, so the tokenizer does not depend on the loader.
 #[derive(Debug, Clone)]
 pub enum Meta<'a> {
+    /// A string.
     Str(&'a str),
+    /// An unsigned 32-bit integer.
     U32(u32),
+    /// A signed 32-bit integer.
     I32(i32),
+    /// An unsigned 64-bit integer.
     U64(u64),
+    /// A signed 64-bit integer.
     I64(i64),
+    /// A boolean.
     Bool(bool),
+    /// A 32-bit float.
     F32(f32),
+    /// An array of strings (e.g. `tokenizer.ggml.tokens`).
     StrArray(Vec<&'a str>),
+    /// An array of floats (e.g. `tokenizer.ggml.scores`).
     F32Array(Vec<f32>),
+    /// An array of integers (e.g. `tokenizer.ggml.token_type`).
     I32Array(Vec<i32>),
 }
 
@@ -84,11 +96,17 @@ impl<'a> Meta<'a> {
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 pub mod token_type {
+    /// An ordinary piece.
     pub const NORMAL: i32 = 1;
+    /// The unknown-token piece.
     pub const UNKNOWN: i32 = 2;
+    /// A control token (BOS, EOS, chat markers), never produced by text.
     pub const CONTROL: i32 = 3;
+    /// A user-defined piece, matched before the model's own splitting.
     pub const USER_DEFINED: i32 = 4;
+    /// A reserved, unused piece.
     pub const UNUSED: i32 = 5;
+    /// A byte fallback piece `<0xNN>`.
     pub const BYTE: i32 = 6;
 }
 
@@ -928,6 +946,8 @@ pub struct StreamDecoder<'t> {
 }
 
 impl<'t> StreamDecoder<'t> {
+    /// A decoder at the start of a text: like `decode`, it strips a SentencePiece model's
+    /// leading space; special tokens are kept.
     pub fn new(tok: &'t Tokenizer) -> Self {
         StreamDecoder {
             tok,

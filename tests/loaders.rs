@@ -733,7 +733,7 @@ fn gguf_hostile_headers_are_errors_not_allocations_or_panics() {
     );
     assert_mentions(
         &open(&tensor_file("w", &[32, 2], 200, 0, 64), "t200.gguf"),
-        &["'w'", "unknown type 200"],
+        &["'w'", "type 200 (no ggml type has this id)"],
     );
     assert_mentions(
         &open(

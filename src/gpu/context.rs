@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -40,12 +41,19 @@ impl GpuOptions {
 /// What the device can do; kernels choose variants from this.
 #[derive(Clone, Debug)]
 pub struct Caps {
+    /// The device has `SHADER_F16` (f16 arithmetic in kernels).
     pub f16: bool,
+    /// The device has subgroup operations.
     pub subgroups: bool,
+    /// Smallest subgroup size the device may use.
     pub subgroup_min: u32,
+    /// Largest subgroup size the device may use.
     pub subgroup_max: u32,
+    /// The device has `TIMESTAMP_QUERY` (for `run_profiled`).
     pub timestamps: bool,
+    /// Timestamps can be written inside compute passes.
     pub timestamps_in_passes: bool,
+    /// Cooperative-matrix kernels may be used (not yet: always false).
     pub cooperative_matrix: bool,
     /// The device is a CPU rasterizer (lavapipe, SwiftShader, WARP): each workgroup runs on
     /// one core as SIMD lanes, barriers are context switches and memory is CPU cache, so
@@ -53,35 +61,56 @@ pub struct Caps {
     pub cpu: bool,
     /// Largest uniform binding; on CPU devices every buffer can also be bound as uniform.
     pub max_uniform_binding: u64,
+    /// `min_uniform_buffer_offset_alignment` in bytes.
     pub uniform_offset_align: u32,
+    /// `max_storage_buffer_binding_size`: the largest tensor one binding can hold.
     pub max_storage_binding: u64,
+    /// `max_buffer_size`: the largest buffer.
     pub max_buffer: u64,
+    /// `max_compute_workgroup_storage_size` in bytes.
     pub max_workgroup_storage: u32,
+    /// `max_compute_invocations_per_workgroup`.
     pub max_invocations: u32,
+    /// `max_compute_workgroups_per_dimension`.
     pub max_workgroups_per_dim: u32,
+    /// `min_storage_buffer_offset_alignment` in bytes.
     pub storage_offset_align: u32,
 }
 
 /// One line per adapter for `fado devices` and error messages.
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
+    /// Index for `--adapter`.
     pub index: usize,
+    /// Adapter name as the driver reports it.
     pub name: String,
+    /// Vulkan, Metal, Dx12, …
     pub backend: String,
+    /// Discrete, integrated, CPU, …
     pub device_type: String,
+    /// Driver name and version.
     pub driver: String,
+    /// The optional features Fado uses that the adapter has.
     pub features: Vec<String>,
+    /// Key limits, by wgpu name.
     pub limits: Vec<(String, u64)>,
+    /// Smallest and largest subgroup size.
     pub subgroup_sizes: (u32, u32),
 }
 
 /// A device and queue plus everything derived from them once.
 pub struct GpuContext {
+    /// The chosen adapter.
     pub adapter: wgpu::Adapter,
+    /// The device opened on it.
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
+    /// Name, backend and driver of the adapter.
     pub info: wgpu::AdapterInfo,
+    /// What kernels may use on this device.
     pub caps: Caps,
+    /// Every pipeline built so far, by variant.
     pub pipelines: PipelineCache,
     /// Why the device was lost, once it is (set by wgpu's device-lost callback or
     /// [`GpuContext::mark_lost`]). Work after that fails fast instead of waiting on a dead queue.

@@ -1,5 +1,7 @@
 //! Compute pipelines and bind-group layouts, created once per variant and shared.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -9,30 +11,44 @@ use crate::gpu::shader;
 /// What sits at one binding slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BindingKind {
+    /// A `uniform` buffer (binding 0: params, binding 1: step).
     Uniform,
-    Storage { read_only: bool },
+    /// A storage buffer.
+    Storage {
+        /// Bound `read` instead of `read_write`.
+        read_only: bool,
+    },
 }
 
 /// A pipeline variant: shader file, entry point, preprocessor defines and binding layout.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
+    /// Shader file under `shaders/`.
     pub shader: &'static str,
+    /// Entry point.
     pub entry: &'static str,
+    /// Preprocessor defines that select the variant.
     pub defines: BTreeMap<String, String>,
+    /// Kind of each binding, in order.
     pub bindings: Vec<BindingKind>,
 }
 
+/// A built pipeline and the layout its bind groups must follow.
 pub struct CachedPipeline {
+    /// The compute pipeline.
     pub pipeline: wgpu::ComputePipeline,
+    /// Its bind-group layout (group 0).
     pub layout: wgpu::BindGroupLayout,
 }
 
+/// Pipelines by [`PipelineKey`], built on first use and shared afterwards.
 #[derive(Default)]
 pub struct PipelineCache {
     map: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
 }
 
 impl PipelineCache {
+    /// The pipeline for `key`, built (and its WGSL validated) the first time.
     pub fn get(&self, device: &wgpu::Device, key: &PipelineKey) -> Result<Arc<CachedPipeline>> {
         if let Some(p) = self.map.lock().expect("pipeline cache").get(key) {
             return Ok(p.clone());
@@ -45,10 +61,12 @@ impl PipelineCache {
         Ok(p)
     }
 
+    /// Number of pipelines built.
     pub fn len(&self) -> usize {
         self.map.lock().expect("pipeline cache").len()
     }
 
+    /// No pipeline built yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -5,6 +5,8 @@
 //! - `#if NAME`, `#if !NAME`, `#else`, `#endif` keep or drop lines (NAME is true when defined and not `0`/`false`);
 //! - `{{NAME}}` anywhere is replaced by the define's value (an undefined name is an error).
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
@@ -12,6 +14,7 @@ use crate::error::{Error, Result};
 /// Every shader file, embedded at build time by `build.rs`.
 pub const SOURCES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
 
+/// The text of shader file `name` (e.g. `"rmsnorm.wgsl"`), if it exists.
 pub fn source(name: &str) -> Option<&'static str> {
     SOURCES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }

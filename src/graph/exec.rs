@@ -1,7 +1,10 @@
 //! Compiling a graph (buffers, pipelines, bind groups — all created once) and running it
 //! (one compute pass, one submission; only the [`Step`] uniform is written per run).
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::plan::{assign, Lifetime};
@@ -47,6 +50,8 @@ pub struct Executable {
     step: wgpu::Buffer,
     _params: wgpu::Buffer,
     staging: Mutex<HashMap<Vec<TensorId>, wgpu::Buffer>>,
+    /// Queue submissions made so far (see [`Executable::submissions`]).
+    submissions: AtomicU64,
     /// Bytes of the intermediate buffers the planner allocated.
     pub intermediate_bytes: u64,
 }
@@ -295,6 +300,7 @@ impl Graph {
             step,
             _params: params,
             staging: Mutex::new(HashMap::new()),
+            submissions: AtomicU64::new(0),
             intermediate_bytes,
         })
     }
@@ -307,8 +313,21 @@ impl Executable {
         &self.tensors[id.0]
     }
 
+    /// Number of compute dispatches one run records.
     pub fn num_dispatches(&self) -> usize {
         self.dispatches.len()
+    }
+
+    /// Queue submissions this executable has made. Each `run*` call records the whole graph
+    /// and submits once, so after `n` runs this is `n`; tests use it to check that a forward
+    /// pass really is one submission.
+    pub fn submissions(&self) -> u64 {
+        self.submissions.load(Ordering::Relaxed)
+    }
+
+    fn submit(&self, enc: wgpu::CommandEncoder) {
+        self.ctx.queue.submit(Some(enc.finish()));
+        self.submissions.fetch_add(1, Ordering::Relaxed);
     }
 
     fn encode(&self, enc: &mut wgpu::CommandEncoder) {
@@ -331,7 +350,7 @@ impl Executable {
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut enc);
-        self.ctx.queue.submit(Some(enc.finish()));
+        self.submit(enc);
         Ok(())
     }
 
@@ -382,7 +401,7 @@ impl Executable {
                 enc.copy_buffer_to_buffer(&t.buffer, t.offset, buf, at, len4);
             }
         }
-        self.ctx.queue.submit(Some(enc.finish()));
+        self.submit(enc);
         let bytes = self.ctx.map_read(buf, total)?;
         Ok(plan
             .iter()
@@ -442,7 +461,7 @@ impl Executable {
         }
         enc.resolve_query_set(&qs, 0..2 * n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
-        self.ctx.queue.submit(Some(enc.finish()));
+        self.submit(enc);
         let raw = self.ctx.map_read(&read, bytes)?;
         let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
         let period = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;

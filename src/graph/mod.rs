@@ -4,6 +4,8 @@
 //! Tensors are either *external* (weights, KV cache, input/output buffers the caller owns) or
 //! *intermediate* (produced by an op; the planner packs them into a few reused buffers).
 
+#![warn(missing_docs)]
+
 mod exec;
 pub mod plan;
 
@@ -40,6 +42,7 @@ pub(crate) struct Node {
     pub label: String,
 }
 
+/// Ops over tensors in execution order; [`Graph::compile`] turns it into an [`Executable`].
 #[derive(Debug, Default)]
 pub struct Graph {
     pub(crate) tensors: Vec<GTensor>,
@@ -48,6 +51,7 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// An empty graph.
     pub fn new() -> Self {
         Self::default()
     }
@@ -67,6 +71,7 @@ impl Graph {
         TensorId(self.tensors.len() - 1)
     }
 
+    /// The description (dtype, shape) of a tensor of the graph.
     pub fn desc(&self, id: TensorId) -> &TensorDesc {
         &self.tensors[id.0].desc
     }
@@ -112,6 +117,7 @@ impl Graph {
         self.add(op, inputs).map(|_| ())
     }
 
+    /// Number of op nodes.
     pub fn num_nodes(&self) -> usize {
         self.nodes.len()
     }

@@ -5,21 +5,29 @@
 //! their largest tenant. This is the classic "greedy by size" offset planner restricted to
 //! whole buffers, which keeps every binding at offset 0 (no alignment padding to reason about).
 
+#![warn(missing_docs)]
+
 /// First and last node (inclusive) that touch a tensor, and its size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lifetime {
+    /// Index of the first node that touches the tensor.
     pub first: usize,
+    /// Index of the last node that touches it (inclusive).
     pub last: usize,
+    /// Its size in bytes.
     pub bytes: u64,
 }
 
 /// The result: slot sizes, and the slot of each tensor (same order as the input).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
+    /// Bytes of each shared buffer.
     pub slots: Vec<u64>,
+    /// For each lifetime, the index of its buffer in `slots`.
     pub slot_of: Vec<usize>,
 }
 
+/// Pack the lifetimes into as few and as small buffers as the greedy-by-size rule finds.
 pub fn assign(lifetimes: &[Lifetime]) -> Assignment {
     let mut order: Vec<usize> = (0..lifetimes.len()).collect();
     order.sort_by(|&a, &b| {

@@ -13,7 +13,7 @@
 //!
 //! Q/K permutation: llama.cpp's converter permutes the rows of `attn_q` / `attn_k` for its
 //! interleaved RoPE. [`GgufModel`] undoes it when serving bytes, so the rest of Fado always sees
-//! Hugging Face's layout and uses rotate-half RoPE; [`write`] re-applies it.
+//! Hugging Face's layout and uses rotate-half RoPE; [`write()`] re-applies it.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,7 +28,9 @@ use super::{
     check_permutable, map_bytes, map_file, permute_rows, unpermute_rows, TensorEntry, WeightSource,
 };
 
+/// The four bytes every GGUF file starts with.
 pub const MAGIC: &[u8; 4] = b"GGUF";
+/// Data alignment when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.
 pub const MAX_DIMS: usize = 4;
@@ -48,20 +50,35 @@ const MAX_ALIGNMENT: u64 = 1 << 16;
 
 /// ggml tensor type ids (`enum ggml_type`).
 pub mod ggml_type {
+    /// f32.
     pub const F32: u32 = 0;
+    /// IEEE f16.
     pub const F16: u32 = 1;
+    /// Q4_0 blocks.
     pub const Q4_0: u32 = 2;
+    /// Q4_1 blocks.
     pub const Q4_1: u32 = 3;
+    /// Q5_0 blocks (not loaded by Fado).
     pub const Q5_0: u32 = 6;
+    /// Q5_1 blocks (not loaded by Fado).
     pub const Q5_1: u32 = 7;
+    /// Q8_0 blocks.
     pub const Q8_0: u32 = 8;
+    /// Q8_1 blocks (not loaded by Fado).
     pub const Q8_1: u32 = 9;
+    /// Q2_K blocks (not loaded by Fado).
     pub const Q2_K: u32 = 10;
+    /// Q3_K blocks (not loaded by Fado).
     pub const Q3_K: u32 = 11;
+    /// Q4_K blocks.
     pub const Q4_K: u32 = 12;
+    /// Q5_K blocks.
     pub const Q5_K: u32 = 13;
+    /// Q6_K blocks.
     pub const Q6_K: u32 = 14;
+    /// Q8_K blocks (not loaded by Fado).
     pub const Q8_K: u32 = 15;
+    /// bf16.
     pub const BF16: u32 = 30;
 }
 
@@ -111,7 +128,7 @@ pub fn ggml_type_name(t: u32) -> String {
     ];
     match NAMES.get(t as usize) {
         Some(n) => format!("{n} ({t})"),
-        None => format!("unknown type {t}"),
+        None => format!("{t} (no ggml type has this id)"),
     }
 }
 
@@ -158,18 +175,31 @@ const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_
 /// String 8, Array 9, U64 10, I64 11, F64 12.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetaValue {
+    /// Type 0.
     U8(u8),
+    /// Type 1.
     I8(i8),
+    /// Type 2.
     U16(u16),
+    /// Type 3.
     I16(i16),
+    /// Type 4.
     U32(u32),
+    /// Type 5.
     I32(i32),
+    /// Type 6.
     F32(f32),
+    /// Type 7.
     Bool(bool),
+    /// Type 8 (UTF-8).
     String(String),
+    /// Type 9: element type, count, elements.
     Array(Vec<MetaValue>),
+    /// Type 10.
     U64(u64),
+    /// Type 11.
     I64(i64),
+    /// Type 12.
     F64(f64),
 }
 
@@ -193,6 +223,7 @@ impl MetaValue {
         }
     }
 
+    /// The type's name as in GGUF docs (`u32`, `string`, `array`, …), for messages.
     pub fn type_name(&self) -> &'static str {
         match self {
             MetaValue::U8(_) => "u8",
@@ -245,6 +276,7 @@ impl MetaValue {
         }
     }
 
+    /// The value if it is a `Bool`.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             MetaValue::Bool(b) => Some(b),
@@ -252,6 +284,7 @@ impl MetaValue {
         }
     }
 
+    /// The value if it is a `String`.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             MetaValue::String(s) => Some(s),
@@ -259,6 +292,7 @@ impl MetaValue {
         }
     }
 
+    /// The elements if it is an `Array`.
     pub fn as_array(&self) -> Option<&[MetaValue]> {
         match self {
             MetaValue::Array(a) => Some(a),
@@ -312,8 +346,11 @@ impl From<bool> for MetaValue {
 /// One tensor as described in the file (GGUF name, ggml type, `ne` innermost first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GgufTensorInfo {
+    /// GGUF name (`blk.0.attn_q.weight`, …).
     pub name: String,
+    /// ggml type id (see [`ggml_type`]).
     pub ggml_type: u32,
+    /// The same type as a Fado dtype.
     pub dtype: DType,
     /// Dimensions, innermost first (`ne[0]` = columns = in-features).
     pub ne: Vec<u64>,
@@ -416,7 +453,7 @@ impl<'a> Reader<'a> {
         let len = self.u64()?;
         if len > cap {
             return Err(self.err(format!(
-                "{}: string length {len} is over the limit of {cap} bytes; the file is corrupt",
+                "{}: string length {len} is over the limit of {cap} bytes; the file is corrupt; re-download or re-convert it",
                 self.what
             )));
         }
@@ -434,7 +471,7 @@ impl<'a> Reader<'a> {
     fn value(&mut self, ty: u32, depth: usize) -> Result<MetaValue> {
         if self.values_left == 0 {
             return Err(self.err(format!(
-                "{}: more than {MAX_META_VALUES} metadata values; the file is corrupt",
+                "{}: more than {MAX_META_VALUES} metadata values; the file is corrupt; re-download or re-convert it",
                 self.what
             )));
         }
@@ -456,7 +493,7 @@ impl<'a> Reader<'a> {
             9 => {
                 if depth >= MAX_NESTING {
                     return Err(self.err(format!(
-                        "{}: arrays nested deeper than {MAX_NESTING} levels; the file is corrupt",
+                        "{}: arrays nested deeper than {MAX_NESTING} levels; the file is corrupt; re-download or re-convert it",
                         self.what
                     )));
                 }
@@ -470,14 +507,14 @@ impl<'a> Reader<'a> {
                 let n = self.u64()?;
                 if n > MAX_ARRAY_LEN {
                     return Err(self.err(format!(
-                        "{}: array length {n} is over the limit of {MAX_ARRAY_LEN}; the file is corrupt",
+                        "{}: array length {n} is over the limit of {MAX_ARRAY_LEN}; the file is corrupt; re-download or re-convert it",
                         self.what
                     )));
                 }
                 if n.saturating_mul(min) > self.left() {
                     return Err(self.err(format!(
                         "{}: array of {n} elements needs at least {} bytes but only {} are left in the file; \
-                         the file is truncated or corrupt",
+                         the file is truncated or corrupt; re-download or re-convert it",
                         self.what,
                         n.saturating_mul(min),
                         self.left()
@@ -529,12 +566,15 @@ impl GgufFile {
         })
     }
 
+    /// The file this was read from.
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
         self.version
     }
+    /// Alignment of the tensor data.
     pub fn alignment(&self) -> u64 {
         self.alignment
     }
@@ -546,6 +586,7 @@ impl GgufFile {
     pub fn metadata(&self) -> &BTreeMap<String, MetaValue> {
         &self.metadata
     }
+    /// One metadata value by key.
     pub fn meta(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.get(key)
     }
@@ -553,6 +594,7 @@ impl GgufFile {
     pub fn tensor_infos(&self) -> &[GgufTensorInfo] {
         &self.tensors
     }
+    /// One tensor's description by GGUF name.
     pub fn tensor_info(&self, gguf_name: &str) -> Option<&GgufTensorInfo> {
         self.tensors.iter().find(|t| t.name == gguf_name)
     }
@@ -613,13 +655,13 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     // least 8 (name length) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset) bytes.
     if n_kv.saturating_mul(13) > r.left() {
         return Err(r.err(format!(
-            "header claims {n_kv} metadata entries but the file has only {} bytes; the file is corrupt or truncated",
+            "header claims {n_kv} metadata entries but the file has only {} bytes; the file is corrupt or truncated; re-download or re-convert it",
             buf.len()
         )));
     }
     if n_tensors.saturating_mul(32) > r.left() {
         return Err(r.err(format!(
-            "header claims {n_tensors} tensors but the file has only {} bytes; the file is corrupt or truncated",
+            "header claims {n_tensors} tensors but the file has only {} bytes; the file is corrupt or truncated; re-download or re-convert it",
             buf.len()
         )));
     }
@@ -707,7 +749,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             }
             numel = numel.checked_mul(d).ok_or_else(|| {
                 r.err(format!(
-                    "tensor '{name}': element count of ne = {:?} overflows 64 bits; the file is corrupt",
+                    "tensor '{name}': element count of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
                     t.ne
                 ))
             })?;
@@ -723,7 +765,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             .checked_mul(t.dtype.block_bytes() as u64)
             .ok_or_else(|| {
                 r.err(format!(
-                    "tensor '{name}': byte size of ne = {:?} overflows 64 bits; the file is corrupt",
+                    "tensor '{name}': byte size of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
                     t.ne
                 ))
             })?;
@@ -747,7 +789,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             _ => {
                 return Err(r.err(format!(
                     "tensor '{name}' ({} ne = {:?}, {size} bytes) at data offset {} lies beyond the end of the \
-                     file ({file_len} bytes); the file is truncated or corrupt",
+                     file ({file_len} bytes); the file is truncated or corrupt; re-download or re-convert it",
                     t.dtype, t.ne, t.offset
                 )))
             }
@@ -1292,10 +1334,12 @@ pub struct GgufModel {
 }
 
 impl GgufModel {
+    /// Open a GGUF file as a model: metadata → config, tensors under Hugging Face names.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufModel> {
         Self::from_file(GgufFile::open(path)?)
     }
 
+    /// A model over an already parsed file.
     pub fn from_file(file: GgufFile) -> Result<GgufModel> {
         let config = llama_config(&file)?;
         let path = file.path().to_path_buf();
@@ -1345,10 +1389,12 @@ impl GgufModel {
         })
     }
 
+    /// The parsed file underneath.
     pub fn file(&self) -> &GgufFile {
         &self.file
     }
 
+    /// Its metadata.
     pub fn metadata(&self) -> &BTreeMap<String, MetaValue> {
         self.file.metadata()
     }
@@ -1407,9 +1453,13 @@ impl WeightSource for GgufModel {
 /// A tensor for [`write_raw`]: GGUF name, ggml type id, `ne` innermost first, bytes as stored.
 #[derive(Clone, Debug)]
 pub struct RawTensor<'a> {
+    /// GGUF name.
     pub name: String,
+    /// ggml type id.
     pub ggml_type: u32,
+    /// Dimensions, innermost first.
     pub ne: Vec<u64>,
+    /// The bytes as they go into the file.
     pub data: &'a [u8],
 }
 

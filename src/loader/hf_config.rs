@@ -5,6 +5,8 @@
 //! `eos_token_id` may be an integer, a list or null in either file; the ids of both are merged
 //! (config first). Defaults follow transformers' `LlamaConfig` where it has one.
 
+#![warn(missing_docs)]
+
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -12,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::model::config::{LlamaConfig, RopeScaling};
 
+/// `architectures` values of `config.json` that Fado can run.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
 
 /// Read `config.json` and, if present, `generation_config.json` next to it.
@@ -73,7 +76,7 @@ impl Fields<'_> {
         Error::model(
             self.path,
             format!(
-                "required field '{}{k}' is missing; the config is incomplete",
+                "required field '{}{k}' is missing; add it from the model's original config.json",
                 self.prefix
             ),
         )

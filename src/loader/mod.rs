@@ -12,6 +12,8 @@
 //! anything is allocated; errors are [`Error::Model`] naming the file, the tensor or field, and
 //! what to do.
 
+#![warn(missing_docs)]
+
 pub mod gguf;
 pub mod hf_config;
 pub mod safetensors;
@@ -30,12 +32,16 @@ pub use safetensors::SafetensorsModel;
 /// One tensor of a model: its Hugging Face name, element type and shape (`[out, in]`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TensorEntry {
+    /// Hugging Face name, e.g. `model.layers.0.self_attn.q_proj.weight`.
     pub name: String,
+    /// Element type as stored.
     pub dtype: DType,
+    /// Shape, outermost first (`[out, in]` for linear weights).
     pub shape: Vec<usize>,
 }
 
 impl TensorEntry {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -46,6 +52,7 @@ impl TensorEntry {
         self.dtype.bytes_for(self.numel())
     }
 
+    /// The tensor's [`TensorDesc`].
     pub fn desc(&self) -> TensorDesc {
         TensorDesc::new(self.dtype, self.shape.clone())
     }
@@ -62,6 +69,7 @@ pub trait WeightSource: Send + Sync {
     /// "gguf" or "safetensors".
     fn format(&self) -> &'static str;
 
+    /// The model's hyperparameters.
     fn config(&self) -> &LlamaConfig;
 
     /// All tensors, in file order (so visiting them in order reads the files sequentially).
@@ -122,7 +130,13 @@ pub trait WeightSource: Send + Sync {
 /// - a single `.safetensors` file with a `config.json` next to it.
 pub fn open(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource>> {
     let path = path.as_ref();
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::model(
+            path,
+            "no such file or folder; check the path given to --model",
+        ),
+        _ => Error::io(path, e),
+    })?;
     if meta.is_dir() {
         if path.join("config.json").is_file() {
             return Ok(Box::new(SafetensorsModel::open_dir(path)?));

@@ -6,6 +6,8 @@
 //! at fault (offsets beyond the file, size not matching shape × dtype). Only F32, F16 and BF16
 //! tensors are accepted. Shard names must be plain file names in the model folder.
 
+#![warn(missing_docs)]
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -269,7 +271,7 @@ fn read_header(path: &Path, buf: &[u8]) -> Result<Vec<(TensorEntry, Range<usize>
     if file_len < 8 {
         return Err(Error::model(
             path,
-            format!("file is truncated: {file_len} bytes, too short for the 8-byte header length"),
+            format!("file is truncated: {file_len} bytes, too short for the 8-byte header length; re-download it"),
         ));
     }
     let mut n8 = [0u8; 8];
@@ -279,7 +281,7 @@ fn read_header(path: &Path, buf: &[u8]) -> Result<Vec<(TensorEntry, Range<usize>
         return Err(Error::model(
             path,
             format!(
-                "header length {n} goes beyond the end of the file ({file_len} bytes); the file is truncated or not safetensors"
+                "header length {n} goes beyond the end of the file ({file_len} bytes); the file is truncated or not safetensors; re-download it"
             ),
         ));
     }
@@ -328,7 +330,8 @@ fn read_header(path: &Path, buf: &[u8]) -> Result<Vec<(TensorEntry, Range<usize>
             return Err(Error::model(
                 path,
                 format!(
-                    "tensor '{}' ({} {:?}) needs {} bytes but its data range {s}..{e} holds {} and the file has {}",
+                    "tensor '{}' ({} {:?}) needs {} bytes but its data range {s}..{e} holds {} and the file has {}; \
+                     the file is corrupt, re-download it",
                     entry.name,
                     entry.dtype,
                     entry.shape,
@@ -349,13 +352,13 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
     let Ok(text) = std::str::from_utf8(&buf[8..8 + n]) else {
         return Error::model(
             path,
-            "safetensors header is not valid UTF-8; the file is corrupt",
+            "safetensors header is not valid UTF-8; the file is corrupt, re-download it",
         );
     };
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
         return Error::model(
             path,
-            format!("safetensors header is not a JSON object ({crate_msg}); the file is corrupt"),
+            format!("safetensors header is not a JSON object ({crate_msg}); the file is corrupt, re-download it"),
         );
     };
     let data_len = (buf.len() - 8 - n) as u64;
@@ -391,7 +394,7 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
                 path,
                 format!(
                     "tensor '{name}' data offsets {s}..{e} lie beyond the data section ({data_len} bytes); \
-                     the file is truncated or corrupt"
+                     the file is truncated or corrupt, re-download it"
                 ),
             );
         }
@@ -402,6 +405,16 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
             "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => Some(1),
             _ => None,
         };
+        if bytes_per.is_none() {
+            // Not a dtype the crate knows (it would have parsed the header otherwise).
+            return Error::model(
+                path,
+                format!(
+                    "tensor '{name}' has dtype {dtype}, which is not a safetensors dtype Fado loads \
+                     (supported: F32, F16, BF16); convert the checkpoint to bf16 or f16"
+                ),
+            );
+        }
         let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         if let (Some(b), Some(numel)) = (bytes_per, numel) {
             match numel.checked_mul(b) {
@@ -410,7 +423,8 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
                     return Error::model(
                         path,
                         format!(
-                            "tensor '{name}' ({dtype} {shape:?}) needs {} bytes but its data range {s}..{e} holds {}",
+                            "tensor '{name}' ({dtype} {shape:?}) needs {} bytes but its data range {s}..{e} holds {}; \
+                             the file is corrupt, re-download it",
                             want.map(|w| w.to_string()).unwrap_or_else(|| "more than 2^64".into()),
                             e - s
                         ),
@@ -430,7 +444,7 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
         return Error::model(
             path,
             format!(
-                "tensor data does not end where the file ends ({data_len} data bytes); the file is truncated or has trailing bytes"
+                "tensor data does not end where the file ends ({data_len} data bytes); the file is truncated or has trailing bytes; re-download it"
             ),
         );
     }

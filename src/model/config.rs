@@ -1,6 +1,8 @@
 //! The hyperparameters of a Llama-family model, whatever file they came from
 //! (Hugging Face `config.json` + `generation_config.json`, or GGUF `llama.*` metadata).
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 
 /// RoPE frequency scaling (`rope_scaling` / `rope_parameters` in Hugging Face configs).
@@ -9,12 +11,19 @@ pub enum RopeScaling {
     /// Plain RoPE.
     None,
     /// Positions divided by `factor` (all frequencies scaled).
-    Linear { factor: f32 },
+    Linear {
+        /// Position divisor.
+        factor: f32,
+    },
     /// Llama 3.1's wavelength-dependent scaling.
     Llama3 {
+        /// Context scale factor.
         factor: f32,
+        /// Wavelengths longer than `original_max_position_embeddings / low_freq_factor` are scaled fully.
         low_freq_factor: f32,
+        /// Wavelengths shorter than `original_max_position_embeddings / high_freq_factor` are kept.
         high_freq_factor: f32,
+        /// Context length the model was trained with before scaling.
         original_max_position_embeddings: usize,
     },
 }
@@ -22,18 +31,31 @@ pub enum RopeScaling {
 /// Everything the graph builder needs to know about a Llama-architecture model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
+    /// Tokens in the vocabulary (rows of the embedding table).
     pub vocab_size: usize,
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
     pub intermediate_size: usize,
+    /// Decoder blocks.
     pub num_hidden_layers: usize,
+    /// Query heads.
     pub num_attention_heads: usize,
+    /// Key/value heads (fewer than query heads with grouped-query attention).
     pub num_key_value_heads: usize,
+    /// Size of one head.
     pub head_dim: usize,
+    /// RMSNorm epsilon.
     pub rms_norm_eps: f32,
+    /// RoPE base θ.
     pub rope_theta: f32,
+    /// RoPE frequency scaling.
     pub rope_scaling: RopeScaling,
+    /// Longest context the model supports.
     pub max_position_embeddings: usize,
+    /// `lm_head` is the embedding table.
     pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence id, if the model uses one.
     pub bos_token_id: Option<u32>,
     /// End-of-sequence ids (config and generation_config may list several, e.g. `<|im_end|>`).
     pub eos_token_ids: Vec<u32>,
@@ -84,10 +106,12 @@ impl LlamaConfig {
         }
     }
 
+    /// Width of all query heads: `num_attention_heads · head_dim`.
     pub fn q_dim(&self) -> usize {
         self.num_attention_heads * self.head_dim
     }
 
+    /// Width of all key (or value) heads: `num_key_value_heads · head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.num_key_value_heads * self.head_dim
     }

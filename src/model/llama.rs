@@ -6,6 +6,8 @@
 //! Weights are fused at load where it saves dispatches: q|k|v rows form one matrix, gate|up
 //! another. File-format details (GGUF names, permuted rows) never reach this file.
 
+#![warn(missing_docs)]
+
 use super::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
@@ -38,10 +40,12 @@ pub struct LayerWeights {
     pub down: Tensor,
 }
 
+/// All weights of a Llama model, on the GPU.
 #[derive(Clone, Debug)]
 pub struct Weights {
     /// `model.embed_tokens.weight`
     pub embed: Tensor,
+    /// The decoder blocks, in order.
     pub layers: Vec<LayerWeights>,
     /// `model.norm.weight`
     pub norm: Tensor,
@@ -54,13 +58,17 @@ pub struct Weights {
 /// The KV cache of one sequence: per layer `[capacity, kv_heads, head_dim]`.
 #[derive(Clone, Debug)]
 pub struct KvCache {
+    /// Keys per layer.
     pub k: Vec<Tensor>,
+    /// Values per layer.
     pub v: Vec<Tensor>,
+    /// Rows (token positions) each layer's cache holds.
     pub capacity: usize,
 }
 
 /// What a built forward pass exposes.
 pub struct Forward {
+    /// The graph of the whole forward pass.
     pub graph: Graph,
     /// Logits of the last token, f32 `[1, vocab]`.
     pub logits: TensorId,

@@ -1,5 +1,7 @@
 //! A loaded model: hyperparameters, GPU weights, tokenizer and chat template.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod llama;
 pub mod synthetic;
@@ -21,6 +23,7 @@ pub use weights::WeightPolicy;
 /// How to load a model.
 #[derive(Default)]
 pub struct ModelOptions {
+    /// Which adapter to open and with what features.
     pub gpu: GpuOptions,
     /// Re-quantize float weights to this block format while loading.
     pub quant: Option<DType>,
@@ -28,14 +31,21 @@ pub struct ModelOptions {
     pub progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
 }
 
+/// A model ready to run: weights on the GPU, its tokenizer and chat template.
 pub struct Model {
+    /// The GPU the weights live on.
     pub ctx: Arc<GpuContext>,
+    /// Hyperparameters (with tokenizer-provided BOS/EOS ids merged in).
     pub config: LlamaConfig,
+    /// The weights, on the GPU.
     pub weights: llama::Weights,
+    /// Text ↔ token ids.
     pub tokenizer: Tokenizer,
+    /// Renders conversations into prompts.
     pub chat_template: ChatTemplate,
     /// File or folder name, for reports.
     pub name: String,
+    /// The file or folder it was loaded from (empty for synthetic models).
     pub path: PathBuf,
     /// Bytes of weights resident on the GPU.
     pub weights_bytes: u64,

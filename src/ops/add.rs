@@ -1,10 +1,13 @@
 //! Residual add: `y = a + b` (new tensor) or `a += b` in place ([`AddInto`]).
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 256;
 
 fn check(op: &'static str, a: &TensorDesc, b: &TensorDesc) -> Result<()> {

@@ -11,16 +11,22 @@
 //!   is static); a first dispatch writes `(max, sum, unnormalized output)` per (chunk, head) into
 //!   scratch, a second merges them. Chunks past `kv_len` are skipped by both.
 
-use super::rope::{check_cache, check_heads};
+#![warn(missing_docs)]
+
+use super::rope::{check_cache, check_fits_cache, check_heads};
 use super::{expect_dtype, expect_inputs, expect_rank, fbits, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Causal multi-head attention over the KV cache, with the default decode split.
 #[derive(Clone, Debug)]
 pub struct Attention {
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (a divisor of `n_heads`).
     pub n_kv_heads: usize,
+    /// Size of one head (a multiple of 4, at most 256).
     pub head_dim: usize,
     /// Score scale, usually `1/sqrt(head_dim)`.
     pub scale: f32,
@@ -57,7 +63,9 @@ impl DecodeSplit {
 /// [`Attention`] with an explicit decode split (tests, tuning).
 #[derive(Clone, Debug)]
 pub struct AttentionSplit {
+    /// The attention to compute.
     pub attn: Attention,
+    /// How decode steps split the cache.
     pub split: DecodeSplit,
 }
 
@@ -140,6 +148,7 @@ impl Attention {
                 ),
             ));
         }
+        check_fits_cache(name, "q", q, inputs[1])?;
         Ok(vec![q.clone()])
     }
 

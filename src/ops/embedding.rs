@@ -4,7 +4,9 @@
 //! GPU layout of [`crate::quant`] (the gathered rows are dequantized in the kernel, bit-exactly
 //! as [`crate::quant::dequantize`]), so a quantized table tied with the lm_head is one buffer.
 
-use super::{expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op};
+use super::{
+    expect_addressable, expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::quant;
@@ -63,7 +65,10 @@ impl Op for Embedding {
                 ),
             ));
         }
-        Ok(vec![TensorDesc::f32([ids.shape[0], table.shape[1]])])
+        let out = TensorDesc::f32([ids.shape[0], table.shape[1]]);
+        // The output can be larger than either input; the kernel's grid is computed in u32.
+        expect_addressable(self.name(), "the output", &out)?;
+        Ok(vec![out])
     }
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
         let (ids, table) = (inputs[0], inputs[1]);

@@ -96,6 +96,13 @@ fn check(
             format!("x is {x} and w is {w}: expected w's last dimension {k}"),
         ));
     }
+    // K = 0 has nothing to multiply, and the kernels size their windows by K.
+    if k == 0 {
+        return Err(Error::op(
+            op,
+            format!("x is {x} and w is {w}: expected a non-empty inner dimension K"),
+        ));
+    }
     if quant::is_quantized(w.dtype) && !k.is_multiple_of(w.dtype.block_len()) {
         return Err(Error::op(
             op,

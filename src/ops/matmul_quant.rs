@@ -76,7 +76,7 @@ pub fn check(op: &'static str, x: &TensorDesc, w: &TensorDesc) -> Result<(usize,
         ));
     }
     let m = x.rows();
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k == 0 {
         return Err(Error::op(
             op,
             format!("x is {x} and weight is {w}: empty product"),

@@ -34,10 +34,12 @@ pub struct Step {
     pub pos: u32,
     /// Keys/values valid in the cache after this execution (`pos + tokens`).
     pub kv_len: u32,
+    /// Padding to 16 bytes (uniform layout).
     pub _pad: [u32; 2],
 }
 
 impl Step {
+    /// The step for `tokens` tokens starting at position `pos`.
     pub fn new(pos: u32, tokens: u32) -> Self {
         Step {
             pos,
@@ -71,16 +73,22 @@ pub enum Arg {
 /// One dispatch of one pipeline.
 #[derive(Clone, Debug)]
 pub struct KernelCall {
+    /// Shader file under `shaders/`.
     pub shader: &'static str,
+    /// Entry point.
     pub entry: &'static str,
+    /// Preprocessor defines that select the variant.
     pub defines: BTreeMap<String, String>,
     /// Static uniform parameters (u32 words; floats as bits).
     pub params: Vec<u32>,
+    /// Storage bindings 2…, in order.
     pub args: Vec<Arg>,
+    /// Workgroup grid.
     pub workgroups: [u32; 3],
 }
 
 impl KernelCall {
+    /// A call of `entry` in `shader`, no defines, params or bindings yet, one workgroup.
     pub fn new(shader: &'static str, entry: &'static str) -> Self {
         KernelCall {
             shader,
@@ -91,18 +99,22 @@ impl KernelCall {
             workgroups: [1, 1, 1],
         }
     }
+    /// Set a preprocessor define.
     pub fn define(mut self, k: &str, v: impl ToString) -> Self {
         self.defines.insert(k.to_string(), v.to_string());
         self
     }
+    /// Set the static params.
     pub fn params(mut self, p: &[u32]) -> Self {
         self.params = p.to_vec();
         self
     }
+    /// Set the storage bindings.
     pub fn args(mut self, a: &[Arg]) -> Self {
         self.args = a.to_vec();
         self
     }
+    /// Set the workgroup grid.
     pub fn workgroups(mut self, x: u32, y: u32, z: u32) -> Self {
         self.workgroups = [x, y, z];
         self
@@ -112,6 +124,7 @@ impl KernelCall {
 /// An operation over tensors. Ops validate shapes and dtypes when added to a graph, so a
 /// built graph cannot fail for shape reasons at run time.
 pub trait Op: Debug + Send + Sync {
+    /// Short name used in errors and profiles (e.g. `rmsnorm`).
     fn name(&self) -> &'static str;
     /// Check the inputs and return the descriptions of the outputs.
     fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>>;
@@ -126,9 +139,14 @@ pub trait Op: Debug + Send + Sync {
 /// Shared shape checks with messages that name the op, the shapes and what was expected.
 pub(crate) fn expect_inputs(op: &'static str, inputs: &[&TensorDesc], n: usize) -> Result<()> {
     if inputs.len() != n {
+        let given: Vec<String> = inputs.iter().map(|t| t.to_string()).collect();
         return Err(Error::op(
             op,
-            format!("expected {n} inputs, got {}", inputs.len()),
+            format!(
+                "expected {n} inputs, got {} [{}]",
+                inputs.len(),
+                given.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -151,14 +169,37 @@ pub(crate) fn expect_dtype(
             ),
         ));
     }
-    Ok(())
+    expect_addressable(op, what, t)
+}
+
+/// Kernels index elements with 32-bit integers (WGSL has no 64-bit ones), so no tensor may
+/// hold more than `u32::MAX` elements. Checked without overflow, so absurd shapes are errors
+/// rather than panics.
+pub(crate) fn expect_addressable(op: &'static str, what: &str, t: &TensorDesc) -> Result<()> {
+    let n = t
+        .shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+    match n {
+        Some(n) if n <= u32::MAX as u64 => Ok(()),
+        _ => Err(Error::op(
+            op,
+            format!(
+                "{what} is {t}: more than 2^32 − 1 elements; kernels index tensors with 32-bit \
+                 integers, so split the work into smaller tensors"
+            ),
+        )),
+    }
 }
 
 pub(crate) fn expect_rank(op: &'static str, what: &str, t: &TensorDesc, rank: usize) -> Result<()> {
     if t.rank() != rank {
         return Err(Error::op(
             op,
-            format!("{what} is {t}: expected {rank} dimensions"),
+            format!(
+                "{what} is {t}: expected {rank} dimension{}",
+                if rank == 1 { "" } else { "s" }
+            ),
         ));
     }
     Ok(())

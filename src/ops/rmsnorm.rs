@@ -2,16 +2,21 @@
 //!
 //! Inputs: `x` f32 `[rows, n]`, `w` f32 `[n]`. Output: f32 `[rows, n]`.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, fbits, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// RMSNorm over the last dimension, times a weight.
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
+    /// Added to the mean square before the square root.
     pub eps: f32,
 }
 
+/// Threads per workgroup (one workgroup per row).
 pub const WORKGROUP: u32 = 256;
 
 impl Op for RmsNorm {

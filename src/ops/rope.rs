@@ -10,17 +10,24 @@
 //! One dispatch does all of it: the Q/K/V split is free, and K/V never round-trip through an
 //! intermediate buffer.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 64;
 
+/// RoPE on the Q and K heads of fused q|k|v rows, writing K and V into the cache.
 #[derive(Clone, Debug)]
 pub struct RopeKv {
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads.
     pub n_kv_heads: usize,
+    /// Size of one head (a multiple of 4, at most 256).
     pub head_dim: usize,
     /// GGUF/GPT-J pair layout `(2i, 2i+1)` instead of Hugging Face rotate-half `(i, i + D/2)`.
     pub interleaved: bool,
@@ -40,6 +47,26 @@ pub(crate) fn check_cache(
         return Err(Error::op(
             op,
             format!("{what} is {c}: expected [capacity, {hkv}, {d}] (capacity ≥ 1)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A step of `x.shape[0]` tokens must fit the cache even at position 0; more would silently
+/// drop rows (the kernels skip rows past the capacity).
+pub(crate) fn check_fits_cache(
+    op: &'static str,
+    what: &str,
+    x: &TensorDesc,
+    cache: &TensorDesc,
+) -> Result<()> {
+    if x.shape[0] > cache.shape[0] {
+        return Err(Error::op(
+            op,
+            format!(
+                "{what} is {x} and the cache is {cache}: expected at most {} tokens (the cache's capacity)",
+                cache.shape[0]
+            ),
         ));
     }
     Ok(())
@@ -97,6 +124,7 @@ impl Op for RopeKv {
                 format!("k_cache is {kc} but v_cache is {vc}: expected the same"),
             ));
         }
+        check_fits_cache(name, "qkv", qkv, kc)?;
         Ok(vec![TensorDesc::f32([qkv.shape[0], hq * d])])
     }
 

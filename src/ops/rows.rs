@@ -1,13 +1,17 @@
 //! Row selection: [`TakeLastRow`] copies the last row of `[rows, n]` into `[1, n]`, so that the
 //! final norm and the vocabulary projection of a prefill run only for the token that is sampled.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 256;
 
+/// `[rows, n]` → its last row `[1, n]`.
 #[derive(Clone, Debug)]
 pub struct TakeLastRow;
 

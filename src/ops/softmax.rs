@@ -1,12 +1,16 @@
 //! Row-wise softmax over the last dimension: `x` f32 `[rows, n]` → f32 `[rows, n]`.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup (one workgroup per row).
 pub const WORKGROUP: u32 = 256;
 
+/// Softmax over the last dimension.
 #[derive(Clone, Debug)]
 pub struct Softmax;
 

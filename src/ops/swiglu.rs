@@ -4,13 +4,17 @@
 //! `[rows, 2n]` tensor holding gate then up in each row (the output of one fused gate|up matmul)
 //! and yields `[rows, n]`.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 256;
 
+/// `silu(gate) · up` over two tensors of the same shape.
 #[derive(Clone, Debug)]
 pub struct SwiGlu;
 
@@ -43,6 +47,7 @@ impl Op for SwiGlu {
     }
 }
 
+/// `silu(gate) · up` over one `[rows, 2n]` tensor holding gate then up in each row.
 #[derive(Clone, Debug)]
 pub struct SwiGluCat;
 
@@ -78,6 +83,7 @@ impl Op for SwiGluCat {
     }
 }
 
+/// `x · sigmoid(x)`.
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }

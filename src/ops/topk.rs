@@ -13,11 +13,14 @@
 //! [`LogSumExp`]: logits f32 `[1, V]` → f32 `[1]`, `log Σ exp(l)`: with it the log-probability of
 //! any returned candidate is `logit − lse`, so log-probs need 4 more bytes of readback, not `4V`.
 
+#![warn(missing_docs)]
+
 use super::{expect_dtype, expect_inputs, expect_rank, fbits, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 256;
 /// Largest supported k.
 pub const MAX_K: usize = 64;
@@ -27,8 +30,10 @@ const ITEMS_TOPK: u32 = 32;
 /// Unused slot of [`Penalize`]'s id list (and "no candidate" in [`TopK`]'s output).
 pub const NO_TOKEN: u32 = u32::MAX;
 
+/// The `k` largest logits and their token ids.
 #[derive(Clone, Debug)]
 pub struct TopK {
+    /// How many (1 ..= [`MAX_K`]).
     pub k: usize,
 }
 
@@ -135,8 +140,11 @@ pub fn topk_cpu(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
 /// The host rewrites `ids`/`counts` between steps.
 #[derive(Clone, Debug)]
 pub struct Penalize {
+    /// Repetition penalty: positive logits divided by it, negative ones multiplied (1 = off).
     pub repeat: f32,
+    /// Subtracted once from the logit of every listed token.
     pub presence: f32,
+    /// Subtracted once per occurrence.
     pub frequency: f32,
 }
 

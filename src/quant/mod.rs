@@ -1,14 +1,14 @@
 //! GGUF block-quantized formats: exact CPU dequantizers (the specification the GPU kernels are
 //! tested against), quantizers, and the layout the blocks take on the GPU.
 //!
-//! | dtype | elems | bytes | block (GGUF, little-endian)                                   | value                       |
-//! |-------|-------|-------|---------------------------------------------------------------|-----------------------------|
-//! | Q8_0  | 32    | 34    | f16 d, i8 q[32]                                               | d·q                         |
-//! | Q4_0  | 32    | 18    | f16 d, u8 qs[16] (elem j: low nibble of qs[j], j+16: high)    | d·(q − 8)                   |
-//! | Q4_1  | 32    | 20    | f16 d, f16 m, u8 qs[16] (as Q4_0)                             | d·q + m                     |
-//! | Q4_K  | 256   | 144   | f16 d, f16 dmin, u8 scales[12], u8 qs[128]                    | d·sc_s·q − dmin·m_s         |
-//! | Q5_K  | 256   | 176   | f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]         | d·sc_s·(q + 16·h) − dmin·m_s |
-//! | Q6_K  | 256   | 210   | u8 ql[128], u8 qh[64], i8 scales[16], f16 d                   | d·sc_16·(q − 32)            |
+//! | dtype | elems | bytes | block (GGUF, little-endian)                                     | value                       |
+//! |-------|-------|-------|-----------------------------------------------------------------|-----------------------------|
+//! | Q8_0  | 32    | 34    | `f16 d, i8 q[32]`                                               | d·q                         |
+//! | Q4_0  | 32    | 18    | `f16 d, u8 qs[16] (elem j: low nibble of qs[j], j+16: high)`    | d·(q − 8)                   |
+//! | Q4_1  | 32    | 20    | `f16 d, f16 m, u8 qs[16] (as Q4_0)`                             | d·q + m                     |
+//! | Q4_K  | 256   | 144   | `f16 d, f16 dmin, u8 scales[12], u8 qs[128]`                    | d·sc_s·q − dmin·m_s         |
+//! | Q5_K  | 256   | 176   | `f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]`         | d·sc_s·(q + 16·h) − dmin·m_s |
+//! | Q6_K  | 256   | 210   | `u8 ql[128], u8 qh[64], i8 scales[16], f16 d`                   | d·sc_16·(q − 32)            |
 //!
 //! The K-quant element order is documented in [`kquants`].
 //!
