@@ -43,9 +43,9 @@ fn kv_len() -> u32 { return min(step.kv_len, p.cap); }
 // takes chunk x of the keys (as SPLIT) for every query head; head h gets the LH lanes of one
 // subgroup (LH = the subgroup size), lane l holds its vec4s l, l + LH, … of q (pre-scaled) and of
 // O, a key's score is one subgroupAdd, and the online softmax runs in registers. q is a uniform
-// array (HQ·D4 vec4): on lavapipe uniform loads are gathers, storage loads per-lane loops.
+// array (its first HQ·D4 vec4): on lavapipe uniform loads are gathers, storage loads per-lane loops.
 //   Bindings: 0 params; 1 step; 2 q (uniform); 3 k_cache; 4 v_cache; 5 part; 6 ml (as SPLIT).
-//   Defines: D4, G, LH, WG = HQ·LH, QU = HQ·D4, KV_F16.   Dispatch (S, 1, 1).
+//   Defines: D4, G, LH, WG = HQ·LH, QU (Caps::uniform_window / 16 ≥ HQ·D4), KV_F16.   Dispatch (S, 1, 1).
 const LH: u32 = {{LH}}u;
 const ACC: u32 = D4 / LH;
 

@@ -4,7 +4,8 @@
 // Bindings: 0 params {m, n, k, nbr (blocks per W row), scales_word, gx, chunks (k/32), m0};
 //           1 step (unused); 2 x: vec4<f32>[m*k/4]; 3 w: u32[] (quantized); 4 y: f32[m*n];
 //           gemv_rows also 5 w4: vec4<u32>[] (binding 3's buffer again).
-// Defines:  gemv_rows, matmul_rows: XU (x is a uniform array of XU vec4), NIB32 (Q4_0/Q4_1), QH (Q5_K/Q6_K);
+// Defines:  gemv_rows, matmul_rows: XU (x is a uniform array of XU vec4: Caps::uniform_window / 16
+//           for every such kernel, whatever the rows — see Caps::uniform_window), NIB32 (Q4_0/Q4_1), QH (Q5_K/Q6_K);
 //           one dtype of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (see quant_blocks.wgsl); SUBS (32-value
 //           chunks per block: 1 or 8); WG (threads); ADD (y += instead of y =);
 //           gemv: TPR (threads per W row, a power of two; WG / TPR rows per workgroup),
@@ -18,7 +19,7 @@
 //          Dispatch: ceil(n / (WG / TPR)) workgroups over (gx, gy).
 //   gemv_rows (m == 1, CPU devices): thread i computes output row wg·WG + i alone, chunk by
 //          chunk, with no reduction and no barrier — on a CPU device the lanes of a SIMD
-//          vector are rows and a barrier is a context switch. With XU (= k/4) x is bound as
+//          vector are rows and a barrier is a context switch. With XU x is bound as
 //          a uniform array: lavapipe turns a storage load into a loop over the lanes with a
 //          branch each, a uniform load into one vector gather.
 //          Dispatch: ceil(n / WG) workgroups over (gx, gy).

@@ -5,10 +5,11 @@
 // reduction, no workgroup memory), x comes from a uniform array, the weights in vec4 loads.
 //
 // Bindings: 0 params {m (rows of this window), n, k, gx, m0 (first row of y), _, _, _};
-//           1 step (unused); 2 x: uniform vec4<f32>[XU] = the window's m rows of x, k/4 each;
+//           1 step (unused); 2 x: uniform vec4<f32>[XU], the window's m rows of x (k/4 each) first;
 //           3 w: W_F32 → vec4<f32>[N·K/4]; W_F16 / W_BF16 → vec4<u32>[N·K/8] (8 values each,
 //           element 2i in the low half); 4 y: f32[M·N] (read_write; y += with ADD_INTO).
-// Defines:  XU, MR (1: one row of x, or 8: windows of up to 8 rows — rows past the window's end
+// Defines:  XU (Caps::uniform_window / 16, the same for every CPU-style kernel: lavapipe leaks
+//           when consecutive dispatches declare the uniform at one binding with different sizes), MR (1: one row of x, or 8: windows of up to 8 rows — rows past the window's end
 //           re-read its last row and are not stored), one of W_F32 / W_F16 / W_BF16, ADD_INTO.
 // Dispatch: per window of ≤ 8 rows (the host binds each window of x at its offset),
 //           ceil(n / WG) workgroups over (gx, gy). Needs K % 4 == 0 (f32) or K % 8 == 0.

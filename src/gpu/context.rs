@@ -63,6 +63,12 @@ pub struct Caps {
     pub max_uniform_binding: u64,
     /// `min_uniform_buffer_offset_alignment` in bytes.
     pub uniform_offset_align: u32,
+    /// Bytes every CPU-style kernel's uniform input is declared and bound with (the same
+    /// for all, ≤ 64 KiB): lavapipe 22.3 leaks memory on every dispatch that follows one whose
+    /// uniform block at the same binding had a different declared size, so the kernels
+    /// declare one size and bind that many bytes; on CPU devices every storage buffer is
+    /// allocated this much larger so that any tensor's window fits.
+    pub uniform_window: u64,
     /// `max_storage_buffer_binding_size`: the largest tensor one binding can hold.
     pub max_storage_binding: u64,
     /// `max_buffer_size`: the largest buffer.
@@ -293,6 +299,7 @@ impl GpuContext {
                 .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
             max_uniform_binding: limits.max_uniform_buffer_binding_size,
             uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
+            uniform_window: limits.max_uniform_buffer_binding_size.min(1 << 16) / 16 * 16,
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
@@ -352,10 +359,17 @@ impl GpuContext {
                     .into(),
             });
         }
+        // CPU devices: room for a uniform window starting anywhere in the data (see
+        // `Caps::uniform_window`).
+        let alloc = if self.caps.cpu {
+            (size + self.caps.uniform_window).min(self.caps.max_buffer.max(size))
+        } else {
+            size
+        };
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size,
+            size: alloc,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC

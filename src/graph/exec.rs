@@ -221,32 +221,39 @@ impl Graph {
                     Arg::UniformRange(_, from, len) => (from, len),
                     _ => (0, size),
                 };
-                if let Arg::Uniform(_) | Arg::UniformRange(..) = a {
+                // Uniform inputs are bound as one fixed window (`Caps::uniform_window`) from
+                // the start of their bytes; the kernel reads only the first `len`.
+                let (from, len) = if let Arg::Uniform(_) | Arg::UniformRange(..) = a {
                     let ualign = ctx.device.limits().min_uniform_buffer_offset_alignment as u64;
+                    let window = ctx.caps.uniform_window;
                     let at = t.offset + from;
                     if len == 0
                         || from + len > size
-                        || len > ctx.caps.max_uniform_binding
+                        || len > window
                         || !at.is_multiple_of(ualign)
+                        || at + window > t.buffer.size()
                     {
                         return Err(Error::op(
                             node.op.name(),
                             format!(
                                 "kernel `{}` binds bytes {from}..{} of {} (at buffer offset {}) as \
-                                 a uniform buffer: the device allows {} bytes at offsets aligned \
-                                 to {ualign}, within the tensor's {size} bytes",
+                                 a uniform window of {window} bytes: it needs offsets aligned to \
+                                 {ualign}, the bytes within the tensor's {size}, and {window} \
+                                 bytes of buffer from the offset (buffer of {} bytes)",
                                 c.entry,
                                 from + len,
                                 t.desc,
                                 t.offset,
-                                ctx.caps.max_uniform_binding
+                                t.buffer.size()
                             ),
                         ));
                     }
                     kinds.push(BindingKind::Uniform);
+                    (from, window)
                 } else {
                     kinds.push(BindingKind::Storage { read_only });
-                }
+                    (from, len)
+                };
                 bound.push((t, from, len));
             }
             let key = PipelineKey {

@@ -228,7 +228,7 @@ impl Attention {
             && sg > 0
             && sg == caps.subgroup_max
             && d4.is_multiple_of(sg as usize)
-            && qu_bytes <= caps.max_uniform_binding
+            && qu_bytes <= caps.uniform_window
             && hq as u64 * sg as u64 <= caps.max_invocations as u64
         {
             return Ok(vec![
@@ -238,7 +238,7 @@ impl Attention {
                     .define("G", g)
                     .define("LH", sg)
                     .define("WG", hq as u32 * sg)
-                    .define("QU", hq * d4)
+                    .define("QU", caps.uniform_window / 16)
                     .define("KV_F16", (kc.dtype == DType::F16) as u32)
                     .params(&params)
                     .args(&[

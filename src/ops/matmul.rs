@@ -180,7 +180,7 @@ pub const ROWS_WG: u32 = 64;
 /// loads per row, and a row of x within one uniform binding.
 pub fn rows_fit(caps: &Caps, k: usize, w: DType) -> bool {
     let per_load = if w == DType::F32 { 4 } else { 8 };
-    k.is_multiple_of(per_load) && (k as u64) * 4 <= caps.max_uniform_binding
+    k.is_multiple_of(per_load) && (k as u64) * 4 <= caps.uniform_window
 }
 
 /// How the GEMV reduces one row's partial sums.
@@ -349,13 +349,13 @@ fn rows_calls(
                 "the CPU-device kernel needs K a multiple of {} and a row of x within {} bytes \
                  (got K = {k}, {w} weights)",
                 if w == DType::F32 { 4 } else { 8 },
-                caps.max_uniform_binding
+                caps.uniform_window
             ),
         ));
     }
     let row_bytes = k as u64 * 4;
     let align = caps.uniform_offset_align.max(1) as u64;
-    let mut window = ((caps.max_uniform_binding / row_bytes) as usize).min(ROWS_WINDOW);
+    let mut window = ((caps.uniform_window / row_bytes) as usize).min(ROWS_WINDOW);
     while window > 1 && !(window as u64 * row_bytes).is_multiple_of(align) {
         window -= 1;
     }
@@ -374,7 +374,7 @@ fn rows_calls(
             KernelCall::new("rows.wgsl", "rows")
                 .define("WG", ROWS_WG)
                 .define("MR", if m == 1 { 1 } else { 8 })
-                .define("XU", rows * k / 4)
+                .define("XU", caps.uniform_window / 16)
                 .define(weight_define(w), 1)
                 .define("ADD_INTO", add_into as u32)
                 .params(&[rows as u32, n as u32, k as u32, gx, m0 as u32, 0, 0, 0])

@@ -139,14 +139,14 @@ pub fn kernels(
     let window = if m == 1 {
         1
     } else {
-        let fit = (caps.max_uniform_binding / row_bytes).min(MATMUL_ROWS_MB as u64) as usize;
+        let fit = (caps.uniform_window / row_bytes).min(MATMUL_ROWS_MB as u64) as usize;
         let mut w = fit;
         while w > 0 && !(w as u64 * row_bytes).is_multiple_of(caps.uniform_offset_align as u64) {
             w -= 1;
         }
         w
     };
-    if caps.cpu && row_bytes <= caps.max_uniform_binding && window > 0 {
+    if caps.cpu && row_bytes <= caps.uniform_window && window > 0 {
         let entry = if m == 1 { "gemv_rows" } else { "matmul_rows" };
         let groups = (n as u32).div_ceil(ROWS_WG);
         let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
@@ -156,7 +156,7 @@ pub fn kernels(
             let mut c = base(entry, ROWS_WG)
                 .define("ROWS", 1)
                 .define(if m == 1 { "GEMV_ROWS" } else { "MATMUL_ROWS" }, 1)
-                .define("XU", rows * k / 4)
+                .define("XU", caps.uniform_window / 16)
                 .params(&words(gx, rows, m0))
                 .workgroups(gx, gy, 1);
             c.args[0] = Arg::UniformRange(0, m0 as u64 * row_bytes, rows as u64 * row_bytes);

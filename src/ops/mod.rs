@@ -62,7 +62,7 @@ pub enum Arg {
     Scratch(usize),
     /// Input `i`, read only, bound as a uniform buffer (CPU devices: uniform loads are
     /// vector gathers there, storage loads a per-lane loop). Only for inputs the op knows fit
-    /// [`crate::gpu::Caps::max_uniform_binding`].
+    /// [`crate::gpu::Caps::uniform_window`] (the executor binds that window).
     Uniform(usize),
     /// Bytes `offset .. offset + size` of input `i` as a uniform buffer: a window of rows of
     /// an input too large for one uniform binding. `offset` must be a multiple of the
