@@ -47,6 +47,7 @@ fn caps(cpu: bool) -> Caps {
         cpu,
         max_uniform_binding: if cpu { 1 << 30 } else { 64 << 10 },
         uniform_offset_align: 256,
+        uniform_window: 64 << 10,
         max_storage_binding: 128 << 20,
         max_buffer: 256 << 20,
         max_workgroup_storage: 16 * 1024,
