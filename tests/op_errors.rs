@@ -307,10 +307,16 @@ fn table() -> Vec<Case> {
             &["ids", "f32[3]", "expected one of u32"],
         ),
         case(
-            "embedding: q8_0 table",
+            "embedding: u32 table",
             Embedding,
-            vec![t(DType::U32, &[3]), t(DType::Q8_0, &[10, 32])],
-            &["q8_0[10, 32]", "expected one of f32, f16, bf16"],
+            vec![t(DType::U32, &[3]), t(DType::U32, &[10, 32])],
+            &["u32[10, 32]", "expected one of f32, f16, bf16"],
+        ),
+        case(
+            "embedding: q8_0 table of partial blocks",
+            Embedding,
+            vec![t(DType::U32, &[3]), t(DType::Q8_0, &[10, 48])],
+            &["q8_0[10, 48]", "not whole q8_0 blocks"],
         ),
         // matmul / matmul_add_into
         case(
