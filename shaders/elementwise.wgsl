@@ -6,6 +6,8 @@
 //   swiglu   : 2 gate, 3 up, 4 y        y[i] = silu(gate[i]) * up[i]
 //   swiglu_cat: 2 gu, 3 y               gu is [rows, 2*n'] with gate then up in each row
 //   copy_rows: 2 x, 3 y                 y[i] = x[half + i]      (take the last row of a prefill)
+//   copy_cols: 2 x [rows, half], 3 y     y[r, off + c] = x[r, c] with _p = n_out << 16 | off
+//              (one input of a column concatenation; y read_write, n = rows·half)
 // Bindings 0 params {n, gx, half, _}; 1 step (unused).
 // Dispatch: ceil(n / WG) workgroups of WG threads, spread over (gx, gy).
 #include "common.wgsl"
@@ -85,6 +87,21 @@ fn copy_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let i = wg_linear(wg, p.gx) * {{WG}}u + li;
     if (i < p.n) {
         y[i] = x[p.half + i];
+    }
+}
+#endif
+
+#if COPY_COLS
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size({{WG}})
+fn copy_cols(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = wg_linear(wg, p.gx) * {{WG}}u + li;
+    if (i < p.n) {
+        let r = i / p.half;
+        let c = i % p.half;
+        y[r * (p._p >> 16u) + (p._p & 0xffffu) + c] = x[i];
     }
 }
 #endif

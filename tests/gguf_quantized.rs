@@ -234,3 +234,39 @@ fn fado_quantizer_still_writes_the_committed_fixture_bytes() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Q4_K_M keeps v (and some down projections) in Q6_K and q, k in Q4_K: the stacked q|k|v then
+/// loads as separate quantized parts (multiplied one by one, outputs concatenated), never as
+/// a widened f32 copy, so the GPU holds about the file's tensor bytes.
+#[test]
+fn llama_cpp_q4_k_m_keeps_every_matrix_in_its_blocks_on_the_gpu() {
+    let file = "tiny-llama-256-q4_k_m.gguf";
+    let m = Model::load_on(ctx(), fixture(file), &ModelOptions::default()).expect("loads");
+    let mut split = 0;
+    for (i, l) in m.weights.layers.iter().enumerate() {
+        for t in l.qkv.iter().chain(&l.gate_up).chain([&l.o, &l.down]) {
+            assert!(
+                fado::quant::is_quantized(t.dtype()),
+                "layer {i}: {} is on the GPU as {}",
+                t.desc,
+                t.dtype()
+            );
+        }
+        if l.qkv.len() > 1 {
+            split += 1;
+        }
+    }
+    assert!(split > 0, "{file}: some layer's q, k, v differ in format");
+    let g = fado::loader::gguf::GgufFile::open(fixture(file)).unwrap();
+    let file_bytes: u64 = g
+        .tensor_infos()
+        .iter()
+        .map(|i| g.tensor_data(i).len() as u64)
+        .sum();
+    // The tied table is one buffer; the RoPE table and block-layout padding are small.
+    assert!(
+        m.weights_bytes <= file_bytes + 4096,
+        "{file}: {} bytes on the GPU for {file_bytes} bytes of tensors",
+        m.weights_bytes
+    );
+}

@@ -192,3 +192,47 @@ fn take_last_row_copies_exactly_the_last_row() {
         );
     }
 }
+
+#[test]
+fn concat_cols_matches_reference_on_ragged_widths() {
+    use fado::ops::concat::{self, ConcatCols};
+    let mut rng = Rng::new(9);
+    for &(rows, widths) in &[
+        (1usize, &[5usize, 3, 3][..]),
+        (7, &[64, 17, 17][..]),
+        (33, &[1][..]),
+        (3, &[300, 1, 129, 2][..]),
+    ] {
+        let data: Vec<Vec<f32>> = widths.iter().map(|w| rng.vec(rows * w, 1.0)).collect();
+        let ts: Vec<_> = data
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (d, w))| upload(&format!("x{i}"), &[rows, *w], d))
+            .collect();
+        let refs: Vec<_> = ts.iter().collect();
+        let got = run_op(ConcatCols, &refs, Step::default());
+        let parts: Vec<(&[f32], usize)> = data
+            .iter()
+            .zip(widths)
+            .map(|(d, w)| (d.as_slice(), *w))
+            .collect();
+        // Exact: a copy. Poisoned output elements (NaN) would fail.
+        assert_close(
+            &format!("concat {rows} × {widths:?}"),
+            &got[0],
+            &concat::cpu(&parts),
+            0.0,
+            0.0,
+        );
+    }
+    // Mismatched rows are an error naming the op.
+    let mut g = fado::graph::Graph::new();
+    let a = g.external("a", &upload("a", &[2, 3], &[0.0; 6]));
+    let b = g.external("b", &upload("b", &[3, 3], &[0.0; 9]));
+    let e = g.add(ConcatCols, &[a, b]).unwrap_err().to_string();
+    assert!(
+        e.contains("concat_cols") && e.contains("leading dimensions"),
+        "{e}"
+    );
+}

@@ -76,7 +76,7 @@ fn tiny_llama_quantized_to_q8_0_keeps_transformers_greedy_tokens() {
         &ModelOptions::default(),
     )
     .expect("the quantized GGUF loads");
-    assert_eq!(m.weights.layers[0].qkv.dtype(), DType::Q8_0);
+    assert_eq!(m.weights.layers[0].qkv[0].dtype(), DType::Q8_0);
     let exp: Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("tiny-llama-expected.json")).unwrap(),
     )

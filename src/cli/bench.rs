@@ -75,10 +75,10 @@ fn bytes_per_token(m: &Model) -> u64 {
         .iter()
         .map(|l| {
             l.attn_norm.size_bytes()
-                + l.qkv.size_bytes()
+                + l.qkv.iter().map(|t| t.size_bytes()).sum::<u64>()
                 + l.o.size_bytes()
                 + l.mlp_norm.size_bytes()
-                + l.gate_up.size_bytes()
+                + l.gate_up.iter().map(|t| t.size_bytes()).sum::<u64>()
                 + l.down.size_bytes()
         })
         .sum();

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::{
     attention::Attention,
+    concat::ConcatCols,
     embedding::Embedding,
     matmul,
     rmsnorm::RmsNorm,
@@ -28,14 +29,17 @@ use crate::tensor::Tensor;
 pub struct LayerWeights {
     /// `input_layernorm.weight`
     pub attn_norm: Tensor,
-    /// `self_attn.{q,k,v}_proj.weight`, rows concatenated: `[q_dim + 2·kv_dim, hidden]`
-    pub qkv: Tensor,
+    /// `self_attn.{q,k,v}_proj.weight`, rows concatenated: `[q_dim + 2·kv_dim, hidden]`; or,
+    /// when the three are in different block formats, one tensor each (see
+    /// [`crate::model::weights`]).
+    pub qkv: Vec<Tensor>,
     /// `self_attn.o_proj.weight`
     pub o: Tensor,
     /// `post_attention_layernorm.weight`
     pub mlp_norm: Tensor,
-    /// `mlp.{gate,up}_proj.weight`, rows concatenated: `[2·intermediate, hidden]`
-    pub gate_up: Tensor,
+    /// `mlp.{gate,up}_proj.weight`, rows concatenated: `[2·intermediate, hidden]`; or one
+    /// tensor each when their block formats differ.
+    pub gate_up: Vec<Tensor>,
     /// `mlp.down_proj.weight`
     pub down: Tensor,
 }
@@ -128,17 +132,17 @@ pub fn forward_with(
     for (i, l) in w.layers.iter().enumerate() {
         g.set_prefix(format!("blk.{i}."));
         let attn_norm = g.external("attn_norm", &l.attn_norm);
-        let qkv_w = g.external("qkv", &l.qkv);
+        let qkv_w = externals(&mut g, "qkv", &l.qkv);
         let o_w = g.external("o", &l.o);
         let mlp_norm = g.external("mlp_norm", &l.mlp_norm);
-        let gate_up_w = g.external("gate_up", &l.gate_up);
+        let gate_up_w = externals(&mut g, "gate_up", &l.gate_up);
         let down_w = g.external("down", &l.down);
         let k_cache = g.external("k_cache", &cache.k[i]);
         let v_cache = g.external("v_cache", &cache.v[i]);
 
         // Attention.
         let h = g.add1(RmsNorm { eps }, &[x, attn_norm])?;
-        let qkv = g.add1(matmul::Matmul, &[h, qkv_w])?;
+        let qkv = project(&mut g, h, &qkv_w)?;
         let q = g.add1(
             RopeKv {
                 n_heads: cfg.num_attention_heads,
@@ -161,7 +165,7 @@ pub fn forward_with(
 
         // MLP.
         let h = g.add1(RmsNorm { eps }, &[x, mlp_norm])?;
-        let gu = g.add1(matmul::Matmul, &[h, gate_up_w])?;
+        let gu = project(&mut g, h, &gate_up_w)?;
         let act = g.add1(SwiGluCat, &[gu])?;
         g.add0(matmul::MatmulAddInto, &[act, down_w, x])?;
     }
@@ -195,4 +199,29 @@ pub fn forward_with(
         topk,
         logsumexp,
     })
+}
+
+/// The graph inputs of a stacked projection's tensors.
+fn externals(g: &mut Graph, label: &str, ts: &[Tensor]) -> Vec<TensorId> {
+    match ts {
+        [one] => vec![g.external(label, one)],
+        _ => ts
+            .iter()
+            .enumerate()
+            .map(|(j, t)| g.external(format!("{label}.{j}"), t))
+            .collect(),
+    }
+}
+
+/// `x · Wᵀ` for a stacked projection: one matmul, or one per part and their outputs side by
+/// side (parts in different block formats).
+fn project(g: &mut Graph, x: TensorId, ws: &[TensorId]) -> Result<TensorId> {
+    if let [w] = ws {
+        return g.add1(matmul::Matmul, &[x, *w]);
+    }
+    let parts = ws
+        .iter()
+        .map(|w| g.add1(matmul::Matmul, &[x, *w]))
+        .collect::<Result<Vec<_>>>()?;
+    g.add1(ConcatCols, &parts)
 }

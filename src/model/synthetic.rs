@@ -270,10 +270,10 @@ pub fn weights(ctx: &GpuContext, cfg: &LlamaConfig, dtype: DType) -> Result<(Wei
     for l in 0..cfg.num_hidden_layers {
         layers.push(LayerWeights {
             attn_norm: ones(ctx, "attn_norm", h)?,
-            qkv: mat(&format!("blk.{l}.qkv"), dtype, qd + 2 * kvd, h)?,
+            qkv: vec![mat(&format!("blk.{l}.qkv"), dtype, qd + 2 * kvd, h)?],
             o: mat(&format!("blk.{l}.o"), dtype, h, qd)?,
             mlp_norm: ones(ctx, "mlp_norm", h)?,
-            gate_up: mat(&format!("blk.{l}.gate_up"), dtype, 2 * i_dim, h)?,
+            gate_up: vec![mat(&format!("blk.{l}.gate_up"), dtype, 2 * i_dim, h)?],
             down: mat(&format!("blk.{l}.down"), dtype, h, i_dim)?,
         });
     }

@@ -95,7 +95,34 @@ impl Uploader<'_> {
         self.put(name, TensorDesc::f32([n]), bytemuck::cast_slice(&v))
     }
 
-    /// Matrices stacked by rows into one `[Σ rows, cols]` GPU tensor (q|k|v, gate|up, or one).
+    /// Matrices stacked by rows (q|k|v, gate|up): one `[Σ rows, cols]` GPU tensor, or — when
+    /// the parts are in different block formats, as Q4_K_M files keep v in Q6_K and q, k in
+    /// Q4_K — one tensor per part in its own format (the model multiplies each and
+    /// concatenates the results), so no quantized part is widened.
+    pub fn stacked(
+        &mut self,
+        label: &str,
+        parts: &[(String, usize)],
+        cols: usize,
+    ) -> Result<Vec<Tensor>> {
+        let entries: Vec<TensorEntry> = parts
+            .iter()
+            .map(|(n, r)| self.entry(n, &[*r, cols]))
+            .collect::<Result<_>>()?;
+        let mixed = entries.iter().any(|e| e.dtype != entries[0].dtype);
+        let each_kept = entries
+            .iter()
+            .all(|e| quant::is_quantized(e.dtype) && cols.is_multiple_of(e.dtype.block_len()));
+        if parts.len() > 1 && mixed && each_kept && self.policy.quant.is_none() {
+            return parts
+                .iter()
+                .map(|(n, r)| self.matrix(n, &[(n.clone(), *r)], cols))
+                .collect();
+        }
+        Ok(vec![self.matrix(label, parts, cols)?])
+    }
+
+    /// Matrices stacked by rows into one `[Σ rows, cols]` GPU tensor (or one matrix).
     pub fn matrix(
         &mut self,
         label: &str,
@@ -193,7 +220,7 @@ pub fn upload(
         let n = |s: &str| format!("{p}{s}");
         layers.push(LayerWeights {
             attn_norm: u.vector(&n("input_layernorm.weight"), h)?,
-            qkv: u.matrix(
+            qkv: u.stacked(
                 &n("self_attn.qkv"),
                 &[
                     (n("self_attn.q_proj.weight"), qd),
@@ -208,7 +235,7 @@ pub fn upload(
                 qd,
             )?,
             mlp_norm: u.vector(&n("post_attention_layernorm.weight"), h)?,
-            gate_up: u.matrix(
+            gate_up: u.stacked(
                 &n("mlp.gate_up"),
                 &[
                     (n("mlp.gate_proj.weight"), i_dim),
