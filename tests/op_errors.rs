@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use fado::gpu::Caps;
 use fado::ops::add::{Add, AddInto};
 use fado::ops::attention::{Attention, AttentionSplit, DecodeSplit};
+use fado::ops::concat::ConcatCols;
 use fado::ops::embedding::Embedding;
 use fado::ops::matmul::{Matmul, MatmulAddInto};
 use fado::ops::matmul_quant::QuantMatmul;
@@ -92,6 +93,10 @@ fn all_ops() -> Vec<(Box<dyn Op>, Vec<TensorDesc>)> {
     vec![
         (Box::new(Add), vec![f32t(&[3, 8]), f32t(&[3, 8])]),
         (Box::new(AddInto), vec![f32t(&[3, 8]), f32t(&[3, 8])]),
+        (
+            Box::new(ConcatCols),
+            vec![f32t(&[3, 8]), f32t(&[3, 5]), f32t(&[3, 5])],
+        ),
         (Box::new(attention()), vec![f32t(&[5, HQ * D]), kv(), kv()]),
         (
             Box::new(AttentionSplit {
@@ -317,6 +322,23 @@ fn table() -> Vec<Case> {
             Embedding,
             vec![t(DType::U32, &[3]), t(DType::Q8_0, &[10, 48])],
             &["q8_0[10, 48]", "not whole q8_0 blocks"],
+        ),
+        // concat_cols
+        case(
+            "concat_cols: rows differ",
+            ConcatCols,
+            vec![f32t(&[3, 8]), f32t(&[4, 5])],
+            &[
+                "f32[4, 5]",
+                "f32[3, 8]",
+                "expected equal leading dimensions",
+            ],
+        ),
+        case(
+            "concat_cols: f16 input",
+            ConcatCols,
+            vec![f32t(&[3, 8]), t(DType::F16, &[3, 5])],
+            &["f16[3, 5]", "expected one of f32"],
         ),
         // matmul / matmul_add_into
         case(
