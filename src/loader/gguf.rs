@@ -1613,7 +1613,7 @@ pub fn write(
     })
 }
 
-/// [`write`] with tensor `i`'s bytes (Fado's layout, Hugging Face row order) produced on demand
+/// [`write()`] with tensor `i`'s bytes (Fado's layout, Hugging Face row order) produced on demand
 /// by `data(i)`, in order, so memory stays near one tensor while a model is converted.
 pub fn write_streamed<'d>(
     path: impl AsRef<Path>,
