@@ -38,6 +38,21 @@ const NEG: f32 = -3.0e38;     // masked score
 // Valid cache rows; never past the capacity, even for a step the host should have refused.
 fn kv_len() -> u32 { return min(step.kv_len, p.cap); }
 
+#if !REDUCE
+// K/V cache bindings of `attn` and `attn_rows`.
+#if KV_F16
+@group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;
+fn load_k(i: u32) -> vec4<f32> { let w = k_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+fn load_v(i: u32) -> vec4<f32> { let w = v_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+#else
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
+fn load_k(i: u32) -> vec4<f32> { return k_cache[i]; }
+fn load_v(i: u32) -> vec4<f32> { return v_cache[i]; }
+#endif
+#endif
+
 #if ROWS
 // Entry `attn_rows` (CPU devices, decode, T = 1) — no workgroup memory, no barriers: workgroup x
 // takes chunk x of the keys (as SPLIT) for every query head; head h gets the LH lanes of one
@@ -50,17 +65,6 @@ const LH: u32 = {{LH}}u;
 const ACC: u32 = D4 / LH;
 
 @group(0) @binding(2) var<uniform> q: array<vec4<f32>, {{QU}}>;
-#if KV_F16
-@group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;
-@group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;
-fn load_k(i: u32) -> vec4<f32> { let w = k_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
-fn load_v(i: u32) -> vec4<f32> { let w = v_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
-#else
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
-fn load_k(i: u32) -> vec4<f32> { return k_cache[i]; }
-fn load_v(i: u32) -> vec4<f32> { return v_cache[i]; }
-#endif
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;
 
@@ -150,17 +154,6 @@ const RG: u32 = WG / BK;      // row groups of the score step (BK divides WG)
 const RB: u32 = (R + RG - 1u) / RG; // score rows per thread
 
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
-#if KV_F16
-@group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;
-@group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;
-fn load_k(i: u32) -> vec4<f32> { let w = k_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
-fn load_v(i: u32) -> vec4<f32> { let w = v_cache[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
-#else
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
-fn load_k(i: u32) -> vec4<f32> { return k_cache[i]; }
-fn load_v(i: u32) -> vec4<f32> { return v_cache[i]; }
-#endif
 #if SPLIT
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> ml: array<vec2<f32>>;

@@ -46,7 +46,6 @@ fn caps(cpu: bool) -> Caps {
         timestamps_in_passes: false,
         cooperative_matrix: false,
         cpu,
-        max_uniform_binding: if cpu { 1 << 30 } else { 64 << 10 },
         uniform_offset_align: 256,
         uniform_window: 64 << 10,
         max_storage_binding: 128 << 20,

@@ -59,15 +59,13 @@ pub struct Caps {
     /// one core as SIMD lanes, barriers are context switches and memory is CPU cache, so
     /// kernels take variants with one thread per output row and no workgroup reductions.
     pub cpu: bool,
-    /// Largest uniform binding; on CPU devices every buffer can also be bound as uniform.
-    pub max_uniform_binding: u64,
     /// `min_uniform_buffer_offset_alignment` in bytes.
     pub uniform_offset_align: u32,
     /// Bytes every CPU-style kernel's uniform input is declared and bound with (the same
     /// for all, ≤ 64 KiB): lavapipe 22.3 leaks memory on every dispatch that follows one whose
     /// uniform block at the same binding had a different declared size, so the kernels
     /// declare one size and bind that many bytes; on CPU devices every storage buffer is
-    /// allocated this much larger so that any tensor's window fits.
+    /// allocated this much larger (and usable as a uniform) so that any tensor's window fits.
     pub uniform_window: u64,
     /// `max_storage_buffer_binding_size`: the largest tensor one binding can hold.
     pub max_storage_binding: u64,
@@ -297,7 +295,6 @@ impl GpuContext {
             cpu: opts
                 .cpu_kernels
                 .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
-            max_uniform_binding: limits.max_uniform_buffer_binding_size,
             uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
             uniform_window: limits.max_uniform_buffer_binding_size.min(1 << 16) / 16 * 16,
             max_storage_binding: limits.max_storage_buffer_binding_size,
