@@ -16,3 +16,9 @@ fn bf16x2(w: u32) -> vec2<f32> { return vec2<f32>(bf16_lo(w), bf16_hi(w)); }
 
 // Linear workgroup index for grids split over x and y (see ops::grid_2d).
 fn wg_linear(wg: vec3<u32>, gx: u32) -> u32 { return wg.y * gx + wg.x; }
+
+// Texel i of a texel image (src/gpu/texels.rs): TEXEL_ROW = 4096 texels of 4 words per row.
+// CPU devices keep weight matrices in these (a texel fetch is one vector gather on lavapipe).
+fn texel(t: texture_2d<u32>, i: u32) -> vec4<u32> {
+    return textureLoad(t, vec2<u32>(i & 4095u, i >> 12u), 0);
+}

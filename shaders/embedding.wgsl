@@ -6,7 +6,8 @@
 //           3 table: f32[vocab*n] (W_F32), u32[vocab*n/2] packed f16 (W_F16) / bf16 (W_BF16),
 //             or u32[] block-quantized in the GPU layout of src/quant/mod.rs (QUANT plus one of
 //             Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K, decoded by quant_blocks.wgsl; BL = values per block);
-//           4 y: f32[tokens*n].
+//           4 y: f32[tokens*n]. With TEX (CPU devices) binding 3 is the table's texel image
+//             `wt: texture_2d<u32>` (src/gpu/texels.rs), the same words 4 to a texel.
 // Dispatch: float tables: one thread per output value, ceil(tokens*n / WG) workgroups;
 //           quantized: one thread per 4 values (n is whole blocks, so a multiple of 32),
 //           ceil(tokens*n/4 / WG) workgroups; both over (gx, gy). An id >= vocab yields zeros
@@ -22,7 +23,11 @@ struct Params { tokens: u32, n: u32, vocab: u32, gx: u32, nbr: u32, scales_word:
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 #if QUANT
+#if TEX
+@group(0) @binding(3) var wt: texture_2d<u32>;
+#else
 @group(0) @binding(3) var<storage, read> w: array<u32>;
+#endif
 #include "quant_blocks.wgsl"
 
 @compute @workgroup_size({{WG}})
@@ -51,6 +56,20 @@ fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     y[o + 3u] = v.w;
 }
 #else
+#if TEX
+// The table's texel image (src/gpu/texels.rs): word i is component i % 4 of texel i / 4.
+@group(0) @binding(3) var wt: texture_2d<u32>;
+fn word(i: u32) -> u32 { return texel(wt, i >> 2u)[i & 3u]; }
+#if W_F32
+fn load(e: u32) -> f32 { return bitcast<f32>(word(e)); }
+#endif
+#if W_F16
+fn load(e: u32) -> f32 { return unpack2x16float(word(e >> 1u))[e & 1u]; }
+#endif
+#if W_BF16
+fn load(e: u32) -> f32 { return bf16x2(word(e >> 1u))[e & 1u]; }
+#endif
+#else
 #if W_F32
 @group(0) @binding(3) var<storage, read> table: array<f32>;
 fn load(e: u32) -> f32 { return table[e]; }
@@ -60,6 +79,7 @@ fn load(e: u32) -> f32 { return table[e]; }
 fn load(e: u32) -> f32 { return unpack2x16float(table[e >> 1u])[e & 1u]; }
 #else
 fn load(e: u32) -> f32 { return bf16x2(table[e >> 1u])[e & 1u]; }
+#endif
 #endif
 #endif
 

@@ -3,7 +3,7 @@
 // Not a kernel family of its own: it defines `chunk_at` and `chunk_vec4`.
 //
 // Needs, from the including file: `w: array<u32>` (the weight in the GPU layout of
-// src/quant/mod.rs) and `p.scales_word` (u32 word offset of the scale section; unused for Q4_K
+// src/quant/mod.rs), or with TEX `wt: texture_2d<u32>` (the same words as a texel image), and `p.scales_word` (u32 word offset of the scale section; unused for Q4_K
 // and Q5_K). Exactly one dtype define: Q8_0, Q4_0, Q4_1, Q4K, Q5K or Q6K.
 //
 // `chunk_at(blk, sub)` reads the scales of the 32 values `sub*32 .. sub*32+32` of global block
@@ -18,6 +18,13 @@
 //   Q5_K: 44-word GGUF block at blk*44: [d|dmin] [scales 12 B] [qh 32 B] [qs 128 B]
 //   Q6_K: 52 words at blk*52: [ql 128 B] [qh 64 B] [scales 16 i8]; f16 d as Q8_0
 
+#if TEX
+// Word i of the weight's texel image (`wt`, binding 3 on CPU devices).
+fn wq(i: u32) -> u32 { return texel(wt, i >> 2u)[i & 3u]; }
+#else
+fn wq(i: u32) -> u32 { return w[i]; }
+#endif
+
 // 4 signed bytes of a word, as f32.
 fn i8x4(v: u32) -> vec4<f32> {
     let s = bitcast<vec4<i32>>(vec4<u32>(v) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
@@ -31,12 +38,12 @@ fn u8x4(v: u32, sh: u32, mask: u32) -> vec4<f32> {
 
 // f16 number `i` of the scale section (two per word).
 fn scale_f16(i: u32) -> f32 {
-    return unpack2x16float(w[p.scales_word + i / 2u])[i & 1u];
+    return unpack2x16float(wq(p.scales_word + i / 2u))[i & 1u];
 }
 
 // Byte `j` of the words starting at `base`.
 fn byte_at(base: u32, j: u32) -> u32 {
-    return (w[base + j / 4u] >> (8u * (j & 3u))) & 0xffu;
+    return (wq(base + j / 4u) >> (8u * (j & 3u))) & 0xffu;
 }
 
 // 6-bit scale and min of sub-block s from the 12 packed bytes at word `base` (Q4_K, Q5_K).
@@ -67,14 +74,14 @@ fn chunk_at(blk: u32, sub: u32) -> Chunk {
     c.b = -8.0 * c.a;
 #endif
 #if Q4_1
-    let dm = unpack2x16float(w[p.scales_word + blk]);
+    let dm = unpack2x16float(wq(p.scales_word + blk));
     c.qs = blk * 4u;
     c.a = dm.x;
     c.b = dm.y;
 #endif
 #if Q4K
     let base = blk * 36u;
-    let dd = unpack2x16float(w[base]);
+    let dd = unpack2x16float(wq(base));
     let sm = scale_min_k4(base + 1u, sub);
     c.a = dd.x * sm.x;
     c.b = -(dd.y * sm.y);
@@ -83,7 +90,7 @@ fn chunk_at(blk: u32, sub: u32) -> Chunk {
 #endif
 #if Q5K
     let base = blk * 44u;
-    let dd = unpack2x16float(w[base]);
+    let dd = unpack2x16float(wq(base));
     let sm = scale_min_k4(base + 1u, sub);
     c.a = dd.x * sm.x;
     c.b = -(dd.y * sm.y);
@@ -103,7 +110,7 @@ fn chunk_at(blk: u32, sub: u32) -> Chunk {
     c.hsh = 2u * t;
     // i8 scales 8h + 2t (values 0..16) and 8h + 2t + 1 (16..32), in words 48..52
     let si = 8u * h + 2u * t;
-    let sw = w[base + 48u + si / 4u] >> (8u * (si & 3u));
+    let sw = wq(base + 48u + si / 4u) >> (8u * (si & 3u));
     c.a = d * f32(bitcast<i32>(sw << 24u) >> 24u);
     c.a2 = d * f32(bitcast<i32>(sw << 16u) >> 24u);
 #endif
@@ -138,21 +145,21 @@ fn decode4(c: Chunk, i: u32, q: u32, h: u32) -> vec4<f32> {
 // one byte, so words 0..4 serve i and i+4; Q5_K and Q6_K add a high-bit word.
 fn chunk_vec4(c: Chunk, i: u32) -> vec4<f32> {
 #if Q8_0
-    return decode4(c, i, w[c.qs + i], 0u);
+    return decode4(c, i, wq(c.qs + i), 0u);
 #endif
 #if Q4_0
-    return decode4(c, i, w[c.qs + (i & 3u)], 0u);
+    return decode4(c, i, wq(c.qs + (i & 3u)), 0u);
 #endif
 #if Q4_1
-    return decode4(c, i, w[c.qs + (i & 3u)], 0u);
+    return decode4(c, i, wq(c.qs + (i & 3u)), 0u);
 #endif
 #if Q4K
-    return decode4(c, i, w[c.qs + i], 0u);
+    return decode4(c, i, wq(c.qs + i), 0u);
 #endif
 #if Q5K
-    return decode4(c, i, w[c.qs + i], w[c.qh + i]);
+    return decode4(c, i, wq(c.qs + i), wq(c.qh + i));
 #endif
 #if Q6K
-    return decode4(c, i, w[c.qs + i], w[c.qh + i]);
+    return decode4(c, i, wq(c.qs + i), wq(c.qh + i));
 #endif
 }

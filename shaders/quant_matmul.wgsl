@@ -3,7 +3,9 @@
 //
 // Bindings: 0 params {m, n, k, nbr (blocks per W row), scales_word, gx, chunks (k/32), m0};
 //           1 step (unused); 2 x: vec4<f32>[m*k/4]; 3 w: u32[] (quantized); 4 y: f32[m*n];
-//           gemv_rows also 5 w4: vec4<u32>[] (binding 3's buffer again).
+//           gemv_rows also 5 w4: vec4<u32>[] (binding 3's buffer again). With TEX (rows
+//           kernels on CPU devices) binding 3 is instead `wt`, the weight's texel image
+//           (src/gpu/texels.rs: the same words, 4 to a texel), and there is no binding 5.
 // Defines:  gemv_rows, matmul_rows: XU (x is a uniform array of XU vec4: Caps::uniform_window / 16
 //           for every such kernel, whatever the rows — see Caps::uniform_window), NIB32 (Q4_0/Q4_1), QH (Q5_K/Q6_K);
 //           one dtype of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (see quant_blocks.wgsl); SUBS (32-value
@@ -45,7 +47,11 @@ struct Params { m: u32, n: u32, k: u32, nbr: u32, scales_word: u32, gx: u32, chu
 #else
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 #endif
+#if TEX
+@group(0) @binding(3) var wt: texture_2d<u32>;
+#else
 @group(0) @binding(3) var<storage, read> w: array<u32>;
+#endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 #include "quant_blocks.wgsl"
@@ -119,8 +125,14 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 #endif
 
 #if ROWS
+#if TEX
+// Four words of the weight from its texel image.
+fn w4at(i: u32) -> vec4<u32> { return texel(wt, i); }
+#else
 // The weight again, as vec4 words (the same buffer as binding 3).
 @group(0) @binding(5) var<storage, read> w4: array<vec4<u32>>;
+fn w4at(i: u32) -> vec4<u32> { return w4[i]; }
+#endif
 
 // A chunk's quant words (q) and high-bit words (h) as vec4 loads: each storage load is a
 // per-lane loop on lavapipe whatever its width; every format's quants start 16-byte aligned.
@@ -128,16 +140,16 @@ struct Words { q0: vec4<u32>, q1: vec4<u32>, h0: vec4<u32>, h1: vec4<u32> }
 
 fn chunk_words(ch: Chunk) -> Words {
     var r: Words;
-    r.q0 = w4[ch.qs / 4u];
+    r.q0 = w4at(ch.qs / 4u);
 #if NIB32
     // Q4_0 / Q4_1: one vec4 holds all 32 values (low nibbles 0..16, high 16..32).
     r.q1 = r.q0;
 #else
-    r.q1 = w4[ch.qs / 4u + 1u];
+    r.q1 = w4at(ch.qs / 4u + 1u);
 #endif
 #if QH
-    r.h0 = w4[ch.qh / 4u];
-    r.h1 = w4[ch.qh / 4u + 1u];
+    r.h0 = w4at(ch.qh / 4u);
+    r.h1 = w4at(ch.qh / 4u + 1u);
 #endif
     return r;
 }

@@ -7,7 +7,9 @@
 // Bindings: 0 params {m (rows of this window), n, k, gx, m0 (first row of y), _, _, _};
 //           1 step (unused); 2 x: uniform vec4<f32>[XU], the window's m rows of x (k/4 each) first;
 //           3 w: W_F32 → vec4<f32>[N·K/4]; W_F16 / W_BF16 → vec4<u32>[N·K/8] (8 values each,
-//           element 2i in the low half); 4 y: f32[M·N] (read_write; y += with ADD_INTO).
+//           element 2i in the low half) — with TEX the same vec4s as texels of the weight's
+//           texel image (texture_2d<u32>, src/gpu/texels.rs); 4 y: f32[M·N] (read_write;
+//           y += with ADD_INTO).
 // Defines:  XU (Caps::uniform_window / 16, the same for every CPU-style kernel: lavapipe leaks
 //           when consecutive dispatches declare the uniform at one binding with different sizes), MR (1: one row of x, or 8: windows of up to 8 rows — rows past the window's end
 //           re-read its last row and are not stored), one of W_F32 / W_F16 / W_BF16, ADD_INTO.
@@ -20,10 +22,22 @@ struct Params { m: u32, n: u32, k: u32, gx: u32, m0: u32, _a: u32, _b: u32, _c: 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<uniform> x: array<vec4<f32>, {{XU}}>;
+#if TEX
+// The weight's texel image (src/gpu/texels.rs): vec4 i of the layout below is texel i.
+@group(0) @binding(3) var wt: texture_2d<u32>;
+#if W_F32
+fn wv4(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(texel(wt, i)); }
+#else
+fn wv4(i: u32) -> vec4<u32> { return texel(wt, i); }
+#endif
+#else
 #if W_F32
 @group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
+fn wv4(i: u32) -> vec4<f32> { return w[i]; }
 #else
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
+fn wv4(i: u32) -> vec4<u32> { return w[i]; }
+#endif
 #endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
@@ -70,7 +84,7 @@ fn rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var a7 = vec4<f32>(0.0);
 #if W_F32
     for (var c = 0u; c < k4; c++) {
-        let wv = w[row * k4 + c];
+        let wv = wv4(row * k4 + c);
         a0 += wv * x[c];
         if (MR == 8u) {
             a1 += wv * x[o1 + c];
@@ -85,7 +99,7 @@ fn rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 #else
     let k8 = p.k / 8u;
     for (var c = 0u; c < k8; c++) {
-        let q = w[row * k8 + c];
+        let q = wv4(row * k8 + c);
         let w0 = vec4<f32>(widen(q.x), widen(q.y));
         let w1 = vec4<f32>(widen(q.z), widen(q.w));
         let c0 = 2u * c;

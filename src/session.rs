@@ -276,7 +276,12 @@ impl Session {
     /// Write the distinct ids among the last `n` tokens of `history ++ tokens` and, per id,
     /// `presence + frequency · count` (the Penalize op runs with presence 0 and frequency 1, so
     /// these two are data, not part of the compiled graph).
-    fn write_penalty_window(&self, tokens: &[u32], n: usize, params: &SamplingParams) {
+    fn write_penalty_window(
+        &self,
+        tokens: &[u32],
+        n: usize,
+        params: &SamplingParams,
+    ) -> Result<()> {
         let all = self.history.iter().chain(tokens);
         let len = self.history.len() + tokens.len();
         let mut window: Vec<u32> = all.skip(len.saturating_sub(n)).copied().collect();
@@ -290,8 +295,8 @@ impl Session {
         ids.resize(n, NO_TOKEN);
         amounts.resize(n, 0.0);
         let gpu = &self.model.ctx;
-        gpu.write(&self.pen_ids, 0, bytemuck::cast_slice(&ids));
-        gpu.write(&self.pen_counts, 0, bytemuck::cast_slice(&amounts));
+        gpu.write(&self.pen_ids, 0, bytemuck::cast_slice(&ids))?;
+        gpu.write(&self.pen_counts, 0, bytemuck::cast_slice(&amounts))
     }
 
     /// Run `tokens` (≤ PREFILL_CHUNK) at the current position; returns the top-k candidates
@@ -315,9 +320,9 @@ impl Session {
             },
         };
         let gpu = self.model.ctx.clone();
-        gpu.write(&self.ids, 0, bytemuck::cast_slice(tokens));
+        gpu.write(&self.ids, 0, bytemuck::cast_slice(tokens))?;
         if n > 0 {
-            self.write_penalty_window(tokens, n, params);
+            self.write_penalty_window(tokens, n, params)?;
         }
         let c = self.graph(key, params)?;
         let mut reads = vec![(c.topk, (2 * k * 4) as u64)];

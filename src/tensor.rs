@@ -1,4 +1,4 @@
-//! Tensors: a dtype, a shape, and a place in a GPU buffer.
+//! Tensors: a dtype, a shape, and a place on the GPU (a buffer range, or a texel image).
 //!
 //! Shapes are row-major, outermost first. A linear layer's weight is `[out, in]` as in
 //! Hugging Face checkpoints, so `y = x · Wᵀ`. 16-bit floats are stored packed two per `u32`
@@ -146,18 +146,69 @@ impl fmt::Display for TensorDesc {
     }
 }
 
-/// A tensor resident on the GPU: a description plus a byte range of a buffer.
+/// Where a tensor's bytes live on the GPU.
+#[derive(Clone, Debug)]
+pub enum Place {
+    /// Bytes `offset ..` of a storage buffer.
+    Buffer {
+        /// The buffer holding the data.
+        buffer: Arc<wgpu::Buffer>,
+        /// Byte offset of the data in the buffer.
+        offset: u64,
+    },
+    /// A texel image of the same bytes ([`crate::gpu::Texels`]): weight matrices on CPU
+    /// devices, where kernels fetch them as texels (see `crate::ops::matmul::reads_texels`).
+    Texels(Arc<crate::gpu::Texels>),
+}
+
+/// A tensor resident on the GPU: a description plus where its bytes are.
 #[derive(Clone, Debug)]
 pub struct Tensor {
     /// Dtype and shape.
     pub desc: TensorDesc,
-    /// The buffer holding the data.
-    pub buffer: Arc<wgpu::Buffer>,
-    /// Byte offset of the data in the buffer.
-    pub offset: u64,
+    /// The buffer range or texel image holding the data.
+    pub place: Place,
 }
 
 impl Tensor {
+    /// A tensor at byte `offset` of `buffer`.
+    pub fn in_buffer(desc: TensorDesc, buffer: Arc<wgpu::Buffer>, offset: u64) -> Self {
+        Tensor {
+            desc,
+            place: Place::Buffer { buffer, offset },
+        }
+    }
+    /// The buffer and byte offset holding the data, or `None` for a texel image.
+    pub fn buffer(&self) -> Option<(&Arc<wgpu::Buffer>, u64)> {
+        match &self.place {
+            Place::Buffer { buffer, offset } => Some((buffer, *offset)),
+            Place::Texels(_) => None,
+        }
+    }
+    /// The texel image holding the data, if the tensor lives in one.
+    pub fn texels(&self) -> Option<&Arc<crate::gpu::Texels>> {
+        match &self.place {
+            Place::Texels(t) => Some(t),
+            Place::Buffer { .. } => None,
+        }
+    }
+    /// Whether both tensors are the same GPU memory (a tied embedding and lm_head).
+    pub fn same_place(&self, other: &Tensor) -> bool {
+        match (&self.place, &other.place) {
+            (
+                Place::Buffer {
+                    buffer: a,
+                    offset: x,
+                },
+                Place::Buffer {
+                    buffer: b,
+                    offset: y,
+                },
+            ) => Arc::ptr_eq(a, b) && x == y,
+            (Place::Texels(a), Place::Texels(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
     /// Element type.
     pub fn dtype(&self) -> DType {
         self.desc.dtype

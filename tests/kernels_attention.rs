@@ -79,7 +79,7 @@ fn run_steps(
     let exe = g.compile(ctx, &outs).expect("compile");
     for s in steps {
         for o in &outs {
-            ctx.poison(exe.tensor(*o));
+            ctx.poison(exe.tensor(*o)).expect("poison");
         }
         exe.run(*s).expect("run");
     }
@@ -656,7 +656,7 @@ fn rope_then_attention_prefill_and_decode_steps_continue_one_cache() {
         };
         let out = g.add1(attn, &[q, ins[2], ins[3]]).unwrap();
         let exe = g.compile(&ctx, &[out]).unwrap();
-        ctx.poison(exe.tensor(out));
+        ctx.poison(exe.tensor(out)).expect("poison");
         exe.run(Step::new(pos as u32, t as u32)).unwrap();
         let got = exe.read_f32(out).unwrap();
 

@@ -64,7 +64,7 @@ fn run_on(ctx: &Arc<GpuContext>, op: impl Op + 'static, inputs: &[&Tensor]) -> V
     let outs = g.add(op, &ids).expect("op rejected valid inputs");
     let exe = g.compile(ctx, &outs).expect("compile");
     for o in &outs {
-        ctx.poison(exe.tensor(*o));
+        ctx.poison(exe.tensor(*o)).expect("poison");
     }
     exe.run(Step::default()).expect("run");
     outs.iter()

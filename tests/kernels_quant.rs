@@ -64,7 +64,7 @@ fn run(ctx: &Arc<GpuContext>, x: &Tensor, w: &Tensor, y_in: Option<&Tensor>) -> 
                 .add1(QuantMatmul { add_into: false }, &[xi, wi])
                 .expect("op");
             let exe = g.compile(ctx, &[y]).expect("compile");
-            ctx.poison(exe.tensor(y));
+            ctx.poison(exe.tensor(y)).expect("poison");
             exe.run(Step::default()).expect("run");
             exe.read_f32(y).expect("read")
         }

@@ -34,7 +34,7 @@ fn gpu_topk(ctx: &Arc<GpuContext>, logits: &[f32], k: usize) -> (Vec<u32>, Vec<f
         .add1(TopK { k }, &[x])
         .expect("topk rejected valid inputs");
     let exe = g.compile(ctx, &[out]).expect("compile");
-    ctx.poison(exe.tensor(out));
+    ctx.poison(exe.tensor(out)).expect("poison");
     let bytes = exe
         .run_read(Step::default(), out, (8 * k) as u64)
         .expect("run");

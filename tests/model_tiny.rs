@@ -222,7 +222,7 @@ fn quantized_tied_embedding_is_one_gpu_buffer_and_matches_its_dequantized_twin()
         let w = &q.weights;
         assert_eq!(w.embed.dtype(), dtype, "the table stays in its blocks");
         assert!(
-            std::sync::Arc::ptr_eq(&w.embed.buffer, &w.lm_head.buffer),
+            w.embed.same_place(&w.lm_head),
             "{dtype}: the tied lm_head is the embedding's own buffer"
         );
         // The f32 twin holds two f32 tables; the quantized model one table of blocks.

@@ -54,6 +54,7 @@ fn caps(cpu: bool) -> Caps {
         max_invocations: 256,
         max_workgroups_per_dim: 65535,
         storage_offset_align: 256,
+        max_texture_2d: 8192,
     }
 }
 

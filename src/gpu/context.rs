@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::pipelines::PipelineCache;
-use crate::tensor::{Tensor, TensorDesc};
+use crate::tensor::{Place, Tensor, TensorDesc};
 
 /// How to pick and configure the adapter.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +79,8 @@ pub struct Caps {
     pub max_workgroups_per_dim: u32,
     /// `min_storage_buffer_offset_alignment` in bytes.
     pub storage_offset_align: u32,
+    /// `max_texture_dimension_2d`: bounds a texel image ([`crate::gpu::Texels`]).
+    pub max_texture_2d: u32,
 }
 
 /// One line per adapter for `fado devices` and error messages.
@@ -184,6 +186,14 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
             (
                 "max_storage_buffers_per_shader_stage".into(),
                 l.max_storage_buffers_per_shader_stage as u64,
+            ),
+            (
+                "max_uniform_buffers_per_shader_stage".into(),
+                l.max_uniform_buffers_per_shader_stage as u64,
+            ),
+            (
+                "min_uniform_buffer_offset_alignment".into(),
+                l.min_uniform_buffer_offset_alignment as u64,
             ),
             (
                 "max_compute_workgroup_storage_size".into(),
@@ -303,6 +313,7 @@ impl GpuContext {
             max_invocations: limits.max_compute_invocations_per_workgroup,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             storage_offset_align: limits.min_storage_buffer_offset_alignment,
+            max_texture_2d: limits.max_texture_dimension_2d,
         };
         Ok(Arc::new(GpuContext {
             pipelines: PipelineCache::default(),
@@ -391,11 +402,7 @@ impl GpuContext {
     /// A fresh tensor in its own buffer (contents undefined).
     pub fn empty(&self, label: &str, desc: TensorDesc) -> Result<Tensor> {
         let buffer = self.storage_buffer(label, desc.size_bytes())?;
-        Ok(Tensor {
-            desc,
-            buffer,
-            offset: 0,
-        })
+        Ok(Tensor::in_buffer(desc, buffer, 0))
     }
 
     /// A tensor holding `bytes` (already in the dtype's GPU layout).
@@ -411,7 +418,7 @@ impl GpuContext {
             ));
         }
         let t = self.empty(label, desc)?;
-        self.write(&t, 0, bytes);
+        self.write(&t, 0, bytes)?;
         Ok(t)
     }
 
@@ -431,32 +438,51 @@ impl GpuContext {
         self.upload(label, desc, bytemuck::cast_slice(data))
     }
 
-    /// Write bytes into a tensor at a byte offset (padded to 4 bytes as wgpu requires).
-    pub fn write(&self, t: &Tensor, byte_offset: u64, bytes: &[u8]) {
+    /// Write bytes into a tensor at a byte offset (padded to 4 bytes as wgpu requires). A
+    /// texel image takes whole writes only (offset 0).
+    pub fn write(&self, t: &Tensor, byte_offset: u64, bytes: &[u8]) -> Result<()> {
         if bytes.is_empty() {
-            return;
+            return Ok(());
         }
+        let (buffer, offset) = match &t.place {
+            Place::Buffer { buffer, offset } => (buffer, *offset),
+            Place::Texels(img) if byte_offset == 0 => {
+                self.write_texels(img, bytes);
+                return Ok(());
+            }
+            Place::Texels(_) => {
+                return Err(Error::op(
+                    "write",
+                    format!(
+                        "{}: a texel image takes whole writes (offset 0), got offset {byte_offset}",
+                        t.desc
+                    ),
+                ))
+            }
+        };
         if bytes.len().is_multiple_of(4) {
-            self.queue
-                .write_buffer(&t.buffer, t.offset + byte_offset, bytes);
+            self.queue.write_buffer(buffer, offset + byte_offset, bytes);
         } else {
             let mut v = bytes.to_vec();
             v.resize(bytes.len().div_ceil(4) * 4, 0);
-            self.queue
-                .write_buffer(&t.buffer, t.offset + byte_offset, &v);
+            self.queue.write_buffer(buffer, offset + byte_offset, &v);
         }
+        Ok(())
     }
 
     /// Fill a tensor with NaN bit patterns so that elements a kernel fails to write show up.
-    pub fn poison(&self, t: &Tensor) {
+    pub fn poison(&self, t: &Tensor) -> Result<()> {
         let n = (t.size_bytes() / 4) as usize;
         let v = vec![0x7fc0_0000u32; n];
-        self.queue
-            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(&v));
+        self.write(t, 0, bytemuck::cast_slice(&v))
     }
 
     /// Copy `len` bytes starting at `byte_offset` of a tensor back to the host (waits for the GPU).
     pub fn read_bytes(&self, t: &Tensor, byte_offset: u64, len: u64) -> Result<Vec<u8>> {
+        let (buffer, offset) = match &t.place {
+            Place::Buffer { buffer, offset } => (buffer, *offset),
+            Place::Texels(img) => return self.read_texels(img, byte_offset, len),
+        };
         let len4 = len.div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -465,7 +491,7 @@ impl GpuContext {
             mapped_at_creation: false,
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&t.buffer, t.offset + byte_offset, &staging, 0, len4);
+        enc.copy_buffer_to_buffer(buffer, offset + byte_offset, &staging, 0, len4);
         self.queue.submit(Some(enc.finish()));
         self.map_read(&staging, len)
     }

@@ -4,6 +4,8 @@
 mod context;
 mod pipelines;
 pub mod shader;
+mod texels;
 
 pub use context::{AdapterSummary, Caps, GpuContext, GpuOptions};
 pub use pipelines::{BindingKind, CachedPipeline, PipelineCache, PipelineKey};
+pub use texels::{extent as texel_extent, Texels, TEXEL_ROW};

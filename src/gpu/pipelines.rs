@@ -18,6 +18,8 @@ pub enum BindingKind {
         /// Bound `read` instead of `read_write`.
         read_only: bool,
     },
+    /// A `texture_2d<u32>` texel image ([`crate::gpu::Texels`]).
+    Texels,
 }
 
 /// A pipeline variant: shader file, entry point, preprocessor defines and binding layout.
@@ -102,6 +104,11 @@ fn build(device: &wgpu::Device, key: &PipelineKey) -> Result<CachedPipeline> {
                     },
                     has_dynamic_offset: false,
                     min_binding_size: None,
+                },
+                BindingKind::Texels => wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Uint,
+                    view_dimension: wgpu::TextureViewDimension::D2,
+                    multisampled: false,
                 },
             },
             count: None,

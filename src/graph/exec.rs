@@ -12,7 +12,7 @@ use super::{Graph, Storage, TensorId};
 use crate::error::{Error, Result};
 use crate::gpu::{BindingKind, GpuContext, PipelineKey};
 use crate::ops::{Arg, Step};
-use crate::tensor::{Tensor, TensorDesc};
+use crate::tensor::{Place, Tensor, TensorDesc};
 
 struct Dispatch {
     pipeline: Arc<crate::gpu::CachedPipeline>,
@@ -120,26 +120,27 @@ impl Graph {
         for t in &self.tensors {
             tensors.push(match &t.storage {
                 Storage::External(x) => x.clone(),
-                Storage::Intermediate => Tensor {
-                    desc: t.desc.clone(),
-                    buffer: placeholder.clone(),
-                    offset: 0,
-                },
+                Storage::Intermediate => Tensor::in_buffer(t.desc.clone(), placeholder.clone(), 0),
             });
         }
         let mut scratch: HashMap<(usize, usize), Tensor> = HashMap::new();
         for (k, o) in owner.iter().enumerate() {
             let buf = slot_bufs[plan.slot_of[k]].clone();
             match o {
-                Ok(i) => tensors[*i].buffer = buf,
+                Ok(i) => {
+                    tensors[*i].place = Place::Buffer {
+                        buffer: buf,
+                        offset: 0,
+                    }
+                }
                 Err((n, j)) => {
                     scratch.insert(
                         (*n, *j),
-                        Tensor {
-                            desc: TensorDesc::f32([(node_scratch[*n][*j] / 4) as usize]),
-                            buffer: buf,
-                            offset: 0,
-                        },
+                        Tensor::in_buffer(
+                            TensorDesc::f32([(node_scratch[*n][*j] / 4) as usize]),
+                            buf,
+                            0,
+                        ),
                     );
                 }
             }
@@ -185,6 +186,21 @@ impl Graph {
             mapped_at_creation: false,
         });
 
+        // Texel images made here from buffer tensors that a kernel reads as texels (models
+        // upload their weights as images already; tests and ad-hoc graphs pass buffers).
+        let mut mirrors: HashMap<usize, Tensor> = HashMap::new();
+        for (ni, c) in &calls {
+            for a in &c.args {
+                if let Arg::Texels(i) = *a {
+                    if let Some(t) = self.nodes[*ni].inputs.get(i) {
+                        if tensors[t.0].texels().is_none() && !mirrors.contains_key(&t.0) {
+                            mirrors.insert(t.0, ctx.to_texels(&tensors[t.0])?);
+                        }
+                    }
+                }
+            }
+        }
+
         let mut dispatches = Vec::with_capacity(calls.len());
         for ((ni, c), off) in calls.into_iter().zip(offsets) {
             let node = &self.nodes[ni];
@@ -195,6 +211,12 @@ impl Graph {
                     Arg::In(i) | Arg::Uniform(i) | Arg::UniformRange(i, ..) => {
                         (node.inputs.get(i).map(|t| &tensors[t.0]), true)
                     }
+                    Arg::Texels(i) => (
+                        node.inputs
+                            .get(i)
+                            .map(|t| mirrors.get(&t.0).unwrap_or(&tensors[t.0])),
+                        true,
+                    ),
                     Arg::InOut(i) => (node.inputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Out(i) => (node.outputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Scratch(i) => (scratch.get(&(ni, i)), false),
@@ -209,6 +231,21 @@ impl Graph {
                     )
                 })?;
                 let size = t.size_bytes();
+                if let Arg::Texels(_) = a {
+                    kinds.push(BindingKind::Texels);
+                    bound.push((t, 0, size));
+                    continue;
+                }
+                if t.buffer().is_none() {
+                    return Err(Error::op(
+                        node.op.name(),
+                        format!(
+                            "kernel `{}` binds {a:?} ({}) as a buffer, but it lives in a texel \
+                             image; this op has no kernel that reads it there",
+                            c.entry, t.desc
+                        ),
+                    ));
+                }
                 if size > ctx.caps.max_storage_binding {
                     return Err(Error::OutOfMemory {
                         what: format!("binding {} of `{}`", t.desc, node.label),
@@ -226,12 +263,13 @@ impl Graph {
                 let (from, len) = if let Arg::Uniform(_) | Arg::UniformRange(..) = a {
                     let ualign = ctx.device.limits().min_uniform_buffer_offset_alignment as u64;
                     let window = ctx.caps.uniform_window;
-                    let at = t.offset + from;
+                    let (buffer, offset) = t.buffer().expect("checked above");
+                    let at = offset + from;
                     if len == 0
                         || from + len > size
                         || len > window
                         || !at.is_multiple_of(ualign)
-                        || at + window > t.buffer.size()
+                        || at + window > buffer.size()
                     {
                         return Err(Error::op(
                             node.op.name(),
@@ -243,8 +281,8 @@ impl Graph {
                                 c.entry,
                                 from + len,
                                 t.desc,
-                                t.offset,
-                                t.buffer.size()
+                                offset,
+                                buffer.size()
                             ),
                         ));
                     }
@@ -279,13 +317,19 @@ impl Graph {
                 },
             ];
             for (k, (t, from, len)) in bound.iter().enumerate() {
+                let resource = match &t.place {
+                    Place::Texels(img) => wgpu::BindingResource::TextureView(&img.view),
+                    Place::Buffer { buffer, offset } => {
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset: offset + from,
+                            size: wgpu::BufferSize::new(*len),
+                        })
+                    }
+                };
                 entries.push(wgpu::BindGroupEntry {
                     binding: 2 + k as u32,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &t.buffer,
-                        offset: t.offset + from,
-                        size: wgpu::BufferSize::new(*len),
-                    }),
+                    resource,
                 });
             }
             let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -404,8 +448,17 @@ impl Executable {
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut enc);
         for &(t, _, len4, at) in &plan {
+            let Some((src, offset)) = t.buffer() else {
+                return Err(Error::op(
+                    "read",
+                    format!(
+                        "{} lives in a texel image: read it with GpuContext::read_bytes",
+                        t.desc
+                    ),
+                ));
+            };
             if len4 > 0 {
-                enc.copy_buffer_to_buffer(&t.buffer, t.offset, buf, at, len4);
+                enc.copy_buffer_to_buffer(src, offset, buf, at, len4);
             }
         }
         self.submit(enc);

@@ -6,7 +6,7 @@ use super::config::{LlamaConfig, RopeScaling};
 use super::llama::{LayerWeights, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{BindingKind, GpuContext, PipelineKey};
-use crate::ops::grid_2d;
+use crate::ops::{grid_2d, matmul};
 use crate::quant;
 use crate::tensor::{DType, Tensor, TensorDesc};
 
@@ -109,6 +109,9 @@ fn fill(
         usage: wgpu::BufferUsages::UNIFORM,
         mapped_at_creation: false,
     });
+    let (buffer, offset) = t
+        .buffer()
+        .ok_or_else(|| Error::gpu("filling synthetic weights", "the tensor is a texel image"))?;
     let mut done = 0u64;
     while done < words {
         let n = (words - done).min(chunk_words);
@@ -157,8 +160,8 @@ fn fill(
                 wgpu::BindGroupEntry {
                     binding: 2,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &t.buffer,
-                        offset: t.offset + start * 4,
+                        buffer,
+                        offset: offset + start * 4,
                         size: wgpu::BufferSize::new(n * 4),
                     }),
                 },
@@ -250,7 +253,8 @@ pub fn weights(ctx: &GpuContext, cfg: &LlamaConfig, dtype: DType) -> Result<(Wei
     let mut seed = 1u32;
     let mut mat = |label: &str, d: DType, r: usize, c: usize| -> Result<Tensor> {
         seed += 1;
-        let t = random_matrix(ctx, label, d, r, c, seed)?;
+        // Where kernels read weights as texels (CPU devices), they live as texels.
+        let t = matmul::place_weight(ctx, random_matrix(ctx, label, d, r, c, seed)?)?;
         bytes += t.size_bytes();
         Ok(t)
     };

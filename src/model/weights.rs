@@ -82,7 +82,12 @@ impl Uploader<'_> {
     }
 
     fn put(&mut self, label: &str, desc: TensorDesc, bytes: &[u8]) -> Result<Tensor> {
-        let t = self.ctx.upload(label, desc, bytes)?;
+        // Weights the kernels read as texels (CPU devices) are uploaded as texel images.
+        let t = if crate::ops::matmul::reads_texels(&self.ctx.caps, &desc) {
+            self.ctx.upload_texels(label, desc, bytes)?
+        } else {
+            self.ctx.upload(label, desc, bytes)?
+        };
         self.bytes += t.size_bytes();
         Ok(t)
     }

@@ -95,6 +95,10 @@ impl Op for Embedding {
             .params(&[t, n, vocab, gx, nbr, scales_word, 0, 0])
             .args(&[Arg::In(0), Arg::In(1), Arg::Out(0)])
             .workgroups(gx, gy, 1);
+        if super::matmul::reads_texels(caps, table) {
+            call = call.define("TEX", 1);
+            call.args[1] = Arg::Texels(1);
+        }
         if quantized {
             call = call
                 .define("QUANT", 1)

@@ -14,9 +14,9 @@
 
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
-use crate::gpu::Caps;
+use crate::gpu::{Caps, GpuContext};
 use crate::quant;
-use crate::tensor::{DType, TensorDesc};
+use crate::tensor::{DType, Tensor, TensorDesc};
 
 /// Threads per GEMV workgroup.
 pub const GEMV_WG: u32 = 256;
@@ -183,6 +183,38 @@ pub fn rows_fit(caps: &Caps, k: usize, w: DType) -> bool {
     k.is_multiple_of(per_load) && (k as u64) * 4 <= caps.uniform_window
 }
 
+/// Whether kernels on this device read the weight `w` (a matmul's right side, or an
+/// embedding table — tied, they are one tensor) as a texel image ([`crate::gpu::Texels`]):
+/// on CPU devices, where the CPU-style kernels take every product with it (whatever the rows
+/// of x) and the image fits. Lavapipe fetches texels as one vector gather but loops over the
+/// lanes for a storage load, so this doubles weight bandwidth there. Loaders put such weights
+/// in texel images ([`place_weight`]); kernels given a buffer get an image made at compile.
+pub fn reads_texels(caps: &Caps, w: &TensorDesc) -> bool {
+    if !caps.cpu || w.rank() != 2 {
+        return false;
+    }
+    let k = w.shape[1];
+    let row_bytes = k as u64 * 4;
+    let rows_kernel = if quant::is_quantized(w.dtype) {
+        k.is_multiple_of(w.dtype.block_len()) && row_bytes <= caps.uniform_window
+    } else {
+        w.dtype.is_float() && rows_fit(caps, k, w.dtype)
+    };
+    let (_, h) = crate::gpu::texel_extent(w.size_bytes());
+    rows_kernel
+        && row_bytes.is_multiple_of(caps.uniform_offset_align.max(1) as u64)
+        && h <= caps.max_texture_2d as u64
+}
+
+/// `t` where this device's kernels read it: a texel image when [`reads_texels`], else as is.
+pub fn place_weight(ctx: &GpuContext, t: Tensor) -> Result<Tensor> {
+    if reads_texels(&ctx.caps, &t.desc) {
+        ctx.to_texels(&t)
+    } else {
+        Ok(t)
+    }
+}
+
 /// How the GEMV reduces one row's partial sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvReduction {
@@ -283,7 +315,7 @@ pub fn kernels_with(
             }
             matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, t)
         }
-        Plan::Rows => return rows_calls(op, caps, m, n, k, w.dtype, add_into),
+        Plan::Rows => return rows_calls(op, caps, m, n, k, w, add_into),
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
 }
@@ -339,9 +371,11 @@ fn rows_calls(
     m: usize,
     n: usize,
     k: usize,
-    w: DType,
+    wd: &TensorDesc,
     add_into: bool,
 ) -> Result<Vec<KernelCall>> {
+    let w = wd.dtype;
+    let texels = reads_texels(caps, wd);
     if !rows_fit(caps, k, w) {
         return Err(Error::op(
             op,
@@ -377,10 +411,11 @@ fn rows_calls(
                 .define("XU", caps.uniform_window / 16)
                 .define(weight_define(w), 1)
                 .define("ADD_INTO", add_into as u32)
+                .define("TEX", texels as u32)
                 .params(&[rows as u32, n as u32, k as u32, gx, m0 as u32, 0, 0, 0])
                 .args(&[
                     Arg::UniformRange(0, m0 as u64 * row_bytes, rows as u64 * row_bytes),
-                    Arg::In(1),
+                    if texels { Arg::Texels(1) } else { Arg::In(1) },
                     out,
                 ])
                 .workgroups(gx, gy, 1),

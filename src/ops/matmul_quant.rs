@@ -160,7 +160,13 @@ pub fn kernels(
                 .params(&words(gx, rows, m0))
                 .workgroups(gx, gy, 1);
             c.args[0] = Arg::UniformRange(0, m0 as u64 * row_bytes, rows as u64 * row_bytes);
-            c.args.push(Arg::In(1));
+            if super::matmul::reads_texels(caps, w) {
+                c = c.define("TEX", 1);
+                c.args[1] = Arg::Texels(1);
+            } else {
+                // The same buffer again as vec4 words (binding 5).
+                c.args.push(Arg::In(1));
+            }
             match dtype {
                 DType::Q4_0 | DType::Q4_1 => c = c.define("NIB32", 1),
                 DType::Q5K | DType::Q6K => c = c.define("QH", 1),

@@ -69,6 +69,9 @@ pub enum Arg {
     /// an input too large for one uniform binding. `offset` must be a multiple of the
     /// device's uniform offset alignment.
     UniformRange(usize, u64, u64),
+    /// Input `i`, read only, bound as its texel image (`texture_2d<u32>`, see
+    /// [`crate::gpu::Texels`]); the executor makes one from a buffer tensor when needed.
+    Texels(usize),
 }
 
 /// One dispatch of one pipeline.

@@ -81,7 +81,7 @@ pub fn run_op_on(
     let outs = g.add(op, &ids).expect("op rejected valid inputs");
     let exe = g.compile(ctx, &outs).expect("compile");
     for o in &outs {
-        ctx.poison(exe.tensor(*o));
+        ctx.poison(exe.tensor(*o)).expect("poison");
     }
     exe.run(step).expect("run");
     outs.iter()
