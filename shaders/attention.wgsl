@@ -39,7 +39,27 @@ const NEG: f32 = -3.0e38;     // masked score
 fn kv_len() -> u32 { return min(step.kv_len, p.cap); }
 
 #if !REDUCE
-// K/V cache bindings of `attn` and `attn_rows`.
+#if ROWS
+// K/V cache bindings of `attn_rows`: a lane reads 8 values of a row per load (`load8_*`, index
+// i = the row's vec4 pair), f16 halves as one vec4<u32>.
+struct V8 { a: vec4<f32>, b: vec4<f32> }
+#if KV_F16
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<u32>>;
+fn widen8(w: vec4<u32>) -> V8 {
+    return V8(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)),
+              vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
+}
+fn load8_k(i: u32) -> V8 { return widen8(k_cache[i]); }
+fn load8_v(i: u32) -> V8 { return widen8(v_cache[i]); }
+#else
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
+fn load8_k(i: u32) -> V8 { return V8(k_cache[2u * i], k_cache[2u * i + 1u]); }
+fn load8_v(i: u32) -> V8 { return V8(v_cache[2u * i], v_cache[2u * i + 1u]); }
+#endif
+#else
+// K/V cache bindings of `attn`.
 #if KV_F16
 @group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;
@@ -52,16 +72,21 @@ fn load_k(i: u32) -> vec4<f32> { return k_cache[i]; }
 fn load_v(i: u32) -> vec4<f32> { return v_cache[i]; }
 #endif
 #endif
+#endif
 
 #if ROWS
 // Entry `attn_rows` (CPU devices, decode, T = 1) — no workgroup memory, no barriers: workgroup x
-// takes chunk x of the keys (as SPLIT) for every query head; head h gets the LH lanes of one
-// subgroup (LH = the subgroup size), lane l holds its vec4s l, l + LH, … of q (pre-scaled) and of
-// O, a key's score is one subgroupAdd, and the online softmax runs in registers. q is a uniform
-// array (its first HQ·D4 vec4): on lavapipe uniform loads are gathers, storage loads per-lane loops.
+// takes chunk x of the keys (as SPLIT); kv head hk gets the LH lanes of one subgroup (LH = the
+// subgroup size) and serves its G query heads, so each K/V row is loaded once for all G (on
+// lavapipe every storage load is a per-lane loop: loads are the cost). Lane l holds the ACC =
+// D4 / LH consecutive vec4s l·ACC .. of each head's q (pre-scaled) and O, loaded 8 values at a
+// time; a key's score for a head is one subgroupAdd; the online softmax runs in registers. q is
+// a uniform array (its first HQ·D4 vec4): on lavapipe uniform loads are gathers.
 //   Bindings: 0 params; 1 step; 2 q (uniform); 3 k_cache; 4 v_cache; 5 part; 6 ml (as SPLIT).
-//   Defines: D4, G, LH, WG = HQ·LH, QU (Caps::uniform_window / 16 ≥ HQ·D4), KV_F16.   Dispatch (S, 1, 1).
+//   Defines: D4, G, LH (D4 a multiple of 2·LH), WG = HKV·LH, QU (Caps::uniform_window / 16 ≥
+//   HQ·D4), KV_F16.   Dispatch (S, 1, 1).
 const LH: u32 = {{LH}}u;
+const G: u32 = {{G}}u;
 const ACC: u32 = D4 / LH;
 
 @group(0) @binding(2) var<uniform> q: array<vec4<f32>, {{QU}}>;
@@ -71,45 +96,62 @@ const ACC: u32 = D4 / LH;
 @compute @workgroup_size({{WG}})
 fn attn_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let chunk = wg.x;
-    let h = li / LH;
+    let hk = li / LH;
     let l = li % LH;
-    let hk = h / {{G}}u;
     let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
     let k_begin = chunk * clen;
     if (k_begin >= kv_len()) {
         return;
     }
     let k_end = min(kv_len(), k_begin + clen);
-    var qv: array<vec4<f32>, ACC>;
-    var acc: array<vec4<f32>, ACC>;
-    for (var a = 0u; a < ACC; a++) {
-        qv[a] = q[h * D4 + l + LH * a] * p.scale;
-        acc[a] = vec4<f32>(0.0);
+    var qv: array<vec4<f32>, G * ACC>;
+    var acc: array<vec4<f32>, G * ACC>;
+    var m: array<f32, G>;
+    var sum: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        for (var a = 0u; a < ACC; a++) {
+            qv[g * ACC + a] = q[(hk * G + g) * D4 + l * ACC + a] * p.scale;
+            acc[g * ACC + a] = vec4<f32>(0.0);
+        }
+        m[g] = NEG;
+        sum[g] = 0.0;
     }
-    var m = NEG;
-    var sum = 0.0;
+    var kv: array<vec4<f32>, ACC>;
+    var vv: array<vec4<f32>, ACC>;
     for (var j = k_begin; j < k_end; j++) {
-        let base = (j * p.hkv + hk) * D4 + l;
-        var s = 0.0;
-        for (var a = 0u; a < ACC; a++) {
-            s += dot(qv[a], load_k(base + LH * a));
+        let base = ((j * p.hkv + hk) * D4 + l * ACC) / 2u;
+        for (var a = 0u; a < ACC / 2u; a++) {
+            let k8 = load8_k(base + a);
+            kv[2u * a] = k8.a;
+            kv[2u * a + 1u] = k8.b;
+            let v8 = load8_v(base + a);
+            vv[2u * a] = v8.a;
+            vv[2u * a + 1u] = v8.b;
         }
-        s = subgroupAdd(s);
-        let mn = max(m, s);
-        let alpha = exp(m - mn);
-        let pj = exp(s - mn);
-        sum = sum * alpha + pj;
-        for (var a = 0u; a < ACC; a++) {
-            acc[a] = acc[a] * alpha + pj * load_v(base + LH * a);
+        for (var g = 0u; g < G; g++) {
+            var s = 0.0;
+            for (var a = 0u; a < ACC; a++) {
+                s += dot(qv[g * ACC + a], kv[a]);
+            }
+            s = subgroupAdd(s);
+            let mn = max(m[g], s);
+            let alpha = exp(m[g] - mn);
+            let pj = exp(s - mn);
+            sum[g] = sum[g] * alpha + pj;
+            for (var a = 0u; a < ACC; a++) {
+                acc[g * ACC + a] = acc[g * ACC + a] * alpha + pj * vv[a];
+            }
+            m[g] = mn;
         }
-        m = mn;
     }
-    let slot = chunk * p.hq + h;
-    for (var a = 0u; a < ACC; a++) {
-        part[slot * D4 + l + LH * a] = acc[a];
-    }
-    if (l == 0u) {
-        ml[slot] = vec2<f32>(m, sum);
+    for (var g = 0u; g < G; g++) {
+        let slot = chunk * p.hq + hk * G + g;
+        for (var a = 0u; a < ACC; a++) {
+            part[slot * D4 + l * ACC + a] = acc[g * ACC + a];
+        }
+        if (l == 0u) {
+            ml[slot] = vec2<f32>(m[g], sum[g]);
+        }
     }
 }
 

@@ -227,9 +227,9 @@ impl Attention {
             && caps.subgroups
             && sg > 0
             && sg == caps.subgroup_max
-            && d4.is_multiple_of(sg as usize)
+            && d4.is_multiple_of(2 * sg as usize)
             && qu_bytes <= caps.uniform_window
-            && hq as u64 * sg as u64 <= caps.max_invocations as u64
+            && hkv as u64 * sg as u64 <= caps.max_invocations as u64
         {
             return Ok(vec![
                 KernelCall::new("attention.wgsl", "attn_rows")
@@ -237,7 +237,7 @@ impl Attention {
                     .define("D4", d4)
                     .define("G", g)
                     .define("LH", sg)
-                    .define("WG", hq as u32 * sg)
+                    .define("WG", hkv as u32 * sg)
                     .define("QU", caps.uniform_window / 16)
                     .define("KV_F16", (kc.dtype == DType::F16) as u32)
                     .params(&params)
