@@ -3,17 +3,19 @@
 // checkpoints). Each weight load is used for all MR rows of x, so the weights are read once.
 // With ADD_INTO the result is added to y in place (residual fused into o_proj / down_proj).
 //
-// Bindings: 0 params {k, n, gx, m}; 1 step (unused);
+// Bindings: 0 params {k, n, gx, m, eps, _, _, _}; 1 step (unused);
 //           2 x: f32[MR*K]         (array<vec4<f32>> when X_VEC4, else array<f32>);
 //           3 w: W_F32  → f32[N*K] (array<vec4<f32>> when V4, else array<f32>);
 //                W_F16 / W_BF16 → 16-bit values packed two per u32, element 2i in the low half
 //                (array<vec4<u32>> when V8, array<vec2<u32>> when V4, array<u32> else);
-//           4 y: f32[MR*N] (read_write; read only with ADD_INTO).
+//           4 y: f32[MR*N] (read_write; read only with ADD_INTO);
+//           NORM: 5 g: f32[K] (RMSNorm weight, typed like x).
 // Defines: WG (threads per workgroup), TPR (threads per weight row; ROWS = WG / TPR rows per
 //          workgroup), MR (rows of x), VEC and V{VEC} (elements per weight load: 1, 2, 4 or 8; the
 //          host picks the widest that divides K, so every row starts on a load boundary), one of
 //          W_F32 / W_F16 / W_BF16, X_VEC4 (x read as vec4, VEC >= 4), U4 (main loop unrolled by
-//          four: more loads in flight), ADD_INTO, and the reduction:
+//          four: more loads in flight), ADD_INTO, NORM (RMSNorm of x fused in front: MR = 1,
+//          WG a power of two; y = (W · (g ∘ x)) / sqrt(mean(x²) + eps)), and the reduction:
 //          SUBGROUPS + SG_ROW  — TPR equals the (fixed) subgroup size: subgroupAdd, no barrier;
 //          SUBGROUPS           — subgroupAdd, then the TPR / sg_size subgroup sums of a row through
 //                                workgroup memory (subgroups are assumed to be contiguous runs of
@@ -25,7 +27,7 @@
 // Features: subgroups for the SUBGROUPS variants; nothing otherwise.
 #include "common.wgsl"
 
-struct Params { k: u32, n: u32, gx: u32, m: u32 }
+struct Params { k: u32, n: u32, gx: u32, m: u32, eps: f32, _a: u32, _b: u32, _c: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -52,6 +54,23 @@ struct Params { k: u32, n: u32, gx: u32, m: u32 }
 #endif
 #endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#if NORM
+// The RMSNorm weight (f32 [K], same vector type as x): x is normalized as it is read.
+#if X_VEC4
+@group(0) @binding(5) var<storage, read> g: array<vec4<f32>>;
+fn xat(i: u32) -> vec4<f32> { return x[i] * g[i]; }
+#else
+@group(0) @binding(5) var<storage, read> g: array<f32>;
+fn xat(i: u32) -> f32 { return x[i] * g[i]; }
+#endif
+var<workgroup> nrm: array<f32, {{WG}}>;
+#else
+#if X_VEC4
+fn xat(i: u32) -> vec4<f32> { return x[i]; }
+#else
+fn xat(i: u32) -> f32 { return x[i]; }
+#endif
+#endif
 
 const ROWS: u32 = {{WG}}u / {{TPR}}u;
 
@@ -72,12 +91,12 @@ fn accumulate(row: u32, c: u32) {
     let xs = p.k / 4u;
     let wv = w[row * xs + c];
     for (var m = 0u; m < {{MR}}u; m++) {
-        acc[m] += dot(wv, x[m * xs + c]);
+        acc[m] += dot(wv, xat(m * xs + c));
     }
 #else
     let wv = w[row * p.k + c];
     for (var m = 0u; m < {{MR}}u; m++) {
-        acc[m] += wv * x[m * p.k + c];
+        acc[m] += wv * xat(m * p.k + c);
     }
 #endif
 #else
@@ -87,7 +106,7 @@ fn accumulate(row: u32, c: u32) {
     let w1 = vec4<f32>(widen(q.z), widen(q.w));
     let xs = p.k / 4u;
     for (var m = 0u; m < {{MR}}u; m++) {
-        acc[m] += dot(w0, x[m * xs + 2u * c]) + dot(w1, x[m * xs + 2u * c + 1u]);
+        acc[m] += dot(w0, xat(m * xs + 2u * c)) + dot(w1, xat(m * xs + 2u * c + 1u));
     }
 #endif
 #if V4
@@ -95,20 +114,20 @@ fn accumulate(row: u32, c: u32) {
     let q = w[row * xs + c];
     let wv = vec4<f32>(widen(q.x), widen(q.y));
     for (var m = 0u; m < {{MR}}u; m++) {
-        acc[m] += dot(wv, x[m * xs + c]);
+        acc[m] += dot(wv, xat(m * xs + c));
     }
 #endif
 #if V2
     let h = widen(w[row * (p.k / 2u) + c]);
     for (var m = 0u; m < {{MR}}u; m++) {
-        acc[m] += h.x * x[m * p.k + 2u * c] + h.y * x[m * p.k + 2u * c + 1u];
+        acc[m] += h.x * xat(m * p.k + 2u * c) + h.y * xat(m * p.k + 2u * c + 1u);
     }
 #endif
 #if V1
     let e = row * p.k + c;
     let wv = widen(w[e >> 1u])[e & 1u];
     for (var m = 0u; m < {{MR}}u; m++) {
-        acc[m] += wv * x[m * p.k + c];
+        acc[m] += wv * xat(m * p.k + c);
     }
 #endif
 #endif
@@ -134,6 +153,34 @@ fn gemv(
     for (var m = 0u; m < {{MR}}u; m++) {
         acc[m] = 0.0;
     }
+#if NORM
+    // RMSNorm fused in (MR = 1): the workgroup sums x² over the row (x is a few KiB, in cache),
+    // every dot product reads x·g, and the sums are scaled by 1/rms at the end — one dispatch
+    // instead of two, and no normalized copy of x written and read back.
+    var ss = 0.0;
+#if X_VEC4
+    for (var i = li; i < p.k / 4u; i += {{WG}}u) {
+        let v = x[i];
+        ss += dot(v, v);
+    }
+#else
+    for (var i = li; i < p.k; i += {{WG}}u) {
+        let v = x[i];
+        ss += v * v;
+    }
+#endif
+    nrm[li] = ss;
+    workgroupBarrier();
+    for (var off = {{WG}}u / 2u; off > 0u; off >>= 1u) {
+        if (li < off) {
+            nrm[li] += nrm[li + off];
+        }
+        workgroupBarrier();
+    }
+    let inv = inverseSqrt(nrm[0] / f32(p.k) + p.eps);
+#else
+    let inv = 1.0;
+#endif
     if (row < p.n) {
         var c = t;
 #if U4
@@ -196,9 +243,9 @@ fn gemv(
     if (t == 0u && row < p.n) {
         for (var m = 0u; m < {{MR}}u; m++) {
 #if ADD_INTO
-            y[m * p.n + row] = y[m * p.n + row] + sums[m];
+            y[m * p.n + row] = y[m * p.n + row] + sums[m] * inv;
 #else
-            y[m * p.n + row] = sums[m];
+            y[m * p.n + row] = sums[m] * inv;
 #endif
         }
     }

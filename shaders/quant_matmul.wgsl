@@ -12,7 +12,9 @@
 //           chunks per block: 1 or 8); WG (threads); ADD (y += instead of y =);
 //           gemv: TPR (threads per W row, a power of two; WG / TPR rows per workgroup),
 //           SUBGROUPS (subgroup reduction; TPR must be a multiple of the subgroup size);
-//           matmul: BM (x rows per workgroup).
+//           matmul: BM (x rows per workgroup); gemv also NORM (RMSNorm of x fused in: params
+//           gain {eps, _, _, _}, binding 5 g: vec4<f32>[K/4] the norm weight; y = (W · (g ∘ x))
+//           / sqrt(mean(x²) + eps); WG a power of two).
 // Entries:
 //   gemv   (m == 1): a workgroup computes WG / TPR outputs; the TPR threads of a row take its
 //          32-value chunks eight threads to a chunk, one quant word (4 values) per thread, so
@@ -37,7 +39,11 @@
 // Features: SUBGROUPS needs wgpu::Features::SUBGROUP; otherwise none.
 #include "common.wgsl"
 
+#if NORM
+struct Params { m: u32, n: u32, k: u32, nbr: u32, scales_word: u32, gx: u32, chunks: u32, m0: u32, eps: f32, _a: u32, _b: u32, _c: u32 }
+#else
 struct Params { m: u32, n: u32, k: u32, nbr: u32, scales_word: u32, gx: u32, chunks: u32, m0: u32 }
+#endif
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -71,6 +77,13 @@ fn store(i: u32, v: f32) {
 const TPR: u32 = {{TPR}}u;
 const ROWS: u32 = WG / TPR;
 var<workgroup> red: array<f32, {{WG}}>;
+#if NORM
+// The RMSNorm weight (f32 [K]): x is normalized as it is read.
+@group(0) @binding(5) var<storage, read> g: array<vec4<f32>>;
+fn xat(i: u32) -> vec4<f32> { return x[i] * g[i]; }
+#else
+fn xat(i: u32) -> vec4<f32> { return x[i]; }
+#endif
 
 @compute @workgroup_size({{WG}})
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32
@@ -82,6 +95,28 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (r0 >= p.n) {
         return;
     }
+#if NORM
+    // RMSNorm fused in: the workgroup sums x² over the row (a few KiB, in cache), every dot
+    // product reads x·g, and the row sums are scaled by 1/rms when stored. (The return above
+    // is the whole workgroup's, so the barriers stay in uniform control flow.)
+    var sq = 0.0;
+    for (var i = li; i < p.k / 4u; i += WG) {
+        let v = x[i];
+        sq += dot(v, v);
+    }
+    red[li] = sq;
+    workgroupBarrier();
+    for (var off = WG / 2u; off > 0u; off >>= 1u) {
+        if (li < off) {
+            red[li] += red[li + off];
+        }
+        workgroupBarrier();
+    }
+    let inv = inverseSqrt(red[0] / f32(p.k) + p.eps);
+    workgroupBarrier();
+#else
+    let inv = 1.0;
+#endif
     let lane = li % TPR;
     // Threads of rows past the end redo the last row; their sums are dropped.
     let row = min(r0 + li / TPR, p.n - 1u);
@@ -91,7 +126,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc = 0.0;
     for (var c = lane >> 3u; c < p.chunks; c += TPR / 8u) {
         let ch = chunk_at(row * p.nbr + c / SUBS, c % SUBS);
-        acc += dot(chunk_vec4(ch, j), x[c * 8u + j]);
+        acc += dot(chunk_vec4(ch, j), xat(c * 8u + j));
     }
 #if SUBGROUPS
     // TPR is a multiple of the subgroup size (the host checks), so no subgroup spans two rows.
@@ -106,7 +141,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var i = 0u; i < per_row; i++) {
             v += red[li * per_row + i];
         }
-        store(r0 + li, v);
+        store(r0 + li, v * inv);
     }
 #else
     red[li] = acc;
@@ -118,7 +153,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
     }
     if (lane == 0u && r0 + li / TPR < p.n) {
-        store(r0 + li / TPR, red[li]);
+        store(r0 + li / TPR, red[li] * inv);
     }
 #endif
 }

@@ -76,16 +76,27 @@ fn check(model: &Arc<Model>, exp: &Value) {
     }
 }
 
+/// On every kernel variant: CPU-style (texel weights), GPU-style (decode with the fused
+/// norm + GEMV), GPU-style without subgroups.
+fn check_variants(path: PathBuf, exp: &Value) {
+    for (label, c) in variant_contexts() {
+        eprintln!("{label}");
+        let m = Model::load_on(c, &path, &ModelOptions::default()).expect("model loads");
+        check(&m, exp);
+    }
+}
+
 #[test]
 fn tiny_llama_safetensors_matches_transformers_logits_and_greedy_tokens() {
-    let m = load(fixture("tiny-llama"));
-    check(&m, &expected("tiny-llama-expected.json"));
+    check_variants(fixture("tiny-llama"), &expected("tiny-llama-expected.json"));
 }
 
 #[test]
 fn tiny_llama_gguf_with_permuted_qk_matches_transformers() {
-    let m = load(fixture("tiny-llama-f16.gguf"));
-    check(&m, &expected("tiny-llama-f16-gguf-expected.json"));
+    check_variants(
+        fixture("tiny-llama-f16.gguf"),
+        &expected("tiny-llama-f16-gguf-expected.json"),
+    );
 }
 
 /// The penalty window as the CPU sees it: distinct ids of the last `n` tokens, with counts.

@@ -220,6 +220,9 @@ impl Graph {
                     Arg::InOut(i) => (node.inputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Out(i) => (node.outputs.get(i).map(|t| &tensors[t.0]), false),
                     Arg::Scratch(i) => (scratch.get(&(ni, i)), false),
+                    Arg::ScratchIn(i) | Arg::ScratchUniformRange(i, ..) => {
+                        (scratch.get(&(ni, i)), true)
+                    }
                 };
                 let t = t.ok_or_else(|| {
                     Error::op(
@@ -255,12 +258,17 @@ impl Graph {
                     });
                 }
                 let (from, len) = match *a {
-                    Arg::UniformRange(_, from, len) => (from, len),
+                    Arg::UniformRange(_, from, len) | Arg::ScratchUniformRange(_, from, len) => {
+                        (from, len)
+                    }
                     _ => (0, size),
                 };
                 // Uniform inputs are bound as one fixed window (`Caps::uniform_window`) from
                 // the start of their bytes; the kernel reads only the first `len`.
-                let (from, len) = if let Arg::Uniform(_) | Arg::UniformRange(..) = a {
+                let (from, len) = if let Arg::Uniform(_)
+                | Arg::UniformRange(..)
+                | Arg::ScratchUniformRange(..) = a
+                {
                     let ualign = ctx.device.limits().min_uniform_buffer_offset_alignment as u64;
                     let window = ctx.caps.uniform_window;
                     let (buffer, offset) = t.buffer().expect("checked above");

@@ -1,6 +1,7 @@
 //! The Llama architecture as a graph, in the order the paper describes a block:
 //! norm → qkv → rope (+ KV-cache write) → attention → o (+ residual) → norm → gate|up →
-//! silu·mul → down (+ residual). AMALIA-9B, EuroLLM, Llama 2/3, Mistral, SmolLM2 and TinyLlama
+//! silu·mul → down (+ residual). Each norm is fused into the projection after it
+//! ([`NormMatmul`]). AMALIA-9B, EuroLLM, Llama 2/3, Mistral, SmolLM2 and TinyLlama
 //! all share it; they differ only in the numbers of [`LlamaConfig`].
 //!
 //! Weights are fused at load where it saves dispatches: q|k|v rows form one matrix, gate|up
@@ -16,6 +17,7 @@ use crate::ops::{
     concat::ConcatCols,
     embedding::Embedding,
     matmul,
+    norm_matmul::NormMatmul,
     rmsnorm::RmsNorm,
     rope::RopeKv,
     rows::TakeLastRow,
@@ -141,8 +143,7 @@ pub fn forward_with(
         let v_cache = g.external("v_cache", &cache.v[i]);
 
         // Attention.
-        let h = g.add1(RmsNorm { eps }, &[x, attn_norm])?;
-        let qkv = project(&mut g, h, &qkv_w)?;
+        let qkv = norm_project(&mut g, eps, x, attn_norm, &qkv_w)?;
         let q = g.add1(
             RopeKv {
                 n_heads: cfg.num_attention_heads,
@@ -164,8 +165,7 @@ pub fn forward_with(
         g.add0(matmul::MatmulAddInto, &[a, o_w, x])?;
 
         // MLP.
-        let h = g.add1(RmsNorm { eps }, &[x, mlp_norm])?;
-        let gu = project(&mut g, h, &gate_up_w)?;
+        let gu = norm_project(&mut g, eps, x, mlp_norm, &gate_up_w)?;
         let act = g.add1(SwiGluCat, &[gu])?;
         g.add0(matmul::MatmulAddInto, &[act, down_w, x])?;
     }
@@ -177,8 +177,7 @@ pub fn forward_with(
     } else {
         x
     };
-    let h = g.add1(RmsNorm { eps }, &[last, norm])?;
-    let logits = g.add1(matmul::Matmul, &[h, lm_head])?;
+    let logits = g.add1(NormMatmul { eps }, &[last, norm, lm_head])?;
     if let Some((op, pen_ids, pen_counts)) = &head.penalize {
         let pen_ids = g.external("penalty_ids", pen_ids);
         let pen_counts = g.external("penalty_counts", pen_counts);
@@ -211,6 +210,23 @@ fn externals(g: &mut Graph, label: &str, ts: &[Tensor]) -> Vec<TensorId> {
             .map(|(j, t)| g.external(format!("{label}.{j}"), t))
             .collect(),
     }
+}
+
+/// `rmsnorm(x, norm) · Wᵀ` for a stacked projection: one fused op ([`NormMatmul`]: a single
+/// dispatch when decoding on a GPU), or, for parts in different block formats, the norm once
+/// and [`project`].
+fn norm_project(
+    g: &mut Graph,
+    eps: f32,
+    x: TensorId,
+    norm: TensorId,
+    ws: &[TensorId],
+) -> Result<TensorId> {
+    if let [w] = ws {
+        return g.add1(NormMatmul { eps }, &[x, norm, *w]);
+    }
+    let h = g.add1(RmsNorm { eps }, &[x, norm])?;
+    project(g, h, ws)
 }
 
 /// `x · Wᵀ` for a stacked projection: one matmul, or one per part and their outputs side by

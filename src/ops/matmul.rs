@@ -59,7 +59,7 @@ pub struct Matmul;
 pub struct MatmulAddInto;
 
 /// Check x and w (and y for the in-place form); returns (M, N, K) and y's description.
-fn check(
+pub(crate) fn check(
     op: &'static str,
     x: &TensorDesc,
     w: &TensorDesc,
@@ -359,7 +359,7 @@ fn gemv_call(
         .define("U4", 1)
         .define("SUBGROUPS", (red != GemvReduction::Workgroup) as u32)
         .define("SG_ROW", (red == GemvReduction::SubgroupRow) as u32)
-        .params(&[k, n, gx, m])
+        .params(&[k, n, gx, m, 0, 0, 0, 0])
         .workgroups(gx, gy, 1)
 }
 

@@ -19,6 +19,7 @@ pub mod concat;
 pub mod embedding;
 pub mod matmul;
 pub mod matmul_quant;
+pub mod norm_matmul;
 pub mod rmsnorm;
 pub mod rope;
 pub mod rows;
@@ -69,6 +70,12 @@ pub enum Arg {
     /// an input too large for one uniform binding. `offset` must be a multiple of the
     /// device's uniform offset alignment.
     UniformRange(usize, u64, u64),
+    /// Scratch buffer `i`, read only (a fused op's intermediate, written by an earlier
+    /// kernel of the same op).
+    ScratchIn(usize),
+    /// Bytes `offset .. offset + size` of scratch buffer `i` as a uniform buffer (as
+    /// [`Arg::UniformRange`]; a fused op's intermediate read by a CPU-style kernel).
+    ScratchUniformRange(usize, u64, u64),
     /// Input `i`, read only, bound as its texel image (`texture_2d<u32>`, see
     /// [`crate::gpu::Texels`]); the executor makes one from a buffer tensor when needed.
     Texels(usize),

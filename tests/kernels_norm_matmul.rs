@@ -1,0 +1,105 @@
+//! `NormMatmul` (RMSNorm fused into the following product) against RMSNorm-then-matmul on the
+//! CPU, for every weight dtype, on every kernel variant: the one-dispatch fused GEMV where the
+//! device decodes with GPU-style kernels, the two-kernel path (prefill, CPU-style) elsewhere.
+//! Outputs are poisoned first; shapes are ragged (rows not a multiple of any workgroup).
+
+mod common;
+use common::*;
+
+use fado::ops::norm_matmul::{self, NormMatmul};
+use fado::ops::{matmul, Op};
+use fado::quant;
+use fado::rng::Rng;
+use fado::tensor::{DType, TensorDesc};
+
+const EPS: f32 = 1e-5;
+
+/// GPU bytes of `w` in `dtype` and the values the kernels see.
+fn weight(dtype: DType, w: &[f32], k: usize) -> (Vec<u8>, Vec<f32>) {
+    match dtype {
+        DType::F32 => (bytemuck::cast_slice(w).to_vec(), w.to_vec()),
+        DType::F16 => (
+            matmul::to_f16_bytes(w),
+            w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        ),
+        DType::BF16 => (
+            matmul::to_bf16_bytes(w),
+            w.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect(),
+        ),
+        q => {
+            let gguf = quant::quantize(q, w).expect("quantize");
+            let v = quant::dequantize(q, &gguf, w.len()).expect("dequantize");
+            (
+                quant::gpu_layout(q, w.len() / k, k, &gguf).expect("layout"),
+                v,
+            )
+        }
+    }
+}
+
+#[test]
+fn norm_matmul_matches_rmsnorm_then_matmul_for_every_dtype_and_variant() {
+    let mut rng = Rng::new(77);
+    let op = NormMatmul { eps: EPS };
+    for (label, c) in variant_contexts() {
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4K,
+        ] {
+            let ks: &[usize] = match dtype {
+                DType::Q4K => &[256],
+                q if quant::is_quantized(q) => &[64, 96],
+                _ => &[40, 64, 256],
+            };
+            for &k in ks {
+                for (m, n) in [(1usize, 37usize), (1, 301), (3, 37), (9, 130)] {
+                    let w = rng.vec(n * k, 1.0);
+                    let (bytes, wv) = weight(dtype, &w, k);
+                    // x far from unit scale, so a missing or doubled 1/rms shows.
+                    let x = rng.vec(m * k, 7.0);
+                    let g: Vec<f32> = (0..k).map(|_| rng.uniform(0.5, 1.5)).collect();
+                    let wd = TensorDesc::new(dtype, [n, k]);
+                    let wt = c.upload("w", wd.clone(), &bytes).expect("upload w");
+                    let xt = c.upload_f32("x", &[m, k], &x).expect("upload x");
+                    let gt = c.upload_f32("g", &[k], &g).expect("upload g");
+                    let calls = op
+                        .kernels(&c.caps, &[&xt.desc, &gt.desc, &wd])
+                        .expect("kernels");
+                    let fused = NormMatmul::fuses(&c.caps, &xt.desc);
+                    assert_eq!(fused, m == 1 && !c.caps.cpu, "{label}");
+                    if fused {
+                        assert_eq!(calls.len(), 1, "{label} {dtype}: one dispatch");
+                        assert!(calls[0].defines.contains_key("NORM"));
+                    } else {
+                        assert!(calls.len() >= 2, "{label} {dtype}: norm, then product");
+                    }
+                    let got = run_op_on(&c, op.clone(), &[&xt, &gt, &wt], Default::default());
+                    let want = norm_matmul::cpu(&x, &g, &wv, EPS, n);
+                    let what = format!("norm_matmul {dtype} m={m} n={n} k={k} {label}");
+                    assert_close_rel_max(&what, &got[0], &want, 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_matmul_rejects_mismatched_shapes_with_a_named_error() {
+    let op = NormMatmul { eps: EPS };
+    let x = TensorDesc::f32([1, 64]);
+    for (g, w) in [
+        (TensorDesc::f32([63]), TensorDesc::f32([8, 64])),
+        (TensorDesc::f32([64]), TensorDesc::f32([8, 65])),
+        (TensorDesc::new(DType::F16, [64]), TensorDesc::f32([8, 64])),
+    ] {
+        let e = op.infer(&[&x, &g, &w]).expect_err("mismatch");
+        let msg = e.to_string();
+        assert!(msg.contains("norm_matmul"), "{msg}");
+    }
+}
