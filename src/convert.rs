@@ -16,6 +16,8 @@
 //! for gpt2-style tokenizers; anything else is refused with the reason) and the chat template
 //! `tokenizer.chat_template`; a GGUF source keeps its tokenizer and other metadata.
 
+#![warn(missing_docs)]
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -38,8 +40,10 @@ pub struct QuantizeReport {
     /// Tensors that were already block-quantized in another format and were re-quantized from
     /// their dequantized values (loses more than quantizing the original floats).
     pub requantized: Vec<String>,
-    /// Bytes of tensor data read and written.
+    /// Bytes of tensor data read from the source (as stored there).
     pub bytes_in: u64,
+    /// Bytes of tensor data written, including a generated `rope_freqs` tensor; the GGUF
+    /// header, metadata and alignment padding are not counted.
     pub bytes_out: u64,
 }
 

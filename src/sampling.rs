@@ -5,6 +5,8 @@
 //! candidates. With top-k disabled, [`MAX_CANDIDATES`] candidates stand in for the whole
 //! vocabulary: tokens beyond the 64 most likely carry negligible mass after top-p/min-p.
 
+#![warn(missing_docs)]
+
 use crate::rng::Rng;
 
 /// The most candidates a decode step reads back.
@@ -12,6 +14,9 @@ pub const MAX_CANDIDATES: usize = 64;
 /// The most alternatives a token's log-probabilities may list (OpenAI's `top_logprobs` limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// How the next token is chosen. The default is greedy decoding (temperature 0) without
+/// penalties; its top-k 40, top-p 0.95 and min-p 0.05 take effect once a temperature is set.
+/// [`SamplingParams::validate`] checks the ranges.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
     /// 0 = greedy.
@@ -31,6 +36,8 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// The penalty window in tokens; 0 disables all three penalties.
     pub repeat_last_n: usize,
+    /// Seed of the sampler's [`Rng`], restarted at each generation: the same seed, parameters
+    /// and prompt give the same tokens on the same adapter. Unused when greedy.
     pub seed: u64,
 }
 
@@ -51,6 +58,8 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Greedy decoding: always the most likely token, no penalties. Currently equal to
+    /// [`SamplingParams::default`]; the name states the intent.
     pub fn greedy() -> Self {
         SamplingParams {
             temperature: 0.0,
@@ -69,6 +78,9 @@ impl SamplingParams {
         }
     }
 
+    /// Whether any penalty is active: a non-neutral repetition, presence or frequency penalty
+    /// and a non-zero `repeat_last_n`. Active penalties are applied to the logits on the GPU,
+    /// before the top-k candidates are taken (also when greedy).
     pub fn has_penalties(&self) -> bool {
         self.repeat_last_n > 0
             && (self.repeat_penalty != 1.0
@@ -103,7 +115,9 @@ impl SamplingParams {
     }
 }
 
-/// Pick a token from candidates sorted by logit, descending.
+/// Pick a token from candidates sorted by logit, descending: the first one when greedy (or
+/// when there is only one), else a draw after top-k, temperature, min-p and top-p, in that
+/// order. Returns 0 when `cands` is empty.
 pub fn sample(cands: &[(u32, f32)], p: &SamplingParams, rng: &mut Rng) -> u32 {
     if cands.is_empty() {
         return 0;

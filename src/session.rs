@@ -6,6 +6,8 @@
 //! buffer and reads back the top-k candidates (and, when log-probabilities are asked for, the
 //! log-sum-exp of the logits).
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +37,8 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// `"stop"`, `"length"` or `"cancelled"`. The server maps `Cancelled` to `"length"` for
+    /// OpenAI clients ([`crate::server::api::finish_str`]).
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -47,17 +51,28 @@ impl FinishReason {
 /// The outcome of [`Session::generate`].
 #[derive(Clone, Debug)]
 pub struct Generation {
+    /// Every sampled token id, in order, including a final end-of-sequence token and the token
+    /// on which the callback asked to stop. The last one is not in the session's cache.
     pub tokens: Vec<u32>,
+    /// Why generation ended.
     pub finish_reason: FinishReason,
+    /// Tokens prefilled by this call (`prompt.len()`; tokens already in the session not
+    /// counted).
     pub prompt_tokens: usize,
+    /// Wall-clock seconds of the prefill, up to its first token's candidates (GPU synced).
     pub prefill_seconds: f64,
+    /// Wall-clock seconds from the end of the prefill to the end of generation, callbacks
+    /// included.
     pub decode_seconds: f64,
 }
 
 impl Generation {
+    /// Prompt tokens per second of prefill.
     pub fn prefill_tokens_per_s(&self) -> f64 {
         self.prompt_tokens as f64 / self.prefill_seconds.max(1e-9)
     }
+    /// Decode steps per second: the first token comes from the prefill, so `tokens.len() - 1`
+    /// steps over `decode_seconds`.
     pub fn decode_tokens_per_s(&self) -> f64 {
         // The first token comes from the prefill; the rest are decode steps.
         (self.tokens.len().saturating_sub(1)) as f64 / self.decode_seconds.max(1e-9)
@@ -68,7 +83,9 @@ impl Generation {
 /// after penalties and before temperature, as OpenAI reports them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenLogprobs {
+    /// The generated token id.
     pub token: u32,
+    /// Its log-probability: its logit minus the log-sum-exp of all logits.
     pub logprob: f32,
     /// The most likely tokens with their log-probabilities, best first.
     pub top: Vec<(u32, f32)>,
@@ -106,6 +123,10 @@ struct StepOut {
     logsumexp: Option<f32>,
 }
 
+/// One sequence's generation state on the GPU: a KV cache of a fixed number of tokens, the
+/// tokens it holds, and the compiled graphs of the step shapes run so far (their number is
+/// bounded). Steps take `&mut self`, one at a time; several sequences need several sessions
+/// (each with its own cache), as the server's slots have.
 pub struct Session {
     model: Arc<Model>,
     cache: KvCache,
@@ -180,6 +201,7 @@ impl Session {
         })
     }
 
+    /// The model this session runs.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }

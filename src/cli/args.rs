@@ -21,6 +21,7 @@ pub struct ModelArgs {
     pub quant: Option<DType>,
 }
 
+/// `--quant`/`--type` values: `q8_0`, `q4_0` or `q4_k` (any case).
 pub fn parse_quant(s: &str) -> std::result::Result<DType, String> {
     match s.to_ascii_lowercase().as_str() {
         "q8_0" => Ok(DType::Q8_0),
@@ -49,6 +50,7 @@ pub fn default_model_path() -> PathBuf {
 }
 
 impl ModelArgs {
+    /// `--model`, else the default model when it is on disk ([`default_model_path`]).
     pub fn path(&self) -> Result<PathBuf> {
         match &self.model {
             Some(p) => Ok(p.clone()),
@@ -67,6 +69,7 @@ impl ModelArgs {
         }
     }
 
+    /// `--ctx`, else the model's maximum clamped to 1..=4096.
     pub fn ctx_for(&self, max_positions: usize) -> usize {
         self.ctx.unwrap_or(max_positions.clamp(1, 4096))
     }
@@ -101,6 +104,7 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The flags as validated [`SamplingParams`]; without `--seed`, a seed from the clock.
     pub fn params(&self) -> Result<SamplingParams> {
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()

@@ -87,6 +87,8 @@ fn bytes_per_token(m: &Model) -> u64 {
     b
 }
 
+/// `fado bench`: time a random prompt's prefill (pp) and single-token steps (tg) after a
+/// warm-up, `reps` times, and print mean ± stddev (text or `--json`).
 pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     if a.reps == 0 || a.tg == 0 || a.pp == 0 {
         return Err(Error::Request("-p, -n and -r must be at least 1".into()));

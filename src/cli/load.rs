@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::ModelArgs;
 
+/// Load the model `args` names (quantizing on load with `--quant`) on the adapter `adapter`
+/// picks (`None`: the default choice), with a progress bar on standard error.
 pub fn load(args: &ModelArgs, adapter: Option<String>) -> Result<Arc<Model>> {
     let path = args.path()?;
     let bar = ProgressBar::new(0);

@@ -10,6 +10,7 @@ pub mod serve;
 use fado::gpu::GpuContext;
 use fado::{Error, Result};
 
+/// `fado devices`: print each adapter with its backend, type, features and key limits.
 pub fn devices() -> Result<()> {
     let adapters = GpuContext::list_adapters();
     if adapters.is_empty() {

@@ -20,6 +20,7 @@ pub struct QuantizeArgs {
     pub dtype: DType,
 }
 
+/// `fado quantize`: [`fado::convert::quantize_model`] with a progress bar and a summary.
 pub fn quantize(a: QuantizeArgs) -> Result<()> {
     let bar = ProgressBar::new(0);
     bar.set_style(

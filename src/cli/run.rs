@@ -55,6 +55,8 @@ fn summary(out: &fado::generate::TextOutput) {
     );
 }
 
+/// `fado run`: generate once from the prompt (raw, or as a chat turn with `--chat`),
+/// streaming the text to standard output.
 pub fn run(a: RunArgs, adapter: Option<String>) -> Result<()> {
     let prompt = match &a.prompt {
         Some(p) => p.clone(),

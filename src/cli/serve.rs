@@ -37,6 +37,7 @@ pub struct ServeArgs {
     pub no_prefix_cache: bool,
 }
 
+/// `fado serve`: load the model, start the server and serve until Ctrl-C.
 pub fn serve_cmd(a: ServeArgs, adapter: Option<String>) -> Result<()> {
     let model = super::load::load(&a.model, adapter)?;
     let ctx = a.model.ctx_for(model.config.max_position_embeddings);

@@ -1,6 +1,8 @@
 //! The GPU context: adapter choice, device with the features and limits the adapter offers,
 //! capability flags that pick kernel variants, buffer helpers and the pipeline cache.
 
+#![warn(missing_docs)]
+
 mod context;
 mod pipelines;
 pub mod shader;

@@ -3,6 +3,9 @@
 //! The table is f32, f16, bf16 (widened in the kernel) or one of the GGUF block formats in the
 //! GPU layout of [`crate::quant`] (the gathered rows are dequantized in the kernel, bit-exactly
 //! as [`crate::quant::dequantize`]), so a quantized table tied with the lm_head is one buffer.
+//! An id outside the table (`id >= vocab`) yields a row of zeros, on the GPU as in [`cpu`].
+
+#![warn(missing_docs)]
 
 use super::{
     expect_addressable, expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op,
@@ -12,6 +15,7 @@ use crate::gpu::Caps;
 use crate::quant;
 use crate::tensor::{DType, TensorDesc};
 
+/// Threads per workgroup.
 pub const WORKGROUP: u32 = 256;
 
 /// Table dtypes the gather reads.
@@ -27,6 +31,12 @@ pub const TABLE_DTYPES: &[DType] = &[
     DType::Q6K,
 ];
 
+/// Gather rows of a table: inputs `[ids u32 [t], table [vocab, n]]`, output f32 `[t, n]`.
+///
+/// The table's dtype is one of [`TABLE_DTYPES`]; for a block format `n` must be a whole number
+/// of blocks. Where [`super::matmul::reads_texels`] holds for the table (CPU devices), the
+/// kernel reads it as a texel image ([`super::Arg::Texels`]), the form weights are uploaded in
+/// there.
 #[derive(Clone, Debug)]
 pub struct Embedding;
 

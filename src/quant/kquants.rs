@@ -20,8 +20,11 @@
 //! high 2 bits from `(qh[32h + l] >> 2t) & 3`; scale `scales[8h + 2t + l/16]`.
 //! Value = `d · scale · (q − 32)`.
 
+#![warn(missing_docs)]
+
 use super::{f16_bytes, rd_f16, round};
 
+/// Values per super-block, for all three formats.
 pub const QK: usize = 256;
 
 /// Scale and min of sub-block `s` (0..8) from the 12 packed bytes.
@@ -47,6 +50,8 @@ pub fn pack_scale_min(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
     q
 }
 
+/// Dequantize one Q4_K super-block: `b` holds at least 144 bytes and `y` at least [`QK`]
+/// elements (panics otherwise); writes `y[..256]`.
 pub fn dequantize_block_q4_k(b: &[u8], y: &mut [f32]) {
     let d = rd_f16(b, 0);
     let dmin = rd_f16(b, 2);
@@ -63,6 +68,8 @@ pub fn dequantize_block_q4_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Dequantize one Q5_K super-block: `b` holds at least 176 bytes and `y` at least [`QK`]
+/// elements (panics otherwise); writes `y[..256]`.
 pub fn dequantize_block_q5_k(b: &[u8], y: &mut [f32]) {
     let d = rd_f16(b, 0);
     let dmin = rd_f16(b, 2);
@@ -80,6 +87,8 @@ pub fn dequantize_block_q5_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Dequantize one Q6_K super-block: `b` holds at least 210 bytes and `y` at least [`QK`]
+/// elements (panics otherwise); writes `y[..256]`.
 pub fn dequantize_block_q6_k(b: &[u8], y: &mut [f32]) {
     let ql = &b[0..128];
     let qh = &b[128..192];

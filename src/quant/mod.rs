@@ -31,6 +31,8 @@
 //!
 //! [`TensorDesc::size_bytes`]: crate::tensor::TensorDesc::size_bytes
 
+#![warn(missing_docs)]
+
 use half::f16;
 
 use crate::error::{Error, Result};

@@ -4,8 +4,12 @@
 //! - Q4_0 (18 bytes): `f16 d`, `qs[16]`; value = `d · (q − 8)`.
 //! - Q4_1 (20 bytes): `f16 d`, `f16 m`, `qs[16]`; value = `d · q + m`.
 
+#![warn(missing_docs)]
+
 use super::{f16_bytes, rd_f16};
 
+/// Dequantize one Q4_0 block: `b` holds at least 18 bytes and `y` at least 32 elements
+/// (panics otherwise); writes `y[..32]`.
 pub fn dequantize_block_q4_0(b: &[u8], y: &mut [f32]) {
     let d = rd_f16(b, 0);
     for (j, q) in b[2..18].iter().enumerate() {
@@ -14,6 +18,8 @@ pub fn dequantize_block_q4_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Dequantize one Q4_1 block: `b` holds at least 20 bytes and `y` at least 32 elements
+/// (panics otherwise); writes `y[..32]`.
 pub fn dequantize_block_q4_1(b: &[u8], y: &mut [f32]) {
     let d = rd_f16(b, 0);
     let m = rd_f16(b, 2);

@@ -1,10 +1,16 @@
 //! Q8_0: blocks of 32 values, `f16 d` then 32 signed bytes; value = `d · q`.
 
+#![warn(missing_docs)]
+
 use super::{f16_bytes, rd_f16, round};
 
+/// Values per block.
 pub const BLOCK: usize = 32;
+/// Bytes per block: the f16 scale and 32 quants.
 pub const BYTES: usize = 34;
 
+/// Dequantize one block: `b` holds at least [`BYTES`] bytes (panics otherwise); the values go
+/// to the first [`BLOCK`] elements of `y` (fewer if `y` is shorter).
 pub fn dequantize_block(b: &[u8], y: &mut [f32]) {
     let d = rd_f16(b, 0);
     for (yi, q) in y.iter_mut().zip(&b[2..BYTES]) {

@@ -15,6 +15,8 @@
 //! are natural logs of the softmax of the logits after penalties, before temperature, and
 //! appear in stream chunks too (for the tokens of that chunk).
 
+#![warn(missing_docs)]
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -31,15 +33,21 @@ pub const MAX_STOP_STRINGS: usize = 16;
 /// An error as OpenAI reports it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
+    /// The HTTP status of the response.
     pub status: StatusCode,
+    /// OpenAI's `message`: what is wrong, for a person to read.
     pub message: String,
     /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, …
     pub kind: &'static str,
+    /// OpenAI's `param`: the request parameter at fault (`"temperature"`,
+    /// `"messages[2].content"`), if any.
     pub param: Option<String>,
+    /// OpenAI's `code`: a machine-readable reason (`"invalid_api_key"`, `"queue_full"`, …).
     pub code: Option<&'static str>,
 }
 
 impl ApiError {
+    /// An error without `param` and `code`.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -55,16 +63,19 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
     }
 
+    /// Set `param`.
     pub fn param(mut self, p: &str) -> Self {
         self.param = Some(p.to_string());
         self
     }
 
+    /// Set `code`.
     pub fn code(mut self, c: &'static str) -> Self {
         self.code = Some(c);
         self
     }
 
+    /// The JSON body `{"error": {message, type, param, code}}` (absent ones are `null`).
     pub fn body(&self) -> Value {
         json!({"error": {
             "message": self.message,
@@ -162,13 +173,22 @@ enum StopField {
 /// Generation settings common to both endpoints.
 #[derive(Clone, Debug)]
 pub struct GenParams {
+    /// The `model` the request names, if any (checked against the served model later).
     pub model: Option<String>,
+    /// `stream`: answer with server-sent events.
     pub stream: bool,
+    /// `stream_options.include_usage`: end a stream with a usage chunk.
     pub include_usage: bool,
+    /// Sampling as the request sets it, validated (temperature at most 2). Defaults follow
+    /// OpenAI (temperature 1, top_p 1, presence and frequency penalties 0); the extensions
+    /// `top_k` and `min_p` default to [`SamplingParams::default`]'s 40 and 0.05,
+    /// `repeat_penalty` to 1 (off). `seed` is 0 unless given (see `seeded`).
     pub params: SamplingParams,
     /// The seed was given (otherwise the server picks one).
     pub seeded: bool,
+    /// `max_completion_tokens`, else `max_tokens` (≥ 1); `None` means the server's cap.
     pub max_tokens: Option<usize>,
+    /// Stop strings (at most [`MAX_STOP_STRINGS`], none empty).
     pub stop: Vec<String>,
     /// Report log-probabilities, with this many alternatives per token.
     pub logprobs: Option<usize>,
@@ -388,20 +408,29 @@ pub fn completion_logprobs(
 /// `POST /v1/chat/completions`.
 #[derive(Clone, Debug)]
 pub struct ChatRequest {
+    /// The conversation (at least one message; role `developer` becomes `system`; a list of
+    /// text parts is concatenated).
     pub messages: Vec<Message>,
+    /// Generation settings.
     pub gen: GenParams,
 }
 
 /// `POST /v1/completions`.
 #[derive(Clone, Debug)]
 pub struct CompletionRequest {
+    /// The prompt.
     pub prompt: Prompt,
+    /// Generation settings.
     pub gen: GenParams,
 }
 
+/// A completion prompt: `"text"` (or `["text"]`), or a list of token ids.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Prompt {
+    /// Text, tokenized by the server (with BOS when the tokenizer adds one).
     Text(String),
+    /// Token ids, used as given (the server checks them against the vocabulary; no BOS is
+    /// added).
     Tokens(Vec<u32>),
 }
 
@@ -435,6 +464,8 @@ fn message_content(v: Option<&Value>, i: usize) -> Result<String, ApiError> {
     }
 }
 
+/// Parse a `POST /v1/chat/completions` body. Errors are 400s, most with the parameter at
+/// fault in `param`.
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let obj = parse_object(body)?;
     let msgs = match obj.get("messages") {
@@ -497,6 +528,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
+/// Parse a `POST /v1/completions` body (one prompt; `echo`, `suffix` and `best_of` > 1 are
+/// refused). Errors are 400s, most with the parameter at fault in `param`.
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     let obj = parse_object(body)?;
     let bad = || {
@@ -553,10 +586,13 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
 /// Which endpoint's bodies to produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/v1/chat/completions`.
     Chat,
+    /// `/v1/completions`.
     Completion,
 }
 
+/// OpenAI's `finish_reason`: `"stop"` or `"length"` (`Cancelled` is reported as `"length"`).
 pub fn finish_str(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
@@ -565,6 +601,7 @@ pub fn finish_str(f: FinishReason) -> &'static str {
     }
 }
 
+/// The `usage` object: prompt, completion and total token counts.
 pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
@@ -576,8 +613,11 @@ pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
 /// Identity of one response, shared by all its chunks.
 #[derive(Clone, Debug)]
 pub struct ResponseMeta {
+    /// The response id (`chatcmpl-…` or `cmpl-…`).
     pub id: String,
+    /// Creation time, Unix seconds.
     pub created: u64,
+    /// The served model's name.
     pub model: String,
 }
 
@@ -665,6 +705,7 @@ impl ResponseMeta {
     }
 }
 
+/// The `system_fingerprint` of every response: `fado-` and the crate version.
 pub const SYSTEM_FINGERPRINT: &str = concat!("fado-", env!("CARGO_PKG_VERSION"));
 
 #[cfg(test)]

@@ -20,6 +20,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod scheduler;
 
@@ -107,6 +109,7 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// A snapshot of the slot and request counters ([`Server::stats`]).
     pub fn stats(&self) -> Stats {
         self.server.stats()
     }
@@ -159,10 +162,12 @@ impl Server {
         })
     }
 
+    /// The model being served.
     pub fn model(&self) -> &Arc<Model> {
         &self.inner.model
     }
 
+    /// A snapshot of the slot and request counters, as `GET /health` reports them.
     pub fn stats(&self) -> Stats {
         self.inner.sched.stats()
     }

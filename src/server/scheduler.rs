@@ -13,6 +13,8 @@
 //! the longest common prefix of its prompt and the cached tokens (a multi-turn chat re-sends
 //! the conversation, so most of it is reused).
 
+#![warn(missing_docs)]
+
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,11 +41,15 @@ pub enum Event {
     Failed(Error),
 }
 
+/// The outcome of a job that ended normally (the counts are the response's `usage`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Finished {
+    /// Why generation ended; a stop string gives `Stop`.
     pub finish_reason: FinishReason,
     /// The whole prompt, including any part reused from the slot's cache.
     pub prompt_tokens: usize,
+    /// Tokens generated, counting an end-of-sequence token and the tokens that completed a
+    /// stop string, although their text is not part of the answer.
     pub completion_tokens: usize,
     /// Prompt tokens whose KV came from the slot's cache.
     pub cached_tokens: usize,
@@ -51,10 +57,15 @@ pub struct Finished {
 
 /// One request for a slot.
 pub struct Job {
+    /// The whole prompt's token ids; with the prefix cache the slot prefills only what follows
+    /// the prefix its cache already holds.
     pub prompt: Vec<u32>,
+    /// Sampling, token limit and stop strings, already checked against the server's limits.
     pub req: TextRequest,
     /// Report log-probabilities with this many alternatives per token.
     pub top_logprobs: Option<usize>,
+    /// Where the slot sends the job's [`Event`]s: text pieces, then one `Done` or `Failed`.
+    /// Once the receiver is dropped the job is cancelled (skipped if still queued).
     pub events: mpsc::UnboundedSender<Event>,
 }
 
@@ -62,7 +73,10 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
     /// The queue holds `capacity` waiting jobs already.
-    QueueFull { capacity: usize },
+    QueueFull {
+        /// The queue's capacity (`--queue`).
+        capacity: usize,
+    },
     /// The server is shutting down.
     Closed,
 }
@@ -70,13 +84,19 @@ pub enum Rejected {
 /// Counters for `/health`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
+    /// Slots (sessions that can generate at the same time).
     pub slots: usize,
+    /// Slots running a job now.
     pub busy: usize,
+    /// Jobs waiting for a slot (including any whose client has already left).
     pub queued: usize,
+    /// Most jobs that may wait.
     pub queue_capacity: usize,
+    /// Jobs that ended normally, on a stop condition or the token limit.
     pub completed: u64,
     /// Stopped early because the client went away (before or during generation).
     pub cancelled: u64,
+    /// Ended with an error (sent to the client).
     pub failed: u64,
     /// Refused because the queue was full.
     pub rejected: u64,
@@ -178,6 +198,7 @@ impl Scheduler {
         Ok(())
     }
 
+    /// A snapshot of the counters (each read separately, so not one atomic picture).
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         let queued = s.lock().jobs.len();
