@@ -4,6 +4,8 @@
 //! Layers, bottom up: [`gpu`] (device, pipelines), [`tensor`], [`ops`] (one module per op:
 //! dispatch + CPU reference), [`graph`] (IR, memory planner, executor).
 
+#![warn(missing_docs)]
+
 pub mod chat_template;
 pub mod convert;
 pub mod error;

@@ -33,7 +33,9 @@ pub const GEMV_TPR_SUBGROUPS: u32 = 64;
 /// workgroup memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiles {
+    /// 4×4 output blocks per thread along each side: 1 or 2.
     pub s: u32,
+    /// k values staged per step: a multiple of 4, at most 64.
     pub bk: u32,
 }
 
@@ -163,7 +165,12 @@ impl Op for MatmulAddInto {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
     /// `shaders/gemv.wgsl`: `tpr` threads per weight row, reduced as `reduction` says.
-    Gemv { reduction: GemvReduction, tpr: u32 },
+    Gemv {
+        /// How a row's partial sums are combined.
+        reduction: GemvReduction,
+        /// Threads per weight row (a power of two up to [`GEMV_WG`]).
+        tpr: u32,
+    },
     /// `shaders/matmul.wgsl` with these tiles.
     Tiled(Tiles),
     /// `shaders/rows.wgsl` (CPU devices): a thread per weight row, x uniform in windows of up

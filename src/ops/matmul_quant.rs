@@ -28,6 +28,7 @@ pub const MATMUL_WG: u32 = 64;
 /// x rows per matmul workgroup.
 pub const MATMUL_BM: u32 = 16;
 
+/// The block formats these kernels read (dequantized in registers, f32 accumulation).
 pub const QUANTIZED: &[DType] = &[
     DType::Q8_0,
     DType::Q4_0,
@@ -211,6 +212,7 @@ pub fn kernels(
 /// `[x, w, y]`, no output) for a block-quantized `w`.
 #[derive(Clone, Debug, Default)]
 pub struct QuantMatmul {
+    /// Add into input 2 (`y += x · Wᵀ`, the residual) instead of writing a new output.
     pub add_into: bool,
 }
 
