@@ -24,6 +24,16 @@ pub enum Error {
         msg: String,
     },
 
+    /// The GPU device was lost (driver reset, removal): nothing more can run on it; the
+    /// process must open the device again.
+    #[error("GPU device lost while {what}: {why}; restart the process to open it again")]
+    DeviceLost {
+        /// What Fado was doing.
+        what: String,
+        /// The driver's reason.
+        why: String,
+    },
+
     /// An allocation the device cannot satisfy.
     #[error("GPU out of memory while {what}: needed {needed} bytes, the device allows {available} bytes{hint}")]
     OutOfMemory {

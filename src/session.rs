@@ -378,11 +378,17 @@ impl Session {
 
     /// Time every dispatch of one decode step at the current position (timestamp queries).
     /// The step's token is not added to the history.
+    /// It writes the KV-cache row of the next position, so a full cache is an error rather
+    /// than a damaged last row.
     pub fn profile_decode(&mut self) -> Result<crate::graph::Profile> {
-        let pos = self
-            .history
-            .len()
-            .min(self.cache.capacity.saturating_sub(1));
+        let pos = self.history.len();
+        if pos >= self.cache.capacity {
+            return Err(Error::Request(format!(
+                "the context is full ({pos} of {} positions): profile a decode step before it \
+                 fills, or use a larger context",
+                self.cache.capacity
+            )));
+        }
         let key = GraphKey {
             tokens: 1,
             k: 1,

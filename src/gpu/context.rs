@@ -343,10 +343,10 @@ impl GpuContext {
     pub fn check_alive(&self, what: &str) -> Result<()> {
         match self.lost() {
             None => Ok(()),
-            Some(why) => Err(Error::gpu(
-                what,
-                format!("the GPU device was lost ({why}); restart the process to open it again"),
-            )),
+            Some(why) => Err(Error::DeviceLost {
+                what: what.to_string(),
+                why,
+            }),
         }
     }
 

@@ -93,6 +93,13 @@ impl From<crate::Error> for ApiError {
             crate::Error::Request(_) | crate::Error::Tokenizer(_) => {
                 ApiError::invalid(e.to_string())
             }
+            // Lost while this request ran: the same answer as for requests after it.
+            crate::Error::DeviceLost { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("{e}; the server must be restarted"),
+            )
+            .code("device_lost"),
             _ => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -272,10 +279,12 @@ fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
         ApiError::invalid(msg).param(&p)
     })?;
 
-    // OpenAI's newer name wins over the deprecated one.
+    // OpenAI's newer name wins over the deprecated one; both are checked, so a malformed one
+    // is an error even when the other is given.
+    let deprecated = field::<u64>(obj, "max_tokens")?;
     let (mt_name, mt) = match field::<u64>(obj, "max_completion_tokens")? {
         Some(v) => ("max_completion_tokens", Some(v)),
-        None => ("max_tokens", field::<u64>(obj, "max_tokens")?),
+        None => ("max_tokens", deprecated),
     };
     if mt == Some(0) {
         return Err(ApiError::invalid(format!("`{mt_name}` must be at least 1")).param(mt_name));
@@ -711,6 +720,28 @@ pub const SYSTEM_FINGERPRINT: &str = concat!("fado-", env!("CARGO_PKG_VERSION"))
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_max_tokens_is_an_error_next_to_max_completion_tokens() {
+        let e = parse_chat(
+            br#"{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":5,"max_tokens":"lots"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn a_device_lost_while_generating_is_a_503_device_lost() {
+        let e = ApiError::from(crate::Error::DeviceLost {
+            what: "running the model".into(),
+            why: "Destroyed".into(),
+        });
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, Some("device_lost"));
+        assert!(e.message.contains("lost"), "{}", e.message);
+        let e = ApiError::from(crate::Error::gpu("x", "y"));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn wrong_types_name_the_parameter() {
