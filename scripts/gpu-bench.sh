@@ -1,19 +1,59 @@
 #!/usr/bin/env bash
-# One prepared run on a lent NVIDIA machine (the `device` tool): Vulkan loader from carried
-# .debs, prebuilt binaries in .devbin/ (fado, gpuprobe), copy bandwidth, then synthetic
-# AMALIA-9B decode/prefill for several weight types. Prints one table at the end.
-#   carry: [".gl", ".devbin"]
+# One prepared run on a lent NVIDIA machine (the `device` tool). Two halves:
+#
+#   scripts/gpu-bench.sh prepare   — here, before the device call: builds fado, the GPU kernel
+#       test binaries (kernels_*, texels, graph_block; stripped, xz-compressed) and gpuprobe
+#       (from ../shared/tools/gpuprobe, built outside shared/) into .devbin/ (git-ignored), so
+#       the device needs no Rust toolchain or crates.
+#   scripts/gpu-bench.sh           — on the device: Vulkan loader from the carried .debs, the
+#       kernel tests on the real GPU (each binary's pass/fail line), copy bandwidth (gpuprobe),
+#       then synthetic AMALIA-9B decode/prefill for several weight types. One table at the end.
+#       carry: [".gl", ".devbin"]; env P, N, R (bench sizes), DTYPES, SKIP_TESTS=1.
 set -u
+B=.devbin
+TESTS="kernels_matmul kernels_quant kernels_attention kernels_norm_matmul kernels_elementwise kernels_sampling texels graph_block"
+if [ "${1:-}" = prepare ]; then
+  set -e
+  mkdir -p "$B/tests"
+  cargo build
+  strip -o "$B/fado" target/debug/fado
+  args=(); for t in $TESTS; do args+=(--test "$t"); done
+  cargo test --no-run "${args[@]}" --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    j = json.loads(line)
+    if j.get("executable") and j.get("profile", {}).get("test"):
+        print(j["target"]["name"], j["executable"])' | while read -r name exe; do
+    strip -o "$B/tests/$name" "$exe" && xz -f -T2 "$B/tests/$name"
+  done
+  if [ -d ../shared/tools/gpuprobe ]; then
+    cargo build --release --manifest-path ../shared/tools/gpuprobe/Cargo.toml --target-dir /tmp/gpuprobe-target
+    strip -o "$B/gpuprobe" "$(ls /tmp/gpuprobe-target/release/gpuprobe)"
+  fi
+  du -sh "$B"
+  exit 0
+fi
+
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-B=.devbin
-$B/fado devices 2>&1 | head -12 | tee "$OUT/devices.txt"
-$B/gpuprobe --only copy --copy-mib 1024 2>&1 | tee "$OUT/copy.txt" | grep -iE "copy" | tail -4
+$B/fado devices 2>&1 | head -14 | tee "$OUT/devices.txt"
+if [ "${SKIP_TESTS:-0}" != 1 ] && [ -d "$B/tests" ]; then
+  echo "== kernel tests on this GPU"
+  for x in "$B"/tests/*.xz; do
+    t=$(basename "$x" .xz); xz -dc "$x" > "/tmp/$t"; chmod +x "/tmp/$t"
+    timeout 300 "/tmp/$t" --test-threads=2 > "$OUT/test-$t.txt" 2>&1
+    echo "$t: $(grep -E '^test result' "$OUT/test-$t.txt" | tail -1 || echo 'no result (see test-'$t'.txt)')"
+    grep -E "^test .* FAILED|panicked" "$OUT/test-$t.txt" | head -5
+  done
+fi
+[ -x $B/gpuprobe ] && $B/gpuprobe --only copy --copy-mib 1024 2>&1 | tee "$OUT/copy.txt" | grep -iE "copy" | tail -4
 P=${P:-128}; N=${N:-64}; R=${R:-2}
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do
   timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" -p "$P" -n "$N" -r "$R" --json \
     > "$OUT/bench-$d.json" 2> "$OUT/bench-$d.err" || echo "bench $d failed: $(tail -2 "$OUT/bench-$d.err")"
 done
+timeout 120 $B/fado bench --synthetic amalia-9b --dtype bf16 -p 16 -n 8 -r 1 --profile \
+  > /dev/null 2> "$OUT/profile-bf16.txt"; tail -12 "$OUT/profile-bf16.txt"
 echo "== summary"
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do echo "$d $(cat "$OUT/bench-$d.json" 2>/dev/null)"; done
