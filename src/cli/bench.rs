@@ -180,6 +180,26 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
                 100.0 * s / total.max(1e-12)
             );
         }
+        // The same time by kernel entry point (an op may run several kernels).
+        let mut by_entry: Vec<(String, f64, usize)> = Vec::new();
+        for (_, entry, s) in &p.entries {
+            match by_entry.iter_mut().find(|e| &e.0 == entry) {
+                Some(e) => {
+                    e.1 += s;
+                    e.2 += 1;
+                }
+                None => by_entry.push((entry.clone(), *s, 1)),
+            }
+        }
+        by_entry.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!("by kernel:");
+        for (entry, s, n) in by_entry {
+            eprintln!(
+                "  {entry:<20} {:>9.3} ms  {n:>4} dispatches  {:>8.1} µs each",
+                s * 1e3,
+                s * 1e6 / n as f64
+            );
+        }
     }
     Ok(())
 }

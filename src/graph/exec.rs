@@ -19,6 +19,8 @@ struct Dispatch {
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
     label: String,
+    /// The kernel's entry point (profiles group by it).
+    entry: &'static str,
 }
 
 /// Time per op label, from timestamp queries (`run_profiled`).
@@ -350,6 +352,7 @@ impl Graph {
                 bind_group,
                 workgroups: c.workgroups,
                 label: node.label.clone(),
+                entry: c.entry,
             });
         }
         Ok(Executable {
@@ -536,15 +539,8 @@ impl Executable {
         let mut p = Profile::default();
         for (i, d) in self.dispatches.iter().enumerate() {
             let dt = ts[2 * i + 1].saturating_sub(ts[2 * i]) as f64 * period;
-            p.entries
-                .push((d.label.clone(), d.pipeline_entry().to_string(), dt));
+            p.entries.push((d.label.clone(), d.entry.to_string(), dt));
         }
         Ok(p)
-    }
-}
-
-impl Dispatch {
-    fn pipeline_entry(&self) -> &str {
-        &self.label
     }
 }
