@@ -1,6 +1,6 @@
 //! The code paths the fuzz targets drive, one function per target, each taking the raw fuzz
-//! input. Shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`, nightly) and by the
-//! regression tests (`tests/fuzz_regressions.rs`, stable), which include this file with
+//! input. Shared by the libFuzzer targets (`fuzz/fuzz_targets/*.rs`) and by the regression
+//! tests (`tests/fuzz_regressions.rs`), which include this file with
 //! `#[path]`, so a crash input replays through exactly the same calls.
 //!
 //! Every function must return normally for every input: errors from the library are the

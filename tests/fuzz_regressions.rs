@@ -1,4 +1,4 @@
-//! Fuzzing regressions, on stable: every input the fuzzers (`fuzz/`, cargo-fuzz on nightly)
+//! Fuzzing regressions: every input the fuzzers (`fuzz/`, run by `scripts/fuzz.sh`)
 //! found to crash, hang or over-allocate replays here through the very same harness
 //! (`fuzz/harness.rs`), together with the seed corpora. Inputs live as files under
 //! `tests/fixtures/fuzz/<target>/` (raw fuzz inputs) or as literals in the named tests below,
