@@ -12,7 +12,8 @@
 # `cargo +nightly fuzz run -a -s none --fuzz-dir fuzz <target>` works as before (fuzz/README.md).
 # To build with another toolchain here, set RUSTUP_TOOLCHAIN (e.g. nightly).
 #
-# Environment: FUZZ_SECS (seconds per target, default 30), FUZZ_TARGETS (space-separated
+# Environment: FUZZ_QUICK=1 (faster build, slower fuzzers: see below), FUZZ_SECS (seconds per
+# target, default 30), FUZZ_TARGETS (space-separated
 # subset), FUZZ_TARGET_DIR (cargo target dir for the instrumented builds, default fuzz/target;
 # keep it apart from the main one, the flags differ).
 set -euo pipefail
@@ -51,14 +52,23 @@ RUSTFLAGS_FUZZ=(
 case "$TRIPLE" in
 *-linux-*) RUSTFLAGS_FUZZ+=(-Cllvm-args=-sanitizer-coverage-stack-depth) ;;
 esac
-RUSTFLAGS_FUZZ+=(-Cdebug-assertions -Ccodegen-units=1)
+RUSTFLAGS_FUZZ+=(-Cdebug-assertions)
+# FUZZ_QUICK=1 (CI's smoke run): opt-level 1 and the default codegen units — the cold build
+# (every dependency instrumented) is the step's cost, the fuzzers run slower but 10 s is a
+# smoke test either way. Otherwise cargo-fuzz's settings: opt-level 3, one codegen unit.
+PROFILE=()
+if [ "${FUZZ_QUICK:-0}" = 1 ]; then
+    PROFILE=(--config 'profile.release.opt-level=1')
+else
+    RUSTFLAGS_FUZZ+=(-Ccodegen-units=1)
+fi
 
 echo "== fuzz.sh: building targets ($(rustc --version), $TRIPLE)"
 # Any RUSTFLAGS from the environment go last, so they win (cargo-fuzz does the same).
 # debug="line-tables-only": file:line in panic backtraces, as cargo-fuzz sets it.
 RUSTFLAGS="${RUSTFLAGS_FUZZ[*]}${RUSTFLAGS:+ $RUSTFLAGS}" \
     cargo build --manifest-path fuzz/Cargo.toml --release --target "$TRIPLE" \
-    --config 'profile.release.debug="line-tables-only"' --target-dir "$TARGET_DIR" \
+    --config 'profile.release.debug="line-tables-only"' "${PROFILE[@]}" --target-dir "$TARGET_DIR" \
     "${TARGETS[@]/#/--bin=}"
 BIN_DIR="$TARGET_DIR/$TRIPLE/release"
 
