@@ -7,37 +7,12 @@ mod common;
 use common::*;
 
 use fado::ops::norm_matmul::{self, NormMatmul};
-use fado::ops::{matmul, Op};
+use fado::ops::Op;
 use fado::quant;
 use fado::rng::Rng;
 use fado::tensor::{DType, TensorDesc};
 
 const EPS: f32 = 1e-5;
-
-/// GPU bytes of `w` in `dtype` and the values the kernels see.
-fn weight(dtype: DType, w: &[f32], k: usize) -> (Vec<u8>, Vec<f32>) {
-    match dtype {
-        DType::F32 => (bytemuck::cast_slice(w).to_vec(), w.to_vec()),
-        DType::F16 => (
-            matmul::to_f16_bytes(w),
-            w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-        ),
-        DType::BF16 => (
-            matmul::to_bf16_bytes(w),
-            w.iter()
-                .map(|&x| half::bf16::from_f32(x).to_f32())
-                .collect(),
-        ),
-        q => {
-            let gguf = quant::quantize(q, w).expect("quantize");
-            let v = quant::dequantize(q, &gguf, w.len()).expect("dequantize");
-            (
-                quant::gpu_layout(q, w.len() / k, k, &gguf).expect("layout"),
-                v,
-            )
-        }
-    }
-}
 
 #[test]
 fn norm_matmul_matches_rmsnorm_then_matmul_for_every_dtype_and_variant() {
@@ -60,7 +35,7 @@ fn norm_matmul_matches_rmsnorm_then_matmul_for_every_dtype_and_variant() {
             for &k in ks {
                 for (m, n) in [(1usize, 37usize), (1, 301), (3, 37), (9, 130)] {
                     let w = rng.vec(n * k, 1.0);
-                    let (bytes, wv) = weight(dtype, &w, k);
+                    let (bytes, wv) = weight_bytes(dtype, &w, k);
                     // x far from unit scale, so a missing or doubled 1/rms shows.
                     let x = rng.vec(m * k, 7.0);
                     let g: Vec<f32> = (0..k).map(|_| rng.uniform(0.5, 1.5)).collect();

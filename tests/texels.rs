@@ -46,31 +46,6 @@ fn texel_images_round_trip_bytes_of_any_size() {
     assert!(e.to_string().contains("whole writes"), "{e}");
 }
 
-fn weight_bytes(dtype: DType, w: &[f32], k: usize) -> (Vec<u8>, Vec<f32>) {
-    match dtype {
-        DType::F32 => (bytemuck::cast_slice(w).to_vec(), w.to_vec()),
-        DType::F16 => {
-            let b = matmul::to_f16_bytes(w);
-            let v = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-            (b, v)
-        }
-        DType::BF16 => {
-            let b = matmul::to_bf16_bytes(w);
-            let v = w
-                .iter()
-                .map(|&x| half::bf16::from_f32(x).to_f32())
-                .collect();
-            (b, v)
-        }
-        q => {
-            let gguf = quant::quantize(q, w).expect("quantize");
-            let v = quant::dequantize(q, &gguf, w.len()).expect("dequantize");
-            let gpu = quant::gpu_layout(q, w.len() / k, k, &gguf).expect("layout");
-            (gpu, v)
-        }
-    }
-}
-
 fn reads_texels(calls: &[KernelCall]) -> bool {
     calls.iter().all(|c| {
         c.defines.get("TEX").map(String::as_str) == Some("1") && c.args.contains(&Arg::Texels(1))

@@ -407,16 +407,7 @@ impl GpuContext {
 
     /// A tensor holding `bytes` (already in the dtype's GPU layout).
     pub fn upload(&self, label: &str, desc: TensorDesc, bytes: &[u8]) -> Result<Tensor> {
-        if bytes.len() as u64 > desc.size_bytes() {
-            return Err(Error::op(
-                "upload",
-                format!(
-                    "`{label}`: {} bytes given for {desc} ({} bytes)",
-                    bytes.len(),
-                    desc.size_bytes()
-                ),
-            ));
-        }
+        check_upload(label, &desc, bytes)?;
         let t = self.empty(label, desc)?;
         self.write(&t, 0, bytes)?;
         Ok(t)
@@ -531,4 +522,19 @@ impl GpuContext {
             .map(|_| ())
             .map_err(|e| Error::gpu("waiting for the GPU", e))
     }
+}
+
+/// An upload must not hold more bytes than its tensor (buffer or texel image).
+pub(crate) fn check_upload(label: &str, desc: &TensorDesc, bytes: &[u8]) -> Result<()> {
+    if bytes.len() as u64 > desc.size_bytes() {
+        return Err(Error::op(
+            "upload",
+            format!(
+                "`{label}`: {} bytes given for {desc} ({} bytes); give at most the tensor's bytes",
+                bytes.len(),
+                desc.size_bytes()
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -39,6 +39,13 @@ pub fn extent(bytes: u64) -> (u64, u64) {
     }
 }
 
+/// Bytes per row of a buffer side of a texture copy for rows of `w` texels: wgpu wants
+/// multiples of 256 (`COPY_BYTES_PER_ROW_ALIGNMENT`).
+fn copy_pitch(w: u64) -> u64 {
+    (w * TEXEL_BYTES).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as u64)
+        * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as u64
+}
+
 impl GpuContext {
     /// Whether `bytes` fit one texel image on this device.
     pub fn texels_fit(&self, bytes: u64) -> bool {
@@ -91,16 +98,7 @@ impl GpuContext {
 
     /// A tensor holding `bytes` (already in the dtype's GPU layout) as a texel image.
     pub fn upload_texels(&self, label: &str, desc: TensorDesc, bytes: &[u8]) -> Result<Tensor> {
-        if bytes.len() as u64 > desc.size_bytes() {
-            return Err(Error::op(
-                "upload",
-                format!(
-                    "`{label}`: {} bytes given for {desc} ({} bytes)",
-                    bytes.len(),
-                    desc.size_bytes()
-                ),
-            ));
-        }
+        super::context::check_upload(label, &desc, bytes)?;
         let img = self.texel_image(label, desc.size_bytes())?;
         self.write_texels(&img, bytes);
         Ok(Tensor {
@@ -165,7 +163,7 @@ impl GpuContext {
         // Through a zeroed staging buffer of whole rows: the copy reads whole texels, wants
         // its source offset aligned to one and rows 256-byte aligned (only a one-row image
         // has a shorter row, and its data is contiguous either way).
-        let pitch = (w * TEXEL_BYTES).div_ceil(256) * 256;
+        let pitch = copy_pitch(w);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("texels staging"),
             size: pitch * h,
@@ -196,7 +194,7 @@ impl GpuContext {
     /// Bytes `byte_offset .. byte_offset + len` of a texel image, back on the host.
     pub(crate) fn read_texels(&self, img: &Texels, byte_offset: u64, len: u64) -> Result<Vec<u8>> {
         let (w, h) = extent(img.bytes);
-        let pitch = (w * TEXEL_BYTES).div_ceil(256) * 256;
+        let pitch = copy_pitch(w);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: pitch * h,

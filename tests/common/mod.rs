@@ -121,3 +121,31 @@ pub fn variant_contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
         ("gpu-style-no-subgroups", ctx_variant(false, false)),
     ]
 }
+
+/// A weight `[rows, k]` from f32 values, in `dtype`: its GPU bytes and the values the kernels
+/// see (16-bit floats rounded; block formats through Fado's quantizer and dequantizer).
+#[allow(dead_code)]
+pub fn weight_bytes(dtype: fado::tensor::DType, w: &[f32], k: usize) -> (Vec<u8>, Vec<f32>) {
+    use fado::ops::matmul;
+    use fado::quant;
+    use fado::tensor::DType;
+    match dtype {
+        DType::F32 => (bytemuck::cast_slice(w).to_vec(), w.to_vec()),
+        DType::F16 => (
+            matmul::to_f16_bytes(w),
+            w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        ),
+        DType::BF16 => (
+            matmul::to_bf16_bytes(w),
+            w.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect(),
+        ),
+        q => {
+            let gguf = quant::quantize(q, w).expect("quantize");
+            let v = quant::dequantize(q, &gguf, w.len()).expect("dequantize");
+            let gpu = quant::gpu_layout(q, w.len() / k, k, &gguf).expect("layout");
+            (gpu, v)
+        }
+    }
+}
