@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use fado::config::{LlamaConfig, RopeScaling};
 use fado::loader::gguf::{self, GgufFile, MetaValue, RawTensor};
 use fado::loader::TensorEntry;
-use fado::model::config::{LlamaConfig, RopeScaling};
 use fado::tensor::DType;
 
 use super::harness;

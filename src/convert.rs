@@ -161,7 +161,7 @@ pub fn quantize_model(
         if o.shape.len() == 2 && o.dtype != dtype {
             report.fallbacks.push((o.name.clone(), o.dtype));
         }
-        if quant::is_quantized(s.dtype) && s.dtype != o.dtype {
+        if s.dtype.is_quantized() && s.dtype != o.dtype {
             report.requantized.push(s.name.clone());
         }
     }
@@ -189,7 +189,7 @@ pub fn quantize_model(
             let v = crate::model::weights::widen(s, &bytes)?;
             match o.dtype {
                 DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                q if quant::is_quantized(q) => quant::quantize(q, &v)?,
+                q if q.is_quantized() => quant::quantize(q, &v)?,
                 // Fallback types are the source's own, so this is unreachable; kept an error.
                 d => {
                     return Err(Error::Config(format!(

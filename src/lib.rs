@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod chat_template;
+pub mod config;
 pub mod convert;
 pub mod error;
 pub mod generate;

@@ -35,6 +35,51 @@ pub enum DType {
 }
 
 impl DType {
+    /// The block-quantized formats (GGUF's), in one list that every part of Fado uses.
+    pub const BLOCK_FORMATS: [DType; 6] = [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+    ];
+    /// The float formats a weight can have.
+    pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+    /// Every format a weight can have: the floats, then the block formats.
+    pub const WEIGHT_TYPES: [DType; 9] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+    ];
+
+    /// Whether this is one of [`DType::BLOCK_FORMATS`].
+    pub fn is_quantized(self) -> bool {
+        Self::BLOCK_FORMATS.contains(&self)
+    }
+
+    /// The weight type named `name` ([`DType::name`], any case), if there is one.
+    pub fn from_name(name: &str) -> Option<DType> {
+        let name = name.to_ascii_lowercase();
+        Self::WEIGHT_TYPES.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The names of `types`, as `a, b or c` for messages.
+    pub fn list(types: &[DType]) -> String {
+        let names: Vec<&str> = types.iter().map(|d| d.name()).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            Some((last, _)) => last.to_string(),
+            None => String::new(),
+        }
+    }
+
     /// Elements per block (1 for plain floats).
     pub fn block_len(self) -> usize {
         match self {
@@ -156,9 +201,9 @@ pub enum Place {
         /// Byte offset of the data in the buffer.
         offset: u64,
     },
-    /// A texel image of the same bytes ([`crate::gpu::Texels`]): weight matrices on CPU
-    /// devices, where kernels fetch them as texels (see `crate::ops::matmul::reads_texels`).
-    Texels(Arc<crate::gpu::Texels>),
+    /// A texel image of the same bytes ([`Texels`]): weight matrices on CPU
+    /// devices, where kernels fetch them as texels (see `crate::gpu::reads_texels`).
+    Texels(Arc<Texels>),
 }
 
 /// A tensor resident on the GPU: a description plus where its bytes are.
@@ -186,7 +231,7 @@ impl Tensor {
         }
     }
     /// The texel image holding the data, if the tensor lives in one.
-    pub fn texels(&self) -> Option<&Arc<crate::gpu::Texels>> {
+    pub fn texels(&self) -> Option<&Arc<Texels>> {
         match &self.place {
             Place::Texels(t) => Some(t),
             Place::Buffer { .. } => None,
@@ -221,4 +266,16 @@ impl Tensor {
     pub fn size_bytes(&self) -> u64 {
         self.desc.size_bytes()
     }
+}
+
+/// A texel image on the device: a tensor's bytes in an `rgba32uint` texture, made and
+/// filled by `crate::gpu` (see `gpu/texels.rs` for the layout).
+#[derive(Debug)]
+pub struct Texels {
+    /// The `rgba32uint` texture.
+    pub texture: wgpu::Texture,
+    /// Its view, as bound to kernels.
+    pub view: wgpu::TextureView,
+    /// Bytes of tensor data it holds (the rest of the last row is zero).
+    pub bytes: u64,
 }

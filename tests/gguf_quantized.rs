@@ -246,7 +246,7 @@ fn llama_cpp_q4_k_m_keeps_every_matrix_in_its_blocks_on_the_gpu() {
     for (i, l) in m.weights.layers.iter().enumerate() {
         for t in l.qkv.iter().chain(&l.gate_up).chain([&l.o, &l.down]) {
             assert!(
-                fado::quant::is_quantized(t.dtype()),
+                t.dtype().is_quantized(),
                 "layer {i}: {} is on the GPU as {}",
                 t.desc,
                 t.dtype()

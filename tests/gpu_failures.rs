@@ -11,8 +11,8 @@ use server_common::*;
 
 use std::sync::Arc;
 
+use fado::config::LlamaConfig;
 use fado::gpu::{GpuContext, GpuOptions};
-use fado::model::config::LlamaConfig;
 use fado::model::{Model, ModelOptions};
 use fado::server::{Server, ServerConfig};
 use fado::session::Session;

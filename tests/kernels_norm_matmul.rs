@@ -8,7 +8,6 @@ use common::*;
 
 use fado::ops::norm_matmul::{self, NormMatmul};
 use fado::ops::Op;
-use fado::quant;
 use fado::rng::Rng;
 use fado::tensor::{DType, TensorDesc};
 
@@ -29,7 +28,7 @@ fn norm_matmul_matches_rmsnorm_then_matmul_for_every_dtype_and_variant() {
         ] {
             let ks: &[usize] = match dtype {
                 DType::Q4K => &[256],
-                q if quant::is_quantized(q) => &[64, 96],
+                q if q.is_quantized() => &[64, 96],
                 _ => &[40, 64, 256],
             };
             for &k in ks {

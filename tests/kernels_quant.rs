@@ -257,7 +257,7 @@ fn embedding_gathers_quantized_rows_exactly_as_the_cpu_dequantizer() {
     let c = ctx();
     for (fi, &dtype) in embedding::TABLE_DTYPES
         .iter()
-        .filter(|d| quant::is_quantized(**d))
+        .filter(|d| d.is_quantized())
         .enumerate()
     {
         // Ragged vocabularies and rows of one to three blocks.

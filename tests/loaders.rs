@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use fado::config::{LlamaConfig, RopeScaling};
 use fado::loader::gguf::{self, ggml_type, GgufFile, GgufModel, MetaValue, RawTensor};
 use fado::loader::{self, hf_config, SafetensorsModel, TensorEntry, WeightSource};
-use fado::model::config::{LlamaConfig, RopeScaling};
 use fado::rng::Rng;
 use fado::tensor::DType;
 use serde_json::json;

@@ -7,7 +7,6 @@ mod common;
 use common::*;
 
 use fado::ops::{embedding, matmul, matmul_quant, Arg, KernelCall};
-use fado::quant;
 use fado::rng::Rng;
 use fado::tensor::{DType, TensorDesc};
 
@@ -70,8 +69,8 @@ fn cpu_kernels_read_weights_spanning_several_texel_rows_like_the_reference() {
         let w = rng.vec(n * k, 1.0);
         let (bytes, wv) = weight_bytes(dtype, &w, k);
         let desc = TensorDesc::new(dtype, [n, k]);
-        assert!(matmul::reads_texels(&c.caps, &desc), "{dtype}");
-        let wt = matmul::place_weight(&c, c.upload("w", desc.clone(), &bytes).expect("upload"))
+        assert!(fado::gpu::reads_texels(&c.caps, &desc), "{dtype}");
+        let wt = fado::gpu::place_weight(&c, c.upload("w", desc.clone(), &bytes).expect("upload"))
             .expect("place");
         assert!(wt.texels().is_some(), "{dtype} weight is a texel image");
         for m in [1usize, 3, 11] {
@@ -81,7 +80,7 @@ fn cpu_kernels_read_weights_spanning_several_texel_rows_like_the_reference() {
             assert!(reads_texels(&calls), "{dtype} m={m}: {calls:?}");
             let xt = c.upload_f32("x", &[m, k], &x).expect("upload x");
             let got = run_op_on(&c, matmul::Matmul, &[&xt, &wt], Default::default());
-            let want = if quant::is_quantized(dtype) {
+            let want = if dtype.is_quantized() {
                 matmul_quant::cpu(&x, &wv, k)
             } else {
                 matmul::cpu(&x, &wv, m, n, k)

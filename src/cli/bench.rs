@@ -42,21 +42,11 @@ pub struct BenchArgs {
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        "q8_0" => DType::Q8_0,
-        "q4_0" => DType::Q4_0,
-        "q4_1" => DType::Q4_1,
-        "q4_k" => DType::Q4K,
-        "q5_k" => DType::Q5K,
-        "q6_k" => DType::Q6K,
-        _ => {
-            return Err(Error::Config(format!(
-                "--dtype `{s}`: expected bf16, f16, f32, q8_0, q4_0, q4_1, q4_k, q5_k or q6_k"
-            )))
-        }
+    DType::from_name(s).ok_or_else(|| {
+        Error::Config(format!(
+            "--dtype `{s}`: expected {}",
+            DType::list(&DType::WEIGHT_TYPES)
+        ))
     })
 }
 

@@ -5,9 +5,12 @@
 
 mod context;
 mod pipelines;
+mod placement;
 pub mod shader;
 mod texels;
 
+pub use crate::tensor::Texels;
 pub use context::{AdapterSummary, Caps, GpuContext, GpuOptions};
 pub use pipelines::{BindingKind, CachedPipeline, PipelineCache, PipelineKey};
-pub use texels::{extent as texel_extent, Texels, TEXEL_ROW};
+pub use placement::{place_weight, reads_texels, rows_fit};
+pub use texels::{extent as texel_extent, TEXEL_ROW};

@@ -9,24 +9,13 @@
 
 use super::GpuContext;
 use crate::error::{Error, Result};
-use crate::tensor::{Place, Tensor, TensorDesc};
+use crate::tensor::{Place, Tensor, TensorDesc, Texels};
 use std::sync::Arc;
 
 /// Texels (16 bytes each) per row of a texel image; `texel()` in `shaders/common.wgsl`
 /// splits an index with it.
 pub const TEXEL_ROW: u32 = 4096;
 const TEXEL_BYTES: u64 = 16;
-
-/// A texel image on the device.
-#[derive(Debug)]
-pub struct Texels {
-    /// The `rgba32uint` texture.
-    pub texture: wgpu::Texture,
-    /// Its view, as bound to kernels.
-    pub view: wgpu::TextureView,
-    /// Bytes of tensor data it holds (the rest of the last row is zero).
-    pub bytes: u64,
-}
 
 /// Width and height in texels of the image that holds `bytes`.
 pub fn extent(bytes: u64) -> (u64, u64) {

@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::model::config::{LlamaConfig, RopeScaling};
 use crate::tensor::DType;
 
 use super::{

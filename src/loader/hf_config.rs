@@ -11,8 +11,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::model::config::{LlamaConfig, RopeScaling};
 
 /// `architectures` values of `config.json` that Fado can run.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];

@@ -22,8 +22,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::model::config::LlamaConfig;
 use crate::tensor::{DType, TensorDesc};
 
 pub use gguf::{GgufFile, GgufModel, MetaValue};

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use ::safetensors::tensor::{Dtype, SafeTensors};
 use serde_json::Value;
 
+use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::model::config::LlamaConfig;
 use crate::tensor::DType;
 
 use super::{hf_config, map_file, TensorEntry, WeightSource};

@@ -9,7 +9,7 @@
 
 #![warn(missing_docs)]
 
-use super::config::LlamaConfig;
+use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::{

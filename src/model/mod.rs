@@ -2,7 +2,6 @@
 
 #![warn(missing_docs)]
 
-pub mod config;
 pub mod llama;
 pub mod synthetic;
 pub mod weights;
@@ -17,7 +16,7 @@ use crate::loader::{self, WeightSource};
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
 
-pub use config::LlamaConfig;
+pub use crate::config::LlamaConfig;
 pub use weights::WeightPolicy;
 
 /// How to load a model.

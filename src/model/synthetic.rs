@@ -2,11 +2,11 @@
 //! download), so that anyone can time AMALIA-9B on their card: `fado bench --synthetic amalia-9b`.
 //! The graph and kernels are the same as for a real model.
 
-use super::config::{LlamaConfig, RopeScaling};
 use super::llama::{LayerWeights, Weights};
+use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::gpu::{BindingKind, GpuContext, PipelineKey};
-use crate::ops::{grid_2d, matmul};
+use crate::ops::grid_2d;
 use crate::quant;
 use crate::tensor::{DType, Tensor, TensorDesc};
 
@@ -197,7 +197,7 @@ pub fn random_matrix(
         DType::F32 => fill(ctx, &t, 0, words, seed, 0, 0, 0, s)?,
         DType::BF16 => fill(ctx, &t, 0, words, seed, 1, 0, 0, s)?,
         DType::F16 => fill(ctx, &t, 0, words, seed, 2, 0, 0, s)?,
-        q if quant::is_quantized(q) => {
+        q if q.is_quantized() => {
             let nb = rows * cols / q.block_len();
             let sec = quant::gpu_sections(q, nb);
             // A block scale that gives values of about ±s.
@@ -254,7 +254,7 @@ pub fn weights(ctx: &GpuContext, cfg: &LlamaConfig, dtype: DType) -> Result<(Wei
     let mut mat = |label: &str, d: DType, r: usize, c: usize| -> Result<Tensor> {
         seed += 1;
         // Where kernels read weights as texels (CPU devices), they live as texels.
-        let t = matmul::place_weight(ctx, random_matrix(ctx, label, d, r, c, seed)?)?;
+        let t = crate::gpu::place_weight(ctx, random_matrix(ctx, label, d, r, c, seed)?)?;
         bytes += t.size_bytes();
         Ok(t)
     };

@@ -6,8 +6,8 @@
 
 use std::borrow::Cow;
 
-use super::config::LlamaConfig;
 use super::llama::{LayerWeights, Weights};
+use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::loader::{TensorEntry, WeightSource};
@@ -23,7 +23,7 @@ pub struct WeightPolicy {
 
 /// Whether the matmul kernels read `dtype` directly (every float and GGUF block format here).
 pub fn gpu_matmul_supports(dtype: DType) -> bool {
-    dtype.is_float() || quant::is_quantized(dtype)
+    dtype.is_float() || dtype.is_quantized()
 }
 
 /// A tensor's values as f32 (floats widened, blocks dequantized).
@@ -38,7 +38,7 @@ pub(crate) fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        d if quant::is_quantized(d) => quant::dequantize(d, b, e.numel())?,
+        d if d.is_quantized() => quant::dequantize(d, b, e.numel())?,
         d => {
             return Err(Error::Config(format!(
                 "tensor `{}` has dtype {d}, which cannot hold weights",
@@ -83,7 +83,7 @@ impl Uploader<'_> {
 
     fn put(&mut self, label: &str, desc: TensorDesc, bytes: &[u8]) -> Result<Tensor> {
         // Weights the kernels read as texels (CPU devices) are uploaded as texel images.
-        let t = if crate::ops::matmul::reads_texels(&self.ctx.caps, &desc) {
+        let t = if crate::gpu::reads_texels(&self.ctx.caps, &desc) {
             self.ctx.upload_texels(label, desc, bytes)?
         } else {
             self.ctx.upload(label, desc, bytes)?
@@ -117,7 +117,7 @@ impl Uploader<'_> {
         let mixed = entries.iter().any(|e| e.dtype != entries[0].dtype);
         let each_kept = entries
             .iter()
-            .all(|e| quant::is_quantized(e.dtype) && cols.is_multiple_of(e.dtype.block_len()));
+            .all(|e| e.dtype.is_quantized() && cols.is_multiple_of(e.dtype.block_len()));
         if parts.len() > 1 && mixed && each_kept && self.policy.quant.is_none() {
             return parts
                 .iter()
@@ -154,7 +154,7 @@ impl Uploader<'_> {
                 data.extend_from_slice(&self.src.bytes(&e.name)?);
                 self.tick(e);
             }
-            if quant::is_quantized(target) {
+            if target.is_quantized() {
                 data = quant::gpu_layout(target, rows, cols, &data)?;
             }
         } else {
@@ -164,7 +164,7 @@ impl Uploader<'_> {
                 vals.extend(widen(e, &b)?);
                 self.tick(e);
             }
-            data = if quant::is_quantized(target) {
+            data = if target.is_quantized() {
                 let q = quant::quantize(target, &vals)?;
                 quant::gpu_layout(target, rows, cols, &q)?
             } else {
@@ -183,7 +183,7 @@ impl Uploader<'_> {
         let b = self.src.bytes(name)?;
         let t = if e.dtype.is_float() {
             self.put(name, e.desc(), &b)?
-        } else if quant::is_quantized(e.dtype) && hidden.is_multiple_of(e.dtype.block_len()) {
+        } else if e.dtype.is_quantized() && hidden.is_multiple_of(e.dtype.block_len()) {
             let data = quant::gpu_layout(e.dtype, vocab, hidden, &b)?;
             self.put(name, e.desc(), &data)?
         } else {

@@ -19,22 +19,12 @@ use crate::tensor::{DType, TensorDesc};
 pub const WORKGROUP: u32 = 256;
 
 /// Table dtypes the gather reads.
-pub const TABLE_DTYPES: &[DType] = &[
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-];
+pub const TABLE_DTYPES: &[DType] = &DType::WEIGHT_TYPES;
 
 /// Gather rows of a table: inputs `[ids u32 [t], table [vocab, n]]`, output f32 `[t, n]`.
 ///
 /// The table's dtype is one of [`TABLE_DTYPES`]; for a block format `n` must be a whole number
-/// of blocks. Where [`super::matmul::reads_texels`] holds for the table (CPU devices), the
+/// of blocks. Where [`crate::gpu::reads_texels`] holds for the table (CPU devices), the
 /// kernel reads it as a texel image ([`super::Arg::Texels`]), the form weights are uploaded in
 /// there.
 #[derive(Clone, Debug)]
@@ -87,7 +77,7 @@ impl Op for Embedding {
             table.shape[1] as u32,
             table.shape[0] as u32,
         );
-        let quantized = quant::is_quantized(table.dtype);
+        let quantized = table.dtype.is_quantized();
         // Quantized tables: one thread per 4 values (rows are whole blocks, multiples of 32).
         let per_thread = if quantized { 4 } else { 1 };
         let threads = t * n / per_thread;
@@ -105,7 +95,7 @@ impl Op for Embedding {
             .params(&[t, n, vocab, gx, nbr, scales_word, 0, 0])
             .args(&[Arg::In(0), Arg::In(1), Arg::Out(0)])
             .workgroups(gx, gy, 1);
-        if super::matmul::reads_texels(caps, table) {
+        if crate::gpu::reads_texels(caps, table) {
             call = call.define("TEX", 1);
             call.args[1] = Arg::Texels(1);
         }

@@ -14,9 +14,8 @@
 
 use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
-use crate::gpu::{Caps, GpuContext};
-use crate::quant;
-use crate::tensor::{DType, Tensor, TensorDesc};
+use crate::gpu::{reads_texels, rows_fit, Caps};
+use crate::tensor::{DType, TensorDesc};
 
 /// Threads per GEMV workgroup.
 pub const GEMV_WG: u32 = 256;
@@ -75,7 +74,7 @@ pub(crate) fn check(
         ));
     }
     // Block-quantized weights are computed by `matmul_quant`'s kernels.
-    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) && !quant::is_quantized(w.dtype) {
+    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) && !w.dtype.is_quantized() {
         return Err(Error::op(
             op,
             format!(
@@ -105,7 +104,7 @@ pub(crate) fn check(
             format!("x is {x} and w is {w}: expected a non-empty inner dimension K"),
         ));
     }
-    if quant::is_quantized(w.dtype) && !k.is_multiple_of(w.dtype.block_len()) {
+    if w.dtype.is_quantized() && !k.is_multiple_of(w.dtype.block_len()) {
         return Err(Error::op(
             op,
             format!(
@@ -183,45 +182,6 @@ pub const ROWS_WINDOW: usize = 8;
 /// Threads (= weight rows) per `shaders/rows.wgsl` workgroup.
 pub const ROWS_WG: u32 = 64;
 
-/// Whether the CPU-device kernel takes this product: whole vec4 (f32) or 8-value (16-bit) weight
-/// loads per row, and a row of x within one uniform binding.
-pub fn rows_fit(caps: &Caps, k: usize, w: DType) -> bool {
-    let per_load = if w == DType::F32 { 4 } else { 8 };
-    k.is_multiple_of(per_load) && (k as u64) * 4 <= caps.uniform_window
-}
-
-/// Whether kernels on this device read the weight `w` (a matmul's right side, or an
-/// embedding table — tied, they are one tensor) as a texel image ([`crate::gpu::Texels`]):
-/// on CPU devices, where the CPU-style kernels take every product with it (whatever the rows
-/// of x) and the image fits. Lavapipe fetches texels as one vector gather but loops over the
-/// lanes for a storage load, so this doubles weight bandwidth there. Loaders put such weights
-/// in texel images ([`place_weight`]); kernels given a buffer get an image made at compile.
-pub fn reads_texels(caps: &Caps, w: &TensorDesc) -> bool {
-    if !caps.cpu || w.rank() != 2 {
-        return false;
-    }
-    let k = w.shape[1];
-    let row_bytes = k as u64 * 4;
-    let rows_kernel = if quant::is_quantized(w.dtype) {
-        k.is_multiple_of(w.dtype.block_len()) && row_bytes <= caps.uniform_window
-    } else {
-        w.dtype.is_float() && rows_fit(caps, k, w.dtype)
-    };
-    let (_, h) = crate::gpu::texel_extent(w.size_bytes());
-    rows_kernel
-        && row_bytes.is_multiple_of(caps.uniform_offset_align.max(1) as u64)
-        && h <= caps.max_texture_2d as u64
-}
-
-/// `t` where this device's kernels read it: a texel image when [`reads_texels`], else as is.
-pub fn place_weight(ctx: &GpuContext, t: Tensor) -> Result<Tensor> {
-    if reads_texels(&ctx.caps, &t.desc) {
-        ctx.to_texels(&t)
-    } else {
-        Ok(t)
-    }
-}
-
 /// How the GEMV reduces one row's partial sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvReduction {
@@ -271,7 +231,7 @@ pub fn kernels_for(
     y: Option<&TensorDesc>,
 ) -> Result<Vec<KernelCall>> {
     let (m, n, k, _) = check(op, x, w, y)?;
-    let plan = if caps.cpu && !quant::is_quantized(w.dtype) && rows_fit(caps, k, w.dtype) {
+    let plan = if caps.cpu && !w.dtype.is_quantized() && rows_fit(caps, k, w.dtype) {
         Plan::Rows
     } else {
         plan(caps, m, n)
@@ -291,7 +251,7 @@ pub fn kernels_with(
 ) -> Result<Vec<KernelCall>> {
     let (m, n, k, _) = check(op, x, w, y)?;
     let add_into = y.is_some();
-    if quant::is_quantized(w.dtype) {
+    if w.dtype.is_quantized() {
         return super::matmul_quant::kernels(caps, x, w, add_into);
     }
     let args = if add_into {

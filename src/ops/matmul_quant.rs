@@ -29,14 +29,7 @@ pub const MATMUL_WG: u32 = 64;
 pub const MATMUL_BM: u32 = 16;
 
 /// The block formats these kernels read (dequantized in registers, f32 accumulation).
-pub const QUANTIZED: &[DType] = &[
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-];
+pub const QUANTIZED: &[DType] = &DType::BLOCK_FORMATS;
 
 fn dtype_define(d: DType) -> &'static str {
     match d {
@@ -161,7 +154,7 @@ pub fn kernels(
                 .params(&words(gx, rows, m0))
                 .workgroups(gx, gy, 1);
             c.args[0] = Arg::UniformRange(0, m0 as u64 * row_bytes, rows as u64 * row_bytes);
-            if super::matmul::reads_texels(caps, w) {
+            if crate::gpu::reads_texels(caps, w) {
                 c = c.define("TEX", 1);
                 c.args[1] = Arg::Texels(1);
             } else {

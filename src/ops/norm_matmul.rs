@@ -17,7 +17,6 @@ use super::rmsnorm::RmsNorm;
 use super::{expect_inputs, fbits, matmul_quant, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
-use crate::quant;
 use crate::tensor::TensorDesc;
 
 /// `rmsnorm(x, g) · Wᵀ` (inputs `[x, g, w]`, one output).
@@ -70,7 +69,7 @@ impl Op for NormMatmul {
         let (x, g, w) = (inputs[0], inputs[1], inputs[2]);
         let (m, n, _, _) = matmul::check(self.name(), x, w, None)?;
         if Self::fuses(caps, x) {
-            let call = if quant::is_quantized(w.dtype) {
+            let call = if w.dtype.is_quantized() {
                 let mut calls = matmul_quant::kernels(caps, x, w, false)?;
                 let mut c = calls.remove(0);
                 c.params.extend([fbits(self.eps), 0, 0, 0]);

@@ -42,19 +42,14 @@ pub mod kquants;
 pub mod q4;
 pub mod q8_0;
 
-/// Whether `dtype` is one of the block-quantized formats handled here.
-pub fn is_quantized(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q5K | DType::Q6K
-    )
-}
-
 fn check_len(what: &'static str, dtype: DType, bytes: usize, n: usize) -> Result<()> {
-    if !is_quantized(dtype) {
+    if !dtype.is_quantized() {
         return Err(Error::op(
             what,
-            format!("dtype {dtype} is not a block-quantized format (expected q8_0, q4_0, q4_1, q4_k, q5_k or q6_k)"),
+            format!(
+                "dtype {dtype} is not a block-quantized format (expected {})",
+                DType::list(&DType::BLOCK_FORMATS)
+            ),
         ));
     }
     let bl = dtype.block_len();
@@ -226,14 +221,7 @@ mod tests {
 
     #[test]
     fn gpu_layout_keeps_the_file_size() {
-        for dtype in [
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q4K,
-            DType::Q5K,
-            DType::Q6K,
-        ] {
+        for dtype in DType::BLOCK_FORMATS {
             let (rows, cols) = (3, 2 * dtype.block_len());
             let n = dtype.bytes_for(rows * cols);
             let bytes: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
