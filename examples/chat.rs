@@ -17,14 +17,7 @@ fn main() -> fado::Result<()> {
     for question in ["What is the capital of Portugal?", "And its largest river?"] {
         messages.push(Message::new("user", question));
         let ids = encode_chat(&model, &messages, true)?;
-        let keep = session
-            .history()
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
-        session.truncate(keep);
+        let keep = session.reuse_prefix(&ids);
         let req = TextRequest {
             params: SamplingParams::greedy(),
             max_tokens: 64,

@@ -345,8 +345,9 @@ pub fn chat_template(data: &[u8]) {
 }
 
 pub fn http_body(data: &[u8]) {
+    use fado::server::api::text_request;
     use fado::server::api::{self, Endpoint, Prompt};
-    use fado::server::{text_request, ServerConfig};
+    use fado::server::ServerConfig;
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
@@ -390,7 +391,8 @@ pub fn http_body(data: &[u8]) {
         .logprobs
         .is_none_or(|n| n <= fado::sampling::MAX_TOP_LOGPROBS));
     assert!(gen.max_tokens != Some(0));
-    match text_request(&cfg, endpoint, len, &gen, 7) {
+    // Token ids within the vocabulary: parsing does not see the model.
+    match text_request(&cfg, endpoint, &vec![0; len], 1 << 20, &gen, 7) {
         Ok(req) => {
             assert!(req.max_tokens >= 1 && req.max_tokens <= cfg.max_tokens_cap);
             assert!(len >= 1 && len + req.max_tokens <= cfg.ctx + 1);

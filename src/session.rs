@@ -9,21 +9,16 @@
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::graph::{Executable, TensorId};
-use crate::model::llama::{self, Head, KvCache};
-use crate::model::Model;
-use crate::ops::topk::{Penalize, NO_TOKEN};
-use crate::ops::Step;
+use crate::model::{Model, Profile, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN};
 use crate::rng::Rng;
 use crate::sampling::{sample, SamplingParams, MAX_TOP_LOGPROBS};
-use crate::tensor::{DType, Tensor, TensorDesc};
 
-/// Prompt tokens per prefill chunk.
-pub const PREFILL_CHUNK: usize = 256;
+pub use crate::model::PREFILL_CHUNK;
 
 /// Why generation ended (OpenAI's `finish_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +33,7 @@ pub enum FinishReason {
 
 impl FinishReason {
     /// `"stop"`, `"length"` or `"cancelled"`. The server maps `Cancelled` to `"length"` for
-    /// OpenAI clients ([`crate::server::api::finish_str`]).
+    /// OpenAI clients.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -91,36 +86,90 @@ pub struct TokenLogprobs {
     pub top: Vec<(u32, f32)>,
 }
 
-/// What the decode head computes besides the logits; part of a compiled graph's identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-struct HeadKey {
-    /// Penalty window length (ids slots) and the repetition penalty's bits, when penalties run.
-    /// Presence and frequency penalties are folded into the per-step counts (see
-    /// [`Session::write_penalty_window`]), so requests differing only in those share a graph.
-    penalty: Option<(usize, u32)>,
-    logsumexp: bool,
+/// Why a prompt cannot run: the checks every caller (CLI, server, library) gets from
+/// [`check_prompt`], so each says the same thing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromptProblem {
+    /// No tokens at all.
+    Empty,
+    /// A token id the model's vocabulary does not have.
+    OutOfVocabulary {
+        /// The offending id.
+        id: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// The prompt and what the session already holds exceed the context.
+    TooLong {
+        /// New tokens.
+        new: usize,
+        /// Tokens already in the session.
+        held: usize,
+        /// Context capacity.
+        capacity: usize,
+    },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct GraphKey {
-    tokens: usize,
-    k: usize,
-    head: HeadKey,
+impl fmt::Display for PromptProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PromptProblem::Empty => f.write_str("the prompt is empty: nothing to generate from"),
+            PromptProblem::OutOfVocabulary { id, vocab } => {
+                write!(f, "token id {id} is outside the vocabulary (size {vocab})")
+            }
+            PromptProblem::TooLong {
+                new,
+                held: 0,
+                capacity,
+            } => write!(
+                f,
+                "the prompt is {new} tokens but the context holds {capacity}; shorten the \
+                 prompt or raise the context size (--ctx)"
+            ),
+            PromptProblem::TooLong {
+                new,
+                held,
+                capacity,
+            } => write!(
+                f,
+                "the prompt needs {} tokens of context ({new} new + {held} already in the \
+                 session) but the context holds {capacity}; shorten the prompt or raise the \
+                 context size (--ctx)",
+                new + held
+            ),
+        }
+    }
 }
 
-struct Compiled {
-    exe: Executable,
-    topk: TensorId,
-    logits: TensorId,
-    logsumexp: Option<TensorId>,
+/// Check `tokens` as a prompt for a model of `vocab` tokens, appended to `held` tokens in a
+/// context of `capacity`: not empty, every id in the vocabulary, and room for all of them.
+pub fn check_prompt(
+    tokens: &[u32],
+    vocab: usize,
+    held: usize,
+    capacity: usize,
+) -> std::result::Result<(), PromptProblem> {
+    if tokens.is_empty() {
+        return Err(PromptProblem::Empty);
+    }
+    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(PromptProblem::OutOfVocabulary { id, vocab });
+    }
+    if held + tokens.len() > capacity {
+        return Err(PromptProblem::TooLong {
+            new: tokens.len(),
+            held,
+            capacity,
+        });
+    }
+    Ok(())
 }
 
-/// What one step returns.
-struct StepOut {
-    /// Top-k (id, logit), best first.
-    cands: Vec<(u32, f32)>,
-    /// log Σ exp(logits), when asked for.
-    logsumexp: Option<f32>,
+/// The most new tokens a prompt of `prompt_len` tokens leaves room for in a context of
+/// `capacity` (generation also stops there with `length`): every generated token but the
+/// last is written to the cache.
+pub fn room_for_generation(capacity: usize, prompt_len: usize) -> usize {
+    (capacity + 1).saturating_sub(prompt_len)
 }
 
 /// One sequence's generation state on the GPU: a KV cache of a fixed number of tokens, the
@@ -129,71 +178,19 @@ struct StepOut {
 /// (each with its own cache), as the server's slots have.
 pub struct Session {
     model: Arc<Model>,
-    cache: KvCache,
-    ids: Tensor,
-    /// The penalty window, rewritten before each penalized step: distinct token ids (u32,
-    /// unused slots [`NO_TOKEN`]) and what to subtract from each one's logit (f32). Room for a
-    /// whole context, so any `repeat_last_n` fits without a reallocation.
-    pen_ids: Tensor,
-    pen_counts: Tensor,
-    graphs: HashMap<GraphKey, Compiled>,
+    seq: Sequence,
+    graphs: HashMap<StepSpec, StepGraph>,
     /// Tokens whose keys and values are in the cache, in order.
     history: Vec<u32>,
     /// The graph that ran last (its logits can be read back).
-    last: Option<GraphKey>,
+    last: Option<StepSpec>,
 }
 
 impl Session {
     /// A session with room for `ctx` tokens.
     pub fn new(model: Arc<Model>, ctx: usize) -> Result<Session> {
-        let cfg = &model.config;
-        if ctx == 0 {
-            return Err(Error::Request("the context size must be at least 1".into()));
-        }
-        let gpu = &model.ctx;
-        gpu.check_alive("creating a session")?;
-        // Check the KV cache's size before touching the device, with overflow-safe arithmetic,
-        // so a huge --ctx gives an error naming the numbers, not an overflow or a driver abort.
-        let row = (cfg.num_key_value_heads * cfg.head_dim * 4) as u64;
-        let per_buffer = (ctx as u64).checked_mul(row);
-        let total = per_buffer.and_then(|b| b.checked_mul(2 * cfg.num_hidden_layers as u64));
-        let max = gpu.caps.max_buffer;
-        if per_buffer.is_none_or(|b| b > max) {
-            return Err(Error::OutOfMemory {
-                what: format!(
-                    "creating a session of {ctx} tokens (KV cache: {} layers × keys and values, \
-                     {} bytes in all)",
-                    cfg.num_hidden_layers,
-                    total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
-                ),
-                needed: per_buffer.unwrap_or(u64::MAX),
-                available: max,
-                hint: format!(
-                    " per cache buffer (the adapter's max_buffer_size); use a smaller --ctx \
-                     (at most {} tokens fit)",
-                    max / row.max(1)
-                ),
-            });
-        }
-        let kv_desc = TensorDesc::f32([ctx, cfg.num_key_value_heads, cfg.head_dim]);
-        let mut k = Vec::new();
-        let mut v = Vec::new();
-        for i in 0..cfg.num_hidden_layers {
-            k.push(gpu.empty(&format!("k_cache.{i}"), kv_desc.clone())?);
-            v.push(gpu.empty(&format!("v_cache.{i}"), kv_desc.clone())?);
-        }
-        let ids = gpu.empty("ids", TensorDesc::new(DType::U32, [PREFILL_CHUNK]))?;
-        let pen_ids = gpu.empty("penalty_ids", TensorDesc::new(DType::U32, [ctx]))?;
-        let pen_counts = gpu.empty("penalty_counts", TensorDesc::f32([ctx]))?;
         Ok(Session {
-            pen_ids,
-            pen_counts,
-            cache: KvCache {
-                k,
-                v,
-                capacity: ctx,
-            },
-            ids,
+            seq: Sequence::new(&model, ctx)?,
             graphs: HashMap::new(),
             history: Vec::new(),
             last: None,
@@ -208,7 +205,7 @@ impl Session {
 
     /// Context capacity in tokens.
     pub fn capacity(&self) -> usize {
-        self.cache.capacity
+        self.seq.capacity()
     }
 
     /// Tokens currently in the cache.
@@ -226,70 +223,41 @@ impl Session {
         self.history.truncate(n);
     }
 
-    fn graph(&mut self, key: GraphKey, params: &SamplingParams) -> Result<&Compiled> {
-        if !self.graphs.contains_key(&key) {
+    /// Keep the longest cached prefix of `prompt` (but always leave at least one token to
+    /// prefill: its logits start generation) and return its length; prefill `prompt[kept..]`
+    /// next. A multi-turn chat re-sends the whole conversation, so a turn prefills only what is
+    /// new.
+    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let common = self
+            .history
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
+        self.truncate(common);
+        common
+    }
+
+    fn graph(&mut self, spec: StepSpec) -> Result<&StepGraph> {
+        if !self.graphs.contains_key(&spec) {
             // Bound the number of graphs kept around (each holds its intermediates): keep the
             // plain decode and full-chunk graphs, drop prefill remainders and request-specific
             // heads.
             if self.graphs.len() > 8 {
-                self.graphs.retain(|k, _| {
-                    k.head == HeadKey::default() && (k.tokens == 1 || k.tokens == PREFILL_CHUNK)
-                });
+                self.graphs
+                    .retain(|k, _| k.plain_head() && (k.tokens == 1 || k.tokens == PREFILL_CHUNK));
             }
-            let ids = Tensor {
-                desc: TensorDesc::new(DType::U32, [key.tokens]),
-                ..self.ids.clone()
-            };
-            let penalize = key.head.penalty.map(|(n, _)| {
-                (
-                    Penalize {
-                        repeat: params.repeat_penalty,
-                        presence: 0.0,
-                        frequency: 1.0,
-                    },
-                    Tensor {
-                        desc: TensorDesc::new(DType::U32, [n]),
-                        ..self.pen_ids.clone()
-                    },
-                    Tensor {
-                        desc: TensorDesc::f32([n]),
-                        ..self.pen_counts.clone()
-                    },
-                )
-            });
-            let head = Head {
-                topk: Some(key.k),
-                penalize,
-                logsumexp: key.head.logsumexp,
-            };
-            let fwd = llama::forward_with(
-                &self.model.config,
-                &self.model.weights,
-                &self.cache,
-                &ids,
-                &head,
-            )?;
-            let topk = fwd.topk.expect("asked for top-k");
-            let mut keep = vec![topk, fwd.logits];
-            keep.extend(fwd.logsumexp);
-            let exe = fwd.graph.compile(&self.model.ctx, &keep)?;
-            self.graphs.insert(
-                key,
-                Compiled {
-                    exe,
-                    topk,
-                    logits: fwd.logits,
-                    logsumexp: fwd.logsumexp,
-                },
-            );
+            let g = self.seq.compile(&self.model, spec)?;
+            self.graphs.insert(spec, g);
         }
-        Ok(&self.graphs[&key])
+        Ok(&self.graphs[&spec])
     }
 
     /// Penalty window length for `params` (0 when penalties are off).
     fn penalty_window(&self, params: &SamplingParams) -> usize {
         if params.has_penalties() {
-            params.repeat_last_n.min(self.cache.capacity)
+            params.repeat_last_n.min(self.seq.capacity())
         } else {
             0
         }
@@ -316,9 +284,7 @@ impl Session {
         }
         ids.resize(n, NO_TOKEN);
         amounts.resize(n, 0.0);
-        let gpu = &self.model.ctx;
-        gpu.write(&self.pen_ids, 0, bytemuck::cast_slice(&ids))?;
-        gpu.write(&self.pen_counts, 0, bytemuck::cast_slice(&amounts))
+        self.seq.write_penalty_window(&self.model, &ids, &amounts)
     }
 
     /// Run `tokens` (≤ PREFILL_CHUNK) at the current position; returns the top-k candidates
@@ -333,79 +299,51 @@ impl Session {
         self.model.ctx.check_alive("running the model")?;
         let pos = self.history.len();
         let n = self.penalty_window(params);
-        let key = GraphKey {
+        let spec = StepSpec {
             tokens: tokens.len(),
             k,
-            head: HeadKey {
-                penalty: (n > 0).then(|| (n, params.repeat_penalty.to_bits())),
-                logsumexp,
-            },
+            penalty: (n > 0).then(|| (n, params.repeat_penalty.to_bits())),
+            logsumexp,
         };
-        let gpu = self.model.ctx.clone();
-        gpu.write(&self.ids, 0, bytemuck::cast_slice(tokens))?;
+        self.seq.write_tokens(&self.model, tokens)?;
         if n > 0 {
             self.write_penalty_window(tokens, n, params)?;
         }
-        let c = self.graph(key, params)?;
-        let mut reads = vec![(c.topk, (2 * k * 4) as u64)];
-        reads.extend(c.logsumexp.map(|l| (l, 4)));
-        let raw = c
-            .exe
-            .run_read_many(Step::new(pos as u32, tokens.len() as u32), &reads)?;
-        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&raw[0]);
-        let logsumexp = raw
-            .get(1)
-            .map(|b| f32::from_bits(bytemuck::pod_read_unaligned::<u32>(&b[..4])));
+        let out = self.graph(spec)?.run(pos, tokens.len())?;
         self.history.extend_from_slice(tokens);
-        self.last = Some(key);
-        Ok(StepOut {
-            cands: (0..k)
-                .map(|i| (words[i], f32::from_bits(words[k + i])))
-                .collect(),
-            logsumexp,
-        })
+        self.last = Some(spec);
+        Ok(out)
     }
 
     /// The full logits of the last token of the most recent prefill or decode step (after the
     /// penalties, when that step applied any).
     pub fn last_logits(&self) -> Result<Vec<f32>> {
-        let c = self
-            .last
+        self.last
             .and_then(|k| self.graphs.get(&k))
-            .ok_or_else(|| Error::Request("no step has run yet".into()))?;
-        c.exe.read_f32(c.logits)
+            .ok_or_else(|| Error::Request("no step has run yet".into()))?
+            .logits()
     }
 
     /// Time every dispatch of one decode step at the current position (timestamp queries).
     /// The step's token is not added to the history.
     /// It writes the KV-cache row of the next position, so a full cache is an error rather
     /// than a damaged last row.
-    pub fn profile_decode(&mut self) -> Result<crate::graph::Profile> {
+    pub fn profile_decode(&mut self) -> Result<Profile> {
         let pos = self.history.len();
-        if pos >= self.cache.capacity {
+        if pos >= self.seq.capacity() {
             return Err(Error::Request(format!(
                 "the context is full ({pos} of {} positions): profile a decode step before it \
                  fills, or use a larger context",
-                self.cache.capacity
+                self.seq.capacity()
             )));
         }
-        let key = GraphKey {
+        let spec = StepSpec {
             tokens: 1,
             k: 1,
-            head: HeadKey::default(),
+            penalty: None,
+            logsumexp: false,
         };
-        let c = self.graph(key, &SamplingParams::greedy())?;
-        c.exe.run_profiled(Step::new(pos as u32, 1))
-    }
-
-    fn check_ids(&self, tokens: &[u32]) -> Result<()> {
-        let vocab = self.model.config.vocab_size as u32;
-        if let Some(t) = tokens.iter().find(|&&t| t >= vocab) {
-            return Err(Error::Request(format!(
-                "token id {t} is outside the vocabulary (size {vocab})"
-            )));
-        }
-        Ok(())
+        self.graph(spec)?.profile(pos)
     }
 
     /// Append `tokens` to the cache and return the top-k candidates for the next token.
@@ -422,22 +360,9 @@ impl Session {
         params: &SamplingParams,
         logsumexp: bool,
     ) -> Result<StepOut> {
-        if tokens.is_empty() {
-            return Err(Error::Request(
-                "empty prompt: nothing to generate from".into(),
-            ));
-        }
-        self.check_ids(tokens)?;
-        let need = self.history.len() + tokens.len();
-        if need > self.cache.capacity {
-            return Err(Error::Request(format!(
-                "the prompt needs {need} tokens of context ({} new + {} already in the session) \
-                 but the context holds {}; shorten the prompt or raise --ctx",
-                tokens.len(),
-                self.history.len(),
-                self.cache.capacity
-            )));
-        }
+        let vocab = self.model.config.vocab_size;
+        check_prompt(tokens, vocab, self.history.len(), self.capacity())
+            .map_err(|p| Error::Request(p.to_string()))?;
         let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
         let (last, rest) = chunks.split_last().expect("tokens is not empty");
         // Only the last chunk's logits are used: earlier chunks run the plain graphs.
@@ -510,7 +435,7 @@ impl Session {
             if tokens.len() >= max_tokens {
                 break;
             }
-            if self.history.len() >= self.cache.capacity {
+            if self.history.len() >= self.seq.capacity() {
                 finish = FinishReason::Length;
                 break;
             }

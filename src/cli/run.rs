@@ -169,14 +169,7 @@ pub fn chat(a: ChatArgs, adapter: Option<String>) -> Result<()> {
         }
         msgs.push(Message::new("user", line.to_string()));
         let full = encode_chat(&model, &msgs, true)?;
-        let common = session
-            .history()
-            .iter()
-            .zip(&full)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(full.len() - 1);
-        session.truncate(common);
+        let common = session.reuse_prefix(&full);
         let req = TextRequest {
             params: params.clone(),
             max_tokens: a.sampling.max_tokens,

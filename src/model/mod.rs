@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod llama;
+pub mod step;
 pub mod synthetic;
 pub mod weights;
 
@@ -17,6 +18,9 @@ use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
 
 pub use crate::config::LlamaConfig;
+/// Per-dispatch timings of one step ([`StepGraph::profile`]).
+pub use crate::graph::Profile;
+pub use step::{Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN, PREFILL_CHUNK};
 pub use weights::WeightPolicy;
 
 /// How to load a model.

@@ -45,10 +45,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::generate::{encode_chat, encode_raw, TextRequest};
+use crate::generate::{encode_chat, encode_raw};
 use crate::model::Model;
 use crate::session::TokenLogprobs;
-use api::{ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
+use api::{text_request, ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
 use scheduler::{Event, Finished, Job, Rejected, Scheduler, Stats};
 
 /// Server settings (the `fado serve` flags).
@@ -397,70 +397,10 @@ async fn completions(
                     })??
             }
         };
-        let vocab = s.inner.model.config.vocab_size;
-        if let Some(t) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ApiError::invalid(format!(
-                "`prompt`: token id {t} is outside the vocabulary (size {vocab})"
-            ))
-            .param("prompt"));
-        }
         start(&s, Endpoint::Completion, ids, req.gen).await
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// Turn a parsed request for a prompt of `prompt_len` tokens into what a slot runs, checking
-/// the server's limits (context, `--max-tokens-cap`). `fallback_seed` is used when the request
-/// gave none. No GPU work: the HTTP-body fuzz target drives this too.
-pub fn text_request(
-    cfg: &ServerConfig,
-    endpoint: Endpoint,
-    prompt_len: usize,
-    gen: &GenParams,
-    fallback_seed: u64,
-) -> std::result::Result<TextRequest, ApiError> {
-    let prompt_param = if endpoint == Endpoint::Chat {
-        "messages"
-    } else {
-        "prompt"
-    };
-    if prompt_len == 0 {
-        return Err(
-            ApiError::invalid("the prompt is empty: nothing to generate from").param(prompt_param),
-        );
-    }
-    if prompt_len > cfg.ctx {
-        return Err(ApiError::invalid(format!(
-            "the prompt is {prompt_len} tokens but the context holds {} tokens (--ctx); \
-             shorten the prompt or the conversation",
-            cfg.ctx
-        ))
-        .param(prompt_param)
-        .code("context_length_exceeded"));
-    }
-    let max_tokens = match gen.max_tokens {
-        Some(n) if n > cfg.max_tokens_cap => {
-            return Err(ApiError::invalid(format!(
-                "max_tokens = {n} exceeds the server's cap of {} (--max-tokens-cap)",
-                cfg.max_tokens_cap
-            ))
-            .param("max_tokens"))
-        }
-        Some(n) => n,
-        None => cfg.max_tokens_cap,
-    };
-    // Generation also stops when the context is full (finish_reason "length").
-    let max_tokens = max_tokens.min(cfg.ctx + 1 - prompt_len);
-    let mut params = gen.params.clone();
-    if !gen.seeded {
-        params.seed = fallback_seed;
-    }
-    Ok(TextRequest {
-        params,
-        max_tokens,
-        stop: gen.stop.clone(),
-    })
 }
 
 /// Check limits, queue the job and answer (streamed or whole).
@@ -485,7 +425,8 @@ async fn start(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
         ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let req = text_request(cfg, endpoint, prompt.len(), &gen, seed)?;
+    let vocab = s.inner.model.config.vocab_size;
+    let req = text_request(cfg, endpoint, &prompt, vocab, &gen, seed)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt,

@@ -306,25 +306,12 @@ fn worker(sh: Arc<Shared>, mut session: Session, prefix_cache: bool) {
 
 fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finished> {
     let prompt = &job.prompt;
-    if prompt.is_empty() {
-        return Err(Error::Request(
-            "empty prompt: nothing to generate from".into(),
-        ));
-    }
-    // Reuse the cached prefix, but always prefill at least one token (its logits start
-    // generation).
     let common = if prefix_cache {
-        session
-            .history()
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1)
+        session.reuse_prefix(prompt)
     } else {
+        session.reset();
         0
     };
-    session.truncate(common);
     let events = &job.events;
     let mut sent = 0usize;
     let out = generate_text_with_logprobs(

@@ -1,130 +1,19 @@
-//! The OpenAI wire format: request parsing with errors that name the parameter, response and
-//! stream-chunk bodies, and errors in OpenAI's shape `{"error": {message, type, param, code}}`.
-//!
-//! Requests are parsed field by field from a `serde_json::Value`, so a wrong type says which
-//! field (`"temperature": invalid type: string "hot", expected f32`) and carries it in `param`.
-//! Unknown fields are ignored (clients send many); fields that would change the output in a way
-//! this server cannot honour (`n` > 1, tools, `echo`) are refused with a 400 rather than
-//! silently ignored.
-//!
-//! Log-probabilities: chat takes `logprobs: true` and `top_logprobs: 0..=20` and answers
-//! `choices[0].logprobs.content = [{token, logprob, bytes, top_logprobs: [{token, logprob,
-//! bytes}]}]`; completions take `logprobs: 0..=20` (the number of alternatives; OpenAI's legacy
-//! limit is 5, this server allows 20) and answer `{tokens, token_logprobs, top_logprobs,
-//! text_offset}` with `text_offset` the byte offset of each token in the completion text. Both
-//! are natural logs of the softmax of the logits after penalties, before temperature, and
-//! appear in stream chunks too (for the tokens of that chunk).
+//! Request bodies: parsed field by field, each error naming its parameter; and the mapping
+//! of a parsed request to what a slot runs ([`text_request`]).
 
-#![warn(missing_docs)]
-
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
+use super::{ApiError, Endpoint};
 use crate::chat_template::Message;
+use crate::generate::TextRequest;
 use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
-use crate::session::{FinishReason, TokenLogprobs};
+use crate::server::ServerConfig;
+use crate::session::{check_prompt, room_for_generation, PromptProblem};
 
 /// The most stop strings a request may give.
 pub const MAX_STOP_STRINGS: usize = 16;
-
-/// An error as OpenAI reports it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ApiError {
-    /// The HTTP status of the response.
-    pub status: StatusCode,
-    /// OpenAI's `message`: what is wrong, for a person to read.
-    pub message: String,
-    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, …
-    pub kind: &'static str,
-    /// OpenAI's `param`: the request parameter at fault (`"temperature"`,
-    /// `"messages[2].content"`), if any.
-    pub param: Option<String>,
-    /// OpenAI's `code`: a machine-readable reason (`"invalid_api_key"`, `"queue_full"`, …).
-    pub code: Option<&'static str>,
-}
-
-impl ApiError {
-    /// An error without `param` and `code`.
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code: None,
-        }
-    }
-
-    /// 400 `invalid_request_error`.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-    }
-
-    /// Set `param`.
-    pub fn param(mut self, p: &str) -> Self {
-        self.param = Some(p.to_string());
-        self
-    }
-
-    /// Set `code`.
-    pub fn code(mut self, c: &'static str) -> Self {
-        self.code = Some(c);
-        self
-    }
-
-    /// The JSON body `{"error": {message, type, param, code}}` (absent ones are `null`).
-    pub fn body(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
-    }
-}
-
-impl From<crate::Error> for ApiError {
-    fn from(e: crate::Error) -> Self {
-        match e {
-            // The request (prompt, template, parameters) is what is wrong.
-            crate::Error::Request(_) | crate::Error::Tokenizer(_) => {
-                ApiError::invalid(e.to_string())
-            }
-            // Lost while this request ran: the same answer as for requests after it.
-            crate::Error::DeviceLost { .. } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                format!("{e}; the server must be restarted"),
-            )
-            .code("device_lost"),
-            _ => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                e.to_string(),
-            ),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(self.body())).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS
-            || self.status == StatusCode::SERVICE_UNAVAILABLE
-        {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        r
-    }
-}
 
 type Obj = Map<String, Value>;
 
@@ -350,70 +239,6 @@ fn logprobs_param(obj: &Obj, endpoint: Endpoint) -> Result<Option<usize>, ApiErr
     }
 }
 
-/// The bytes a token id stands for (the tokenizer's view).
-pub type TokenBytes<'a> = &'a dyn Fn(u32) -> Vec<u8>;
-
-fn token_entry(id: u32, logprob: f32, bytes: TokenBytes) -> Map<String, Value> {
-    let b = bytes(id);
-    let mut m = Map::new();
-    m.insert(
-        "token".into(),
-        String::from_utf8_lossy(&b).into_owned().into(),
-    );
-    m.insert("logprob".into(), json!(logprob));
-    m.insert("bytes".into(), json!(b));
-    m
-}
-
-/// Chat's `logprobs` object for some generated tokens.
-pub fn chat_logprobs(entries: &[TokenLogprobs], bytes: TokenBytes) -> Value {
-    let content: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            let mut m = token_entry(e.token, e.logprob, bytes);
-            let top: Vec<Value> = e
-                .top
-                .iter()
-                .map(|&(id, lp)| Value::Object(token_entry(id, lp, bytes)))
-                .collect();
-            m.insert("top_logprobs".into(), top.into());
-            Value::Object(m)
-        })
-        .collect();
-    json!({"content": content, "refusal": null})
-}
-
-/// The legacy completions `logprobs` object; `offset` is the byte offset of the first token in
-/// the completion text and is advanced past these tokens (streams call this per chunk).
-pub fn completion_logprobs(
-    entries: &[TokenLogprobs],
-    bytes: TokenBytes,
-    offset: &mut usize,
-) -> Value {
-    let mut tokens = Vec::new();
-    let mut token_logprobs = Vec::new();
-    let mut top_logprobs = Vec::new();
-    let mut text_offset = Vec::new();
-    for e in entries {
-        let b = bytes(e.token);
-        tokens.push(Value::from(String::from_utf8_lossy(&b).into_owned()));
-        token_logprobs.push(json!(e.logprob));
-        let mut top = Map::new();
-        for &(id, lp) in &e.top {
-            top.insert(String::from_utf8_lossy(&bytes(id)).into_owned(), json!(lp));
-        }
-        top_logprobs.push(Value::Object(top));
-        text_offset.push(json!(*offset));
-        *offset += b.len();
-    }
-    json!({
-        "tokens": tokens,
-        "token_logprobs": token_logprobs,
-        "top_logprobs": top_logprobs,
-        "text_offset": text_offset,
-    })
-}
-
 /// `POST /v1/chat/completions`.
 #[derive(Clone, Debug)]
 pub struct ChatRequest {
@@ -592,134 +417,58 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     })
 }
 
-/// Which endpoint's bodies to produce.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/v1/chat/completions`.
-    Chat,
-    /// `/v1/completions`.
-    Completion,
-}
-
-/// OpenAI's `finish_reason`: `"stop"` or `"length"` (`Cancelled` is reported as `"length"`).
-pub fn finish_str(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Stop => "stop",
-        // A cancelled request has no client left to read this.
-        FinishReason::Length | FinishReason::Cancelled => "length",
+/// Turn a parsed request for `prompt` (token ids of a model of `vocab` tokens) into what a
+/// slot runs, checking the prompt ([`check_prompt`]) and the server's limits (context,
+/// `--max-tokens-cap`). `fallback_seed` is used when the request gave none. No GPU work: the
+/// HTTP-body fuzz target drives this too.
+pub fn text_request(
+    cfg: &ServerConfig,
+    endpoint: Endpoint,
+    prompt: &[u32],
+    vocab: usize,
+    gen: &GenParams,
+    fallback_seed: u64,
+) -> std::result::Result<TextRequest, ApiError> {
+    let prompt_param = if endpoint == Endpoint::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
+    if let Err(p) = check_prompt(prompt, vocab, 0, cfg.ctx) {
+        let e = ApiError::invalid(format!("`{prompt_param}`: {p}")).param(prompt_param);
+        return Err(match p {
+            PromptProblem::TooLong { .. } => e.code("context_length_exceeded"),
+            _ => e,
+        });
     }
-}
-
-/// The `usage` object: prompt, completion and total token counts.
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+    let max_tokens = match gen.max_tokens {
+        Some(n) if n > cfg.max_tokens_cap => {
+            return Err(ApiError::invalid(format!(
+                "max_tokens = {n} exceeds the server's cap of {} (--max-tokens-cap)",
+                cfg.max_tokens_cap
+            ))
+            .param("max_tokens"))
+        }
+        Some(n) => n,
+        None => cfg.max_tokens_cap,
+    };
+    // Generation also stops when the context is full (finish_reason "length").
+    let max_tokens = max_tokens.min(room_for_generation(cfg.ctx, prompt.len()));
+    let mut params = gen.params.clone();
+    if !gen.seeded {
+        params.seed = fallback_seed;
+    }
+    Ok(TextRequest {
+        params,
+        max_tokens,
+        stop: gen.stop.clone(),
     })
 }
-
-/// Identity of one response, shared by all its chunks.
-#[derive(Clone, Debug)]
-pub struct ResponseMeta {
-    /// The response id (`chatcmpl-…` or `cmpl-…`).
-    pub id: String,
-    /// Creation time, Unix seconds.
-    pub created: u64,
-    /// The served model's name.
-    pub model: String,
-}
-
-impl ResponseMeta {
-    fn base(&self, e: Endpoint, chunk: bool) -> Map<String, Value> {
-        let object = match (e, chunk) {
-            (Endpoint::Chat, false) => "chat.completion",
-            (Endpoint::Chat, true) => "chat.completion.chunk",
-            (Endpoint::Completion, _) => "text_completion",
-        };
-        let mut m = Map::new();
-        m.insert("id".into(), self.id.clone().into());
-        m.insert("object".into(), object.into());
-        m.insert("created".into(), self.created.into());
-        m.insert("model".into(), self.model.clone().into());
-        m.insert("system_fingerprint".into(), SYSTEM_FINGERPRINT.into());
-        m
-    }
-
-    /// A whole (non-streamed) response; `logprobs` is the endpoint's logprobs object or null.
-    pub fn full(
-        &self,
-        e: Endpoint,
-        text: &str,
-        finish: FinishReason,
-        usage: Value,
-        logprobs: Value,
-    ) -> Value {
-        let mut m = self.base(e, false);
-        let choice = match e {
-            Endpoint::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs,
-                "finish_reason": finish_str(finish),
-            }),
-            Endpoint::Completion => json!({
-                "index": 0,
-                "text": text,
-                "logprobs": logprobs,
-                "finish_reason": finish_str(finish),
-            }),
-        };
-        m.insert("choices".into(), json!([choice]));
-        m.insert("usage".into(), usage);
-        Value::Object(m)
-    }
-
-    /// A stream chunk: `role` in the first chat chunk, `text` as the delta, `finish` in the last.
-    pub fn chunk(
-        &self,
-        e: Endpoint,
-        first: bool,
-        text: Option<&str>,
-        finish: Option<FinishReason>,
-        logprobs: Value,
-    ) -> Value {
-        let mut m = self.base(e, true);
-        let fr = finish.map(finish_str);
-        let choice = match e {
-            Endpoint::Chat => {
-                let mut delta = Map::new();
-                if first {
-                    delta.insert("role".into(), "assistant".into());
-                }
-                if let Some(t) = text {
-                    delta.insert("content".into(), t.into());
-                }
-                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": fr})
-            }
-            Endpoint::Completion => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": fr})
-            }
-        };
-        m.insert("choices".into(), json!([choice]));
-        Value::Object(m)
-    }
-
-    /// The extra last chunk of `stream_options.include_usage`: no choices, only usage.
-    pub fn usage_chunk(&self, e: Endpoint, usage: Value) -> Value {
-        let mut m = self.base(e, true);
-        m.insert("choices".into(), json!([]));
-        m.insert("usage".into(), usage);
-        Value::Object(m)
-    }
-}
-
-/// The `system_fingerprint` of every response: `fado-` and the crate version.
-pub const SYSTEM_FINGERPRINT: &str = concat!("fado-", env!("CARGO_PKG_VERSION"));
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn a_malformed_max_tokens_is_an_error_next_to_max_completion_tokens() {
@@ -728,19 +477,6 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
-    }
-
-    #[test]
-    fn a_device_lost_while_generating_is_a_503_device_lost() {
-        let e = ApiError::from(crate::Error::DeviceLost {
-            what: "running the model".into(),
-            why: "Destroyed".into(),
-        });
-        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.code, Some("device_lost"));
-        assert!(e.message.contains("lost"), "{}", e.message);
-        let e = ApiError::from(crate::Error::gpu("x", "y"));
-        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! One sequence's GPU state and the compiled graphs that advance it: what a session runs.
+//!
+//! A [`Sequence`] owns the KV cache and the small input buffers a step rewrites (token ids,
+//! the penalty window); a [`StepGraph`] is the forward pass for one step shape ([`StepSpec`]:
+//! how many tokens, how many candidates, which head ops) compiled against that sequence's
+//! buffers once, then run at any position. Only the step uniform and those inputs are written
+//! per run; only the top-k candidates (and one float for log-probabilities) come back.
+
+#![warn(missing_docs)]
+
+use crate::error::{Error, Result};
+use crate::graph::{Executable, Profile, TensorId};
+use crate::ops::topk::Penalize;
+use crate::ops::Step;
+use crate::tensor::{DType, Tensor, TensorDesc};
+
+use super::llama::{self, Head, KvCache};
+use super::Model;
+
+pub use crate::ops::topk::NO_TOKEN;
+
+/// Prompt tokens per prefill chunk (the largest step a [`Sequence`] runs at once).
+pub const PREFILL_CHUNK: usize = 256;
+
+/// The GPU buffers of one sequence: its KV cache, the token ids of the step being run and the
+/// penalty window (distinct token ids, unused slots [`NO_TOKEN`], and what to subtract from
+/// each one's logit) — room for a whole context, so any window fits without a reallocation.
+pub struct Sequence {
+    cache: KvCache,
+    ids: Tensor,
+    pen_ids: Tensor,
+    pen_counts: Tensor,
+}
+
+impl Sequence {
+    /// Buffers for a sequence of up to `ctx` tokens of `model`. The KV cache's size is checked
+    /// before the device is touched, with overflow-safe arithmetic, so a huge context is an
+    /// error naming the numbers, not an overflow or a driver abort.
+    pub fn new(model: &Model, ctx: usize) -> Result<Sequence> {
+        let cfg = &model.config;
+        if ctx == 0 {
+            return Err(Error::Request("the context size must be at least 1".into()));
+        }
+        let gpu = &model.ctx;
+        gpu.check_alive("creating a session")?;
+        let row = (cfg.num_key_value_heads * cfg.head_dim * 4) as u64;
+        let per_buffer = (ctx as u64).checked_mul(row);
+        let total = per_buffer.and_then(|b| b.checked_mul(2 * cfg.num_hidden_layers as u64));
+        let max = gpu.caps.max_buffer;
+        if per_buffer.is_none_or(|b| b > max) {
+            return Err(Error::OutOfMemory {
+                what: format!(
+                    "creating a session of {ctx} tokens (KV cache: {} layers × keys and values, \
+                     {} bytes in all)",
+                    cfg.num_hidden_layers,
+                    total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
+                ),
+                needed: per_buffer.unwrap_or(u64::MAX),
+                available: max,
+                hint: format!(
+                    " per cache buffer (the adapter's max_buffer_size); use a smaller --ctx \
+                     (at most {} tokens fit)",
+                    max / row.max(1)
+                ),
+            });
+        }
+        let kv_desc = TensorDesc::f32([ctx, cfg.num_key_value_heads, cfg.head_dim]);
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            k.push(gpu.empty(&format!("k_cache.{i}"), kv_desc.clone())?);
+            v.push(gpu.empty(&format!("v_cache.{i}"), kv_desc.clone())?);
+        }
+        Ok(Sequence {
+            cache: KvCache {
+                k,
+                v,
+                capacity: ctx,
+            },
+            ids: gpu.empty("ids", TensorDesc::new(DType::U32, [PREFILL_CHUNK]))?,
+            pen_ids: gpu.empty("penalty_ids", TensorDesc::new(DType::U32, [ctx]))?,
+            pen_counts: gpu.empty("penalty_counts", TensorDesc::f32([ctx]))?,
+        })
+    }
+
+    /// Token positions the KV cache holds.
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity
+    }
+
+    /// Write the token ids of the next step.
+    pub fn write_tokens(&self, model: &Model, tokens: &[u32]) -> Result<()> {
+        model.ctx.write(&self.ids, 0, bytemuck::cast_slice(tokens))
+    }
+
+    /// Write the penalty window: `ids` and their `amounts`, both as long as the window the
+    /// step was compiled for ([`StepSpec::penalty`]; pad with [`NO_TOKEN`] and 0).
+    pub fn write_penalty_window(&self, model: &Model, ids: &[u32], amounts: &[f32]) -> Result<()> {
+        model
+            .ctx
+            .write(&self.pen_ids, 0, bytemuck::cast_slice(ids))?;
+        model
+            .ctx
+            .write(&self.pen_counts, 0, bytemuck::cast_slice(amounts))
+    }
+
+    /// Build and compile the forward pass of `spec` against this sequence's buffers.
+    pub fn compile(&self, model: &Model, spec: StepSpec) -> Result<StepGraph> {
+        let ids = Tensor {
+            desc: TensorDesc::new(DType::U32, [spec.tokens]),
+            ..self.ids.clone()
+        };
+        // Presence and frequency penalties are folded into the per-step amounts (the op runs
+        // with presence 0 and frequency 1), so requests differing only in those share a graph.
+        let penalize = spec.penalty.map(|(n, repeat_bits)| {
+            (
+                Penalize {
+                    repeat: f32::from_bits(repeat_bits),
+                    presence: 0.0,
+                    frequency: 1.0,
+                },
+                Tensor {
+                    desc: TensorDesc::new(DType::U32, [n]),
+                    ..self.pen_ids.clone()
+                },
+                Tensor {
+                    desc: TensorDesc::f32([n]),
+                    ..self.pen_counts.clone()
+                },
+            )
+        });
+        let head = Head {
+            topk: Some(spec.k),
+            penalize,
+            logsumexp: spec.logsumexp,
+        };
+        let fwd = llama::forward_with(&model.config, &model.weights, &self.cache, &ids, &head)?;
+        let topk = fwd
+            .topk
+            .ok_or_else(|| Error::op("forward", "the head was asked for top-k but built none"))?;
+        let mut keep = vec![topk, fwd.logits];
+        keep.extend(fwd.logsumexp);
+        let exe = fwd.graph.compile(&model.ctx, &keep)?;
+        Ok(StepGraph {
+            exe,
+            k: spec.k,
+            topk,
+            logits: fwd.logits,
+            logsumexp: fwd.logsumexp,
+        })
+    }
+}
+
+/// The shape of one step: part of a compiled graph's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepSpec {
+    /// Tokens run at once (1 for decode, ≤ [`PREFILL_CHUNK`] for prefill).
+    pub tokens: usize,
+    /// Top-k candidates returned.
+    pub k: usize,
+    /// Penalty window length and the repetition penalty's bits, when penalties run.
+    pub penalty: Option<(usize, u32)>,
+    /// Also return the log-sum-exp of the logits (for log-probabilities).
+    pub logsumexp: bool,
+}
+
+impl StepSpec {
+    /// Whether this step's head is the plain top-k one (no penalties, no log-sum-exp).
+    pub fn plain_head(&self) -> bool {
+        self.penalty.is_none() && !self.logsumexp
+    }
+}
+
+/// What one step returns.
+pub struct StepOut {
+    /// Top-k (id, logit), best first.
+    pub cands: Vec<(u32, f32)>,
+    /// log Σ exp(logits), when asked for.
+    pub logsumexp: Option<f32>,
+}
+
+/// A compiled step: run it at any position of its sequence.
+pub struct StepGraph {
+    exe: Executable,
+    k: usize,
+    topk: TensorId,
+    logits: TensorId,
+    logsumexp: Option<TensorId>,
+}
+
+impl StepGraph {
+    /// Run `tokens` tokens (already written with [`Sequence::write_tokens`]) at `pos`; returns
+    /// the top-k candidates of the last token's logits, best first.
+    pub fn run(&self, pos: usize, tokens: usize) -> Result<StepOut> {
+        let k = self.k;
+        let mut reads = vec![(self.topk, (2 * k * 4) as u64)];
+        reads.extend(self.logsumexp.map(|l| (l, 4)));
+        let raw = self
+            .exe
+            .run_read_many(Step::new(pos as u32, tokens as u32), &reads)?;
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&raw[0]);
+        let logsumexp = raw
+            .get(1)
+            .map(|b| f32::from_bits(bytemuck::pod_read_unaligned::<u32>(&b[..4])));
+        Ok(StepOut {
+            cands: (0..k)
+                .map(|i| (words[i], f32::from_bits(words[k + i])))
+                .collect(),
+            logsumexp,
+        })
+    }
+
+    /// The full logits of the last token of the most recent run.
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        self.exe.read_f32(self.logits)
+    }
+
+    /// Time every dispatch of one run at `pos` (timestamp queries).
+    pub fn profile(&self, pos: usize) -> Result<Profile> {
+        self.exe.run_profiled(Step::new(pos as u32, 1))
+    }
+}

@@ -1,0 +1,186 @@
+//! Response bodies: whole responses, stream chunks, usage and log-probabilities.
+
+use serde_json::{json, Map, Value};
+
+use super::Endpoint;
+use crate::session::{FinishReason, TokenLogprobs};
+
+/// The bytes a token id stands for (the tokenizer's view).
+pub type TokenBytes<'a> = &'a dyn Fn(u32) -> Vec<u8>;
+
+fn token_entry(id: u32, logprob: f32, bytes: TokenBytes) -> Map<String, Value> {
+    let b = bytes(id);
+    let mut m = Map::new();
+    m.insert(
+        "token".into(),
+        String::from_utf8_lossy(&b).into_owned().into(),
+    );
+    m.insert("logprob".into(), json!(logprob));
+    m.insert("bytes".into(), json!(b));
+    m
+}
+
+/// Chat's `logprobs` object for some generated tokens.
+pub fn chat_logprobs(entries: &[TokenLogprobs], bytes: TokenBytes) -> Value {
+    let content: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut m = token_entry(e.token, e.logprob, bytes);
+            let top: Vec<Value> = e
+                .top
+                .iter()
+                .map(|&(id, lp)| Value::Object(token_entry(id, lp, bytes)))
+                .collect();
+            m.insert("top_logprobs".into(), top.into());
+            Value::Object(m)
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// The legacy completions `logprobs` object; `offset` is the byte offset of the first token in
+/// the completion text and is advanced past these tokens (streams call this per chunk).
+pub fn completion_logprobs(
+    entries: &[TokenLogprobs],
+    bytes: TokenBytes,
+    offset: &mut usize,
+) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top_logprobs = Vec::new();
+    let mut text_offset = Vec::new();
+    for e in entries {
+        let b = bytes(e.token);
+        tokens.push(Value::from(String::from_utf8_lossy(&b).into_owned()));
+        token_logprobs.push(json!(e.logprob));
+        let mut top = Map::new();
+        for &(id, lp) in &e.top {
+            top.insert(String::from_utf8_lossy(&bytes(id)).into_owned(), json!(lp));
+        }
+        top_logprobs.push(Value::Object(top));
+        text_offset.push(json!(*offset));
+        *offset += b.len();
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
+    })
+}
+
+/// OpenAI's `finish_reason`: `"stop"` or `"length"` (`Cancelled` is reported as `"length"`).
+pub fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        // A cancelled request has no client left to read this.
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}
+
+/// The `usage` object: prompt, completion and total token counts.
+pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Identity of one response, shared by all its chunks.
+#[derive(Clone, Debug)]
+pub struct ResponseMeta {
+    /// The response id (`chatcmpl-…` or `cmpl-…`).
+    pub id: String,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// The served model's name.
+    pub model: String,
+}
+
+impl ResponseMeta {
+    fn base(&self, e: Endpoint, chunk: bool) -> Map<String, Value> {
+        let object = match (e, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        };
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("object".into(), object.into());
+        m.insert("created".into(), self.created.into());
+        m.insert("model".into(), self.model.clone().into());
+        m.insert("system_fingerprint".into(), SYSTEM_FINGERPRINT.into());
+        m
+    }
+
+    /// A whole (non-streamed) response; `logprobs` is the endpoint's logprobs object or null.
+    pub fn full(
+        &self,
+        e: Endpoint,
+        text: &str,
+        finish: FinishReason,
+        usage: Value,
+        logprobs: Value,
+    ) -> Value {
+        let mut m = self.base(e, false);
+        let choice = match e {
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs,
+                "finish_reason": finish_str(finish),
+            }),
+            Endpoint::Completion => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": logprobs,
+                "finish_reason": finish_str(finish),
+            }),
+        };
+        m.insert("choices".into(), json!([choice]));
+        m.insert("usage".into(), usage);
+        Value::Object(m)
+    }
+
+    /// A stream chunk: `role` in the first chat chunk, `text` as the delta, `finish` in the last.
+    pub fn chunk(
+        &self,
+        e: Endpoint,
+        first: bool,
+        text: Option<&str>,
+        finish: Option<FinishReason>,
+        logprobs: Value,
+    ) -> Value {
+        let mut m = self.base(e, true);
+        let fr = finish.map(finish_str);
+        let choice = match e {
+            Endpoint::Chat => {
+                let mut delta = Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), t.into());
+                }
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": fr})
+            }
+            Endpoint::Completion => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": fr})
+            }
+        };
+        m.insert("choices".into(), json!([choice]));
+        Value::Object(m)
+    }
+
+    /// The extra last chunk of `stream_options.include_usage`: no choices, only usage.
+    pub fn usage_chunk(&self, e: Endpoint, usage: Value) -> Value {
+        let mut m = self.base(e, true);
+        m.insert("choices".into(), json!([]));
+        m.insert("usage".into(), usage);
+        Value::Object(m)
+    }
+}
+
+/// The `system_fingerprint` of every response: `fado-` and the crate version.
+pub const SYSTEM_FINGERPRINT: &str = concat!("fado-", env!("CARGO_PKG_VERSION"));
