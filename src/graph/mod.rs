@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod compile;
 mod exec;
 pub mod plan;
 
