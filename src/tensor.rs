@@ -202,7 +202,7 @@ pub enum Place {
         offset: u64,
     },
     /// A texel image of the same bytes ([`Texels`]): weight matrices on CPU
-    /// devices, where kernels fetch them as texels (see `crate::gpu::reads_texels`).
+    /// devices, where kernels fetch them as texels (the placement rule of the gpu module).
     Texels(Arc<Texels>),
 }
 
@@ -269,7 +269,7 @@ impl Tensor {
 }
 
 /// A texel image on the device: a tensor's bytes in an `rgba32uint` texture, made and
-/// filled by `crate::gpu` (see `gpu/texels.rs` for the layout).
+/// filled by the gpu module (see `gpu/texels.rs` for the layout).
 #[derive(Debug)]
 pub struct Texels {
     /// The `rgba32uint` texture.

@@ -1,6 +1,6 @@
 //! Where weights live on this device: the one rule for which tensors kernels read as texel
 //! images (CPU devices) and which stay in storage buffers. Loaders, synthetic weights and the
-//! kernels of `crate::ops` all ask here, so they cannot disagree.
+//! kernels (the ops) all ask here, so they cannot disagree.
 
 use super::{Caps, GpuContext};
 use crate::error::Result;
