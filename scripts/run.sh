@@ -11,7 +11,6 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 scripts/setup.sh
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 PROMPT="${1:-Write one sentence about Lisbon.}"
 shift || true
 # `cargo run` rather than target/release/fado: the binary lands elsewhere when CARGO_TARGET_DIR

@@ -4,8 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# Mesa's WSI complains without a runtime dir even for compute-only use.
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 FADO_DEFAULT_MODEL="$(scripts/fetch-default-model.sh)"
 export FADO_DEFAULT_MODEL
 cargo test "$@"

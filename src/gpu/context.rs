@@ -123,7 +123,26 @@ pub struct GpuContext {
     lost: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// Fado is headless: it needs no display, so it switches off Mesa's `VK_LAYER_MESA_device_select`
+/// implicit layer, which connects to the Wayland display in `vkEnumeratePhysicalDevices` to
+/// rank devices by the screen — and, where `XDG_RUNTIME_DIR` is unset (root shells, containers,
+/// sudo, CI), makes libwayland print "error: XDG_RUNTIME_DIR is invalid or not set" twice.
+/// Fado picks its adapter itself (`--adapter`). A user who sets `NODEVICE_SELECT` or Mesa's own
+/// `MESA_VK_DEVICE_SELECT` keeps the layer as they configured it.
+fn headless_vulkan_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let user_set = |k: &str| std::env::var_os(k).is_some();
+        if !user_set("NODEVICE_SELECT") && !user_set("MESA_VK_DEVICE_SELECT") {
+            // The layer's own off switch (its manifest's `disable_environment`), read by the
+            // Vulkan loader when the instance is created.
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    });
+}
+
 fn instance() -> wgpu::Instance {
+    headless_vulkan_env();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     // Vulkan, Metal and DX12 only: the GL backend lacks the storage limits and features a model needs.
     desc.backends = wgpu::Backends::PRIMARY;
