@@ -51,10 +51,10 @@ fi
 [ -x $B/gpuprobe ] && $B/gpuprobe --only copy --copy-mib 1024 2>&1 | tee "$OUT/copy.txt" | grep -iE "copy" | tail -4
 P=${P:-128}; N=${N:-64}; R=${R:-2}
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do
-  timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" -p "$P" -n "$N" -r "$R" --json \
+  timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" --prompt-tokens "$P" --gen-tokens "$N" -r "$R" --json \
     > "$OUT/bench-$d.json" 2> "$OUT/bench-$d.err" || echo "bench $d failed: $(tail -2 "$OUT/bench-$d.err")"
 done
-timeout 120 $B/fado bench --synthetic amalia-9b --dtype bf16 -p 16 -n 8 -r 1 --profile \
+timeout 120 $B/fado bench --synthetic amalia-9b --dtype bf16 --prompt-tokens 16 --gen-tokens 8 -r 1 --profile \
   > /dev/null 2> "$OUT/profile-bf16.txt"; tail -12 "$OUT/profile-bf16.txt"
 echo "== summary"
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do echo "$d $(cat "$OUT/bench-$d.json" 2>/dev/null)"; done

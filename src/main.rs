@@ -41,8 +41,12 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The server logs a line per request at info level; other commands only warnings unless
+    // -v. RUST_LOG overrides both.
     let filter = if args.verbose {
         "fado=debug"
+    } else if matches!(args.cmd, Cmd::Serve(_)) {
+        "fado=info"
     } else {
         "fado=warn"
     };

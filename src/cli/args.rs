@@ -78,26 +78,28 @@ impl ModelArgs {
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.7)]
+    // Negative values parse (and then fail validation with a message naming the range)
+    // instead of being taken for a flag.
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep the K most likely tokens (0 = off).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
     /// Nucleus sampling mass (1 = off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than min_p × the best one (0 = off).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalize repeats of the last 64 tokens (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Random seed (default: from the clock). The same seed gives the same tokens.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Maximum new tokens.
-    #[arg(long, short = 'n', default_value_t = 256)]
-    pub max_tokens: usize,
+    /// Maximum new tokens (at least 1, as the server's max_tokens).
+    #[arg(long, short = 'n', default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
     /// Stop before this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,

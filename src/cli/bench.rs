@@ -21,14 +21,15 @@ pub struct BenchArgs {
     /// amalia-9b, smollm2-135m, or a config.json path.
     #[arg(long, conflicts_with = "model")]
     pub synthetic: Option<String>,
-    /// Weight type for --synthetic: bf16, f16, f32, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k.
-    #[arg(long, default_value = "bf16")]
-    pub dtype: String,
-    /// Prompt tokens for the pp test.
-    #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512)]
+    /// Weight type for --synthetic: bf16 (default), f16, f32, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k.
+    #[arg(long, requires = "synthetic")]
+    pub dtype: Option<String>,
+    /// Prompt tokens for the pp test (llama-bench's -p; no short flag here, since `-p` is the
+    /// prompt text in `fado run`).
+    #[arg(long = "prompt-tokens", default_value_t = 512)]
     pub pp: usize,
-    /// Generated tokens for the tg test.
-    #[arg(short = 'n', long = "gen-tokens", default_value_t = 128)]
+    /// Generated tokens for the tg test (llama-bench's -n).
+    #[arg(long = "gen-tokens", default_value_t = 128)]
     pub tg: usize,
     /// Repetitions (mean ± stddev).
     #[arg(short = 'r', long, default_value_t = 3)]
@@ -86,7 +87,7 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     let model: Arc<Model> = match &a.synthetic {
         Some(name) => {
             let cfg = synthetic::config_by_name(name)?;
-            let dtype = parse_dtype(&a.dtype)?;
+            let dtype = parse_dtype(a.dtype.as_deref().unwrap_or("bf16"))?;
             let ctx = GpuContext::new(&GpuOptions {
                 adapter,
                 ..GpuOptions::from_env()

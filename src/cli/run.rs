@@ -1,6 +1,6 @@
 //! `fado run` and `fado chat`.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 
 use clap::Args;
 use fado::chat_template::Message;
@@ -30,26 +30,47 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// The prompt from standard input, without the one line break that ends typed or piped text
+/// (`echo "…" | fado run` must not prompt with a trailing newline).
 fn read_stdin() -> Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the prompt from standard input; end it with Ctrl-D (or pass --prompt)");
+    }
     let mut buf = Vec::new();
     std::io::stdin()
         .read_to_end(&mut buf)
         .map_err(|e| Error::io("<stdin>", e))?;
-    String::from_utf8(buf).map_err(|e| {
+    let mut text = String::from_utf8(buf).map_err(|e| {
         Error::Request(format!(
             "the prompt on standard input is not valid UTF-8 (byte {}); pass UTF-8 text",
             e.utf8_error().valid_up_to()
         ))
-    })
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// `1 token`, `2 tokens`.
+fn tokens(n: usize) -> String {
+    if n == 1 {
+        "1 token".into()
+    } else {
+        format!("{n} tokens")
+    }
 }
 
 fn summary(out: &fado::generate::TextOutput) {
     let g = &out.generation;
     eprintln!(
-        "\n[prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | {}]",
-        g.prompt_tokens,
+        "\n[prompt: {}, {:.1} tok/s | generated: {}, {:.1} tok/s | {}]",
+        tokens(g.prompt_tokens),
         g.prefill_tokens_per_s(),
-        g.tokens.len(),
+        tokens(g.tokens.len()),
         g.decode_tokens_per_s(),
         g.finish_reason.as_str()
     );
@@ -81,7 +102,7 @@ pub fn run(a: RunArgs, adapter: Option<String>) -> Result<()> {
     let mut session = Session::new(model.clone(), ctx)?;
     let req = TextRequest {
         params,
-        max_tokens: a.sampling.max_tokens,
+        max_tokens: a.sampling.max_tokens as usize,
         stop: a.sampling.stop.clone(),
     };
     let stdout = std::io::stdout();
@@ -172,7 +193,7 @@ pub fn chat(a: ChatArgs, adapter: Option<String>) -> Result<()> {
         let common = session.reuse_prefix(&full);
         let req = TextRequest {
             params: params.clone(),
-            max_tokens: a.sampling.max_tokens,
+            max_tokens: a.sampling.max_tokens as usize,
             stop: a.sampling.stop.clone(),
         };
         let stdout = std::io::stdout();

@@ -14,8 +14,15 @@ pub struct ServeArgs {
     /// (then also set --api-key).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// TCP port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Names to answer to (repeatable, or several after one flag), as vLLM's flag: the first
+    /// is reported in responses and /v1/models, and requests may name any of them (or
+    /// `default`). Default: the model's file name, with or without its extension. Clients that
+    /// hard-code a model name (e.g. `gpt-4o-mini`) work with it listed here.
+    #[arg(long, num_args = 1..)]
+    pub served_model_name: Vec<String>,
     /// Require `Authorization: Bearer KEY` on /v1/* requests.
     #[arg(long, env = "FADO_API_KEY")]
     pub api_key: Option<String>,
@@ -49,6 +56,7 @@ pub fn serve_cmd(a: ServeArgs, adapter: Option<String>) -> Result<()> {
         max_tokens_cap: a.max_tokens_cap,
         ctx,
         prefix_cache: !a.no_prefix_cache,
+        served_model_names: a.served_model_name.clone(),
     };
     let server = Server::new(model.clone(), cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -287,6 +287,14 @@ impl GpuContext {
 
     fn from_adapter(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Arc<GpuContext>> {
         let info = adapter.get_info();
+        tracing::debug!(
+            "adapter: {} ({:?}, {:?}, driver {} {})",
+            info.name,
+            info.backend,
+            info.device_type,
+            info.driver,
+            info.driver_info
+        );
         let mut features = adapter.features() & wanted_features();
         if opts.disable_f16 {
             features.remove(wgpu::Features::SHADER_F16);

@@ -80,6 +80,12 @@ impl Graph {
                 entry: c.entry,
             });
         }
+        tracing::debug!(
+            "compiled a graph: {} nodes, {} dispatches, {} intermediate bytes",
+            self.nodes.len(),
+            dispatches.len(),
+            mem.intermediate_bytes
+        );
         Ok(Executable::new(
             ctx.clone(),
             mem.tensors,

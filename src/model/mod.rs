@@ -108,6 +108,7 @@ impl Model {
         opts: &ModelOptions,
     ) -> Result<Arc<Model>> {
         let path = path.as_ref();
+        let t0 = std::time::Instant::now();
         let src = loader::open(path)?;
         let mut config = src.config().clone();
         let (tokenizer, chat_template) = text_side(src.as_ref())?;
@@ -134,6 +135,14 @@ impl Model {
             WeightPolicy { quant: opts.quant },
             progress,
         )?;
+        tracing::debug!(
+            "loaded {} ({}): {} layers, {} bytes of weights on the GPU in {:.2} s",
+            path.display(),
+            src.format(),
+            config.num_hidden_layers,
+            weights_bytes,
+            t0.elapsed().as_secs_f64()
+        );
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -64,6 +64,11 @@ impl Sequence {
                 ),
             });
         }
+        tracing::debug!(
+            "KV cache: {ctx} tokens × {} layers, {} bytes",
+            cfg.num_hidden_layers,
+            total.unwrap_or(u64::MAX)
+        );
         let kv_desc = TensorDesc::f32([ctx, cfg.num_key_value_heads, cfg.head_dim]);
         let mut k = Vec::new();
         let mut v = Vec::new();

@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub ctx: usize,
     /// Reuse a slot's cached prompt prefix for the next request.
     pub prefix_cache: bool,
+    /// Names the server answers to (vLLM's `--served-model-name`): the first is the one it
+    /// reports; requests may name any of them or `default`. Empty: the model's file name (with
+    /// or without its extension).
+    pub served_model_names: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             max_tokens_cap: 4096,
             ctx: 4096,
             prefix_cache: true,
+            served_model_names: Vec::new(),
         }
     }
 }
@@ -88,7 +93,7 @@ struct Inner {
     model: Arc<Model>,
     cfg: ServerConfig,
     sched: Scheduler,
-    /// Names a request's `model` may use.
+    /// Names a request's `model` may use; the first is the one reported.
     names: Vec<String>,
     counter: AtomicU64,
 }
@@ -145,12 +150,21 @@ impl Server {
             cfg.queue,
             cfg.prefix_cache,
         )?;
-        let mut names = vec![model.name.clone(), "default".to_string()];
-        for ext in [".gguf", ".safetensors"] {
-            if let Some(stem) = model.name.strip_suffix(ext) {
-                names.push(stem.to_string());
+        let mut names = cfg.served_model_names.clone();
+        if names.is_empty() {
+            names.push(model.name.clone());
+            for ext in [".gguf", ".safetensors"] {
+                if let Some(stem) = model.name.strip_suffix(ext) {
+                    names.push(stem.to_string());
+                }
             }
         }
+        if let Some(bad) = names.iter().find(|n| n.trim().is_empty()) {
+            return Err(Error::Config(format!(
+                "--served-model-name `{bad}`: a model name may not be empty"
+            )));
+        }
+        names.push("default".to_string());
         Ok(Server {
             inner: Arc::new(Inner {
                 model,
@@ -186,6 +200,7 @@ impl Server {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(self.inner.cfg.max_body))
+            .layer(middleware::from_fn(log_request))
             .with_state(self.clone())
     }
 
@@ -217,6 +232,22 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Requests refused before reaching a slot (4xx/5xx) get an info line here; the slots log
+/// each generation they run (`scheduler::log_job`), so successful ones are debug-level only.
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let t0 = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if status.is_client_error() || status.is_server_error() {
+        tracing::info!("{method} {path}: {status} in {ms:.1} ms");
+    } else {
+        tracing::debug!("{method} {path}: {status} in {ms:.1} ms");
+    }
+    resp
 }
 
 async fn check_api_key(State(s): State<Server>, req: Request, next: Next) -> Response {
@@ -284,7 +315,7 @@ async fn health(State(s): State<Server>) -> Response {
     };
     let mut body = json!({
         "status": if lost.is_some() { "unhealthy" } else { "ok" },
-        "model": s.inner.model.name,
+        "model": s.inner.names[0],
         "slots": {"total": st.slots, "busy": st.busy},
         "queue": {"waiting": st.queued, "capacity": st.queue_capacity},
         "requests": {
@@ -303,9 +334,8 @@ async fn health(State(s): State<Server>) -> Response {
 }
 
 fn model_object(s: &Server) -> Value {
-    let m = &s.inner.model;
     json!({
-        "id": m.name,
+        "id": s.inner.names[0],
         "object": "model",
         "created": 0,
         "owned_by": "fado",
@@ -333,7 +363,7 @@ fn check_model(s: &Server, name: Option<&str>) -> std::result::Result<(), ApiErr
             "invalid_request_error",
             format!(
                 "the model `{n}` does not exist; this server serves `{}` (also accepted: `default`)",
-                s.inner.model.name
+                s.inner.names[0]
             ),
         )
         .param("model")
@@ -427,8 +457,14 @@ async fn start(
         ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let vocab = s.inner.model.config.vocab_size;
     let req = text_request(cfg, endpoint, &prompt, vocab, &gen, seed)?;
+    let prefix = match endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completion => "cmpl",
+    };
+    let id = format!("{prefix}-{:x}{n:06x}", now_secs());
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
+        id: id.clone(),
         prompt,
         req,
         top_logprobs: gen.logprobs,
@@ -452,14 +488,10 @@ async fn start(
         )
         .code("shutting_down"),
     })?;
-    let prefix = match endpoint {
-        Endpoint::Chat => "chatcmpl",
-        Endpoint::Completion => "cmpl",
-    };
     let meta = ResponseMeta {
-        id: format!("{prefix}-{:x}{n:06x}", now_secs()),
+        id,
         created: now_secs(),
-        model: s.inner.model.name.clone(),
+        model: s.inner.names[0].clone(),
     };
     let lp = gen.logprobs.is_some().then(|| s.inner.model.clone());
     if gen.stream {

@@ -42,7 +42,7 @@ pub enum Event {
 }
 
 /// The outcome of a job that ended normally (the counts are the response's `usage`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Finished {
     /// Why generation ended; a stop string gives `Stop`.
     pub finish_reason: FinishReason,
@@ -53,10 +53,16 @@ pub struct Finished {
     pub completion_tokens: usize,
     /// Prompt tokens whose KV came from the slot's cache.
     pub cached_tokens: usize,
+    /// Seconds of prefill (up to the first token's candidates).
+    pub prefill_seconds: f64,
+    /// Seconds from the end of the prefill to the end of generation.
+    pub decode_seconds: f64,
 }
 
 /// One request for a slot.
 pub struct Job {
+    /// The response id (`chatcmpl-…`), for the server's log.
+    pub id: String,
     /// The whole prompt's token ids; with the prefix cache the slot prefills only what follows
     /// the prefix its cache already holds.
     pub prompt: Vec<u32>,
@@ -282,6 +288,7 @@ fn worker(sh: Arc<Shared>, mut session: Session, prefix_cache: bool) {
                 )))
             }
         };
+        log_job(&job, &outcome);
         // Counters first: a client that sees its answer end sees the slot free.
         let event = match outcome {
             Ok(f) => {
@@ -301,6 +308,24 @@ fn worker(sh: Arc<Shared>, mut session: Session, prefix_cache: bool) {
         };
         sh.busy.fetch_sub(1, Ordering::SeqCst);
         let _ = job.events.send(event);
+    }
+}
+
+/// One line per generation request at info level: what `fado serve` prints by default.
+fn log_job(job: &Job, outcome: &Result<Finished>) {
+    match outcome {
+        Ok(f) => tracing::info!(
+            "{} {}: prompt {} tokens ({} cached) in {:.2} s, generated {} in {:.2} s ({:.1} tok/s)",
+            job.id,
+            f.finish_reason.as_str(),
+            f.prompt_tokens,
+            f.cached_tokens,
+            f.prefill_seconds,
+            f.completion_tokens,
+            f.decode_seconds,
+            f.completion_tokens.saturating_sub(1) as f64 / f.decode_seconds.max(1e-9)
+        ),
+        Err(e) => tracing::info!("{} failed: prompt {} tokens: {e}", job.id, job.prompt.len()),
     }
 }
 
@@ -334,5 +359,7 @@ fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finis
         prompt_tokens: prompt.len(),
         completion_tokens: out.generation.tokens.len(),
         cached_tokens: common,
+        prefill_seconds: out.generation.prefill_seconds,
+        decode_seconds: out.generation.decode_seconds,
     })
 }
