@@ -1,6 +1,7 @@
 //! `fado run` and `fado chat`.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use fado::chat_template::Message;
@@ -148,8 +149,85 @@ pub struct ChatArgs {
     pub system: Option<String>,
 }
 
-/// Multi-turn REPL. The session keeps its KV cache between turns: each turn prefills only the
-/// tokens after the longest common prefix of the cache and the newly rendered conversation.
+const CHAT_HELP: &str = "commands: /reset clears the conversation, /help shows this, /exit (or Ctrl-D) \
+quits; Ctrl-C stops a reply. When the context fills up, the oldest turns are dropped (with a note).";
+
+/// Set by Ctrl-C while a reply is generating (the reply stops; the program goes on).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Whether a reply is generating now; Ctrl-C at any other time (outside the line editor, e.g.
+/// while the model loads) ends the program as usual.
+static GENERATING: AtomicBool = AtomicBool::new(false);
+
+fn install_ctrl_c() {
+    let r = ctrlc::set_handler(|| {
+        if GENERATING.load(Ordering::SeqCst) {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        } else {
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = r {
+        tracing::debug!("no Ctrl-C handler ({e}): Ctrl-C ends the program");
+    }
+}
+
+/// What one line of input asks for.
+enum ChatInput<'a> {
+    Exit,
+    Reset,
+    Help,
+    Unknown(&'a str),
+    Empty,
+    Message(&'a str),
+}
+
+fn parse_chat_input(line: &str) -> ChatInput<'_> {
+    match line.trim() {
+        "" => ChatInput::Empty,
+        "/exit" | "/quit" => ChatInput::Exit,
+        "/reset" | "/clear" => ChatInput::Reset,
+        "/help" | "/?" => ChatInput::Help,
+        c if c.starts_with('/') && !c.contains(char::is_whitespace) => ChatInput::Unknown(c),
+        text => ChatInput::Message(text),
+    }
+}
+
+/// Render the conversation, dropping its oldest turns (never the system message nor the last
+/// user message) until it leaves `reserve` tokens of the `ctx`-token context for the reply.
+/// Returns the prompt and how many messages were dropped.
+fn fit_conversation(
+    model: &fado::model::Model,
+    msgs: &mut Vec<Message>,
+    ctx: usize,
+    reserve: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let mut dropped = 0;
+    loop {
+        let ids = encode_chat(model, msgs, true)?;
+        if ids.len() + reserve <= ctx {
+            return Ok((ids, dropped));
+        }
+        let first = msgs.iter().position(|m| m.role != "system");
+        match first {
+            Some(i) if i + 1 < msgs.len() => {
+                msgs.remove(i);
+                dropped += 1;
+            }
+            _ => {
+                return Err(Error::Request(format!(
+                    "this message needs {} tokens with the reply's {reserve} but the context \
+                     holds {ctx}; shorten it or raise --ctx",
+                    ids.len()
+                )))
+            }
+        }
+    }
+}
+
+/// Multi-turn REPL with line editing and history. The session keeps its KV cache between
+/// turns: each turn prefills only the tokens after the longest common prefix of the cache and
+/// the newly rendered conversation. When the conversation outgrows the context, its oldest
+/// turns are dropped with a note (the whole rest is prefilled again once).
 pub fn chat(a: ChatArgs, adapter: Option<String>) -> Result<()> {
     let params = a.sampling.params()?;
     let model = super::load::load(&a.model, adapter)?;
@@ -159,55 +237,101 @@ pub fn chat(a: ChatArgs, adapter: Option<String>) -> Result<()> {
     if let Some(s) = &a.system {
         msgs.push(Message::new("system", s.clone()));
     }
+    let max_tokens = a.sampling.max_tokens as usize;
+    // Room kept for a reply when old turns must go: all of --max-tokens, up to half the context.
+    let reserve = max_tokens.min(ctx / 2).max(1);
     eprintln!(
-        "fado chat — {} on {}. /reset clears the conversation, /exit or Ctrl-D quits.",
+        "fado chat — {} on {}, {ctx}-token context. {CHAT_HELP}",
         model.name,
         model.ctx.adapter_name()
     );
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut editor = rustyline::DefaultEditor::new()
+        .map_err(|e| Error::Config(format!("could not open the line editor: {e}")))?;
+    install_ctrl_c();
     loop {
-        eprint!("> ");
-        let _ = std::io::stderr().flush();
-        let line = match lines.next() {
-            None => break,
-            Some(Ok(l)) => l,
-            Some(Err(e)) => {
+        let line = match editor.readline("> ") {
+            Ok(l) => l,
+            // Ctrl-C at the prompt clears the line, as in a shell.
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => {
                 eprintln!("error: could not read input ({e}); type UTF-8 text");
                 continue;
             }
         };
-        let line = line.trim();
-        match line {
-            "" => continue,
-            "/exit" | "/quit" => break,
-            "/reset" => {
-                msgs.retain(|m: &Message| m.role == "system");
-                session.reset();
+        let text = match parse_chat_input(&line) {
+            ChatInput::Empty => continue,
+            ChatInput::Exit => break,
+            ChatInput::Help => {
+                eprintln!("{CHAT_HELP}");
                 continue;
             }
-            _ => {}
-        }
-        msgs.push(Message::new("user", line.to_string()));
-        let full = encode_chat(&model, &msgs, true)?;
+            ChatInput::Unknown(c) => {
+                eprintln!("unknown command {c}; /help lists the commands");
+                continue;
+            }
+            ChatInput::Reset => {
+                msgs.retain(|m: &Message| m.role == "system");
+                session.reset();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            ChatInput::Message(t) => t.to_string(),
+        };
+        let _ = editor.add_history_entry(line.as_str());
+        msgs.push(Message::new("user", text));
+        let full = match fit_conversation(&model, &mut msgs, ctx, reserve) {
+            Ok((ids, dropped)) => {
+                if dropped > 0 {
+                    eprintln!(
+                        "(the context of {ctx} tokens is full: dropped the oldest {dropped} \
+                         message{}; /reset starts over)",
+                        if dropped == 1 { "" } else { "s" }
+                    );
+                }
+                ids
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                msgs.pop();
+                continue;
+            }
+        };
         let common = session.reuse_prefix(&full);
         let req = TextRequest {
             params: params.clone(),
-            max_tokens: a.sampling.max_tokens as usize,
+            max_tokens,
             stop: a.sampling.stop.clone(),
         };
         let stdout = std::io::stdout();
-        match generate_text(&mut session, &full[common..], &req, &mut |t| {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        GENERATING.store(true, Ordering::SeqCst);
+        let result = generate_text(&mut session, &full[common..], &req, &mut |t| {
             let mut o = stdout.lock();
-            o.write_all(t.as_bytes()).is_ok() && o.flush().is_ok()
-        }) {
+            !INTERRUPTED.load(Ordering::SeqCst)
+                && o.write_all(t.as_bytes()).is_ok()
+                && o.flush().is_ok()
+        });
+        GENERATING.store(false, Ordering::SeqCst);
+        match result {
             Ok(out) => {
                 println!();
+                if INTERRUPTED.swap(false, Ordering::SeqCst) {
+                    eprintln!("(interrupted)");
+                }
                 summary(&out);
+                if out.generation.finish_reason == fado::session::FinishReason::Length
+                    && session.history().len() >= session.capacity()
+                {
+                    eprintln!(
+                        "(the context of {ctx} tokens is full: the reply was cut; the oldest \
+                         turns will be dropped next turn, or /reset starts over)"
+                    );
+                }
                 msgs.push(Message::new("assistant", out.text));
             }
             Err(e) => {
-                // A turn that does not fit is reported; the conversation goes on.
+                // A turn that fails is reported; the conversation goes on.
                 eprintln!("error: {e}");
                 msgs.pop();
             }

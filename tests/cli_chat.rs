@@ -1,0 +1,89 @@
+//! `fado chat` and `fado devices` through the real binary, as a user meets them: commands are
+//! never sent to the model, /reset confirms, a conversation that outgrows the context drops its
+//! oldest turns with a note instead of jamming, and no Mesa/Wayland noise without a runtime dir.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+const FADO: &str = env!("CARGO_BIN_EXE_fado");
+
+fn tiny_llama() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+}
+
+/// Run `fado chat` on the tiny model with `input` on stdin; returns (exit ok, stdout, stderr).
+fn chat(input: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(FADO)
+        .arg("chat")
+        .arg("--model")
+        .arg(tiny_llama())
+        .args(["--temperature", "0", "--max-tokens", "6"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fado chat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for fado chat");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The generation summaries on stderr (one per reply).
+fn replies(stderr: &str) -> usize {
+    stderr.lines().filter(|l| l.starts_with("[prompt:")).count()
+}
+
+#[test]
+fn chat_commands_are_not_sent_to_the_model() {
+    let (ok, _, err) = chat("/help\n/nonsense\nhello\n/reset\n/exit\nnot read\n", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(replies(&err), 1, "only `hello` is a message: {err}");
+    assert!(err.contains("unknown command /nonsense"), "{err}");
+    assert!(err.contains("/reset clears the conversation"), "{err}");
+    assert!(err.contains("(conversation cleared)"), "{err}");
+}
+
+#[test]
+fn a_full_context_drops_the_oldest_turns_with_a_note_and_keeps_answering() {
+    let turns = "hello there\nhello again and again\nmore words here please\nand one more\n";
+    let (ok, _, err) = chat(turns, &["--ctx", "40"]);
+    assert!(ok, "{err}");
+    assert_eq!(replies(&err), 4, "every turn answered: {err}");
+    assert!(err.contains("dropped the oldest"), "{err}");
+    assert!(!err.contains("error:"), "{err}");
+}
+
+#[test]
+fn a_message_longer_than_the_context_is_refused_and_the_chat_goes_on() {
+    let long = "word ".repeat(200);
+    let (ok, _, err) = chat(&format!("{long}\nhi\n"), &["--ctx", "40"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("raise --ctx"), "{err}");
+    assert_eq!(replies(&err), 1, "{err}");
+}
+
+#[test]
+fn no_runtime_dir_noise_without_xdg_runtime_dir() {
+    let out = Command::new(FADO)
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .expect("run fado devices");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backend"));
+}
