@@ -1,5 +1,6 @@
 //! The `fado` command line.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -50,13 +51,21 @@ fn main() -> ExitCode {
     } else {
         "fado=warn"
     };
-    tracing_subscriber::fmt()
+    let serving = matches!(args.cmd, Cmd::Serve(_));
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(args.verbose);
+    // A server's log wants timestamps; a one-shot command's warnings read better without.
+    if serving {
+        log.init();
+    } else {
+        log.without_time().init();
+    }
     let result = match args.cmd {
         Cmd::Devices => cli::devices(),
         Cmd::Run(a) => cli::run::run(a, args.adapter),

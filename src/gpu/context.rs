@@ -432,6 +432,19 @@ impl GpuContext {
         Ok(Tensor::in_buffer(desc, buffer, 0))
     }
 
+    /// Bytes of memory this device can still allocate, where that is known: for a CPU device
+    /// (lavapipe) the system's available memory; `None` for GPUs (wgpu does not report their
+    /// memory; an allocation beyond it fails as an out-of-memory error).
+    pub fn memory_budget(&self) -> Option<u64> {
+        if self.info.device_type != wgpu::DeviceType::Cpu {
+            return None;
+        }
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// A tensor holding `bytes` (already in the dtype's GPU layout).
     pub fn upload(&self, label: &str, desc: TensorDesc, bytes: &[u8]) -> Result<Tensor> {
         check_upload(label, &desc, bytes)?;

@@ -44,25 +44,53 @@ impl Sequence {
         let gpu = &model.ctx;
         gpu.check_alive("creating a session")?;
         let row = (cfg.num_key_value_heads * cfg.head_dim * 4) as u64;
+        let buffers = 2 * cfg.num_hidden_layers as u64; // keys and values per layer
         let per_buffer = (ctx as u64).checked_mul(row);
-        let total = per_buffer.and_then(|b| b.checked_mul(2 * cfg.num_hidden_layers as u64));
+        let total = per_buffer.and_then(|b| b.checked_mul(buffers));
+        let trained = cfg.max_position_embeddings;
+        // The limit is the smaller of one cache buffer within the adapter's max_buffer_size and
+        // the whole cache within the memory the device has (where that is known).
         let max = gpu.caps.max_buffer;
-        if per_buffer.is_none_or(|b| b > max) {
+        let budget = gpu.memory_budget();
+        let fit_buffer = max / row.max(1);
+        let fit = budget.map_or(fit_buffer, |m| fit_buffer.min(m / (row * buffers).max(1)));
+        if ctx as u64 > fit {
+            let (needed, available, limit) = match (per_buffer, budget) {
+                (Some(b), _) if b > max => {
+                    (b, max, "per cache buffer (the adapter's max_buffer_size)")
+                }
+                (_, Some(m)) => (
+                    total.unwrap_or(u64::MAX),
+                    m,
+                    "for the whole cache (the memory available)",
+                ),
+                _ => (
+                    per_buffer.unwrap_or(u64::MAX),
+                    max,
+                    "per cache buffer (the adapter's max_buffer_size)",
+                ),
+            };
             return Err(Error::OutOfMemory {
                 what: format!(
                     "creating a session of {ctx} tokens (KV cache: {} layers × keys and values, \
-                     {} bytes in all)",
+                     {} in all)",
                     cfg.num_hidden_layers,
-                    total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
+                    total.map_or_else(|| "more than 2^64 bytes".to_string(), gib)
                 ),
-                needed: per_buffer.unwrap_or(u64::MAX),
-                available: max,
+                needed,
+                available,
                 hint: format!(
-                    " per cache buffer (the adapter's max_buffer_size); use a smaller --ctx \
-                     (at most {} tokens fit)",
-                    max / row.max(1)
+                    " {limit}; use a smaller --ctx: at most {fit} tokens fit (the model was \
+                     trained for {trained})"
                 ),
             });
+        }
+        if ctx > trained && trained > 0 {
+            tracing::warn!(
+                "--ctx {ctx} is beyond the {trained} tokens {} was trained for; output past \
+                 {trained} tokens degrades",
+                model.name
+            );
         }
         tracing::debug!(
             "KV cache: {ctx} tokens × {} layers, {} bytes",
@@ -154,6 +182,11 @@ impl Sequence {
             logsumexp: fwd.logsumexp,
         })
     }
+}
+
+/// `bytes` as GiB for messages.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 /// The shape of one step: part of a compiled graph's identity.
