@@ -1,6 +1,7 @@
-//! `fado chat` and `fado devices` through the real binary, as a user meets them: commands are
+//! `fado chat`, `run` and `devices` through the real binary, as a new user meets them: commands are
 //! never sent to the model, /reset confirms, a conversation that outgrows the context drops its
-//! oldest turns with a note instead of jamming, and no Mesa/Wayland noise without a runtime dir.
+//! oldest turns with a note instead of jamming, --ctx limits name what fits, and no Mesa/Wayland
+//! noise without a runtime dir.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -86,4 +87,50 @@ fn no_runtime_dir_noise_without_xdg_runtime_dir() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("backend"));
+}
+
+/// `fado run` on the tiny model with `args`; returns (exit ok, stderr).
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(FADO)
+        .arg("run")
+        .arg("--model")
+        .arg(tiny_llama())
+        .args(["--temperature", "0", "--max-tokens", "2", "--prompt", "hi"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run fado");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_huge_ctx_names_what_fits_and_the_trained_context() {
+    let (ok, err) = run(&["--ctx", "100000000"]);
+    assert!(!ok);
+    assert!(
+        err.contains("at most") && err.contains("tokens fit"),
+        "{err}"
+    );
+    assert!(err.contains("trained for 256"), "{err}");
+    // The limit is a number that really fits: running with it is not refused for memory.
+    let fit: usize = err
+        .split("at most ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a token count in the message");
+    assert!(fit < 100_000_000, "{err}");
+}
+
+#[test]
+fn a_ctx_beyond_the_trained_context_warns() {
+    let (ok, err) = run(&["--ctx", "300"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("beyond the 256 tokens"), "{err}");
+    let (ok, err) = run(&["--ctx", "200"]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("beyond"), "{err}");
 }
