@@ -10,6 +10,7 @@ use fado::rng::Rng;
 use fado::session::Session;
 use fado::tensor::DType;
 use fado::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::ModelArgs;
 
@@ -82,7 +83,9 @@ fn bytes_per_token(m: &Model) -> u64 {
 /// warm-up, `reps` times, and print mean ± stddev (text or `--json`).
 pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     if a.reps == 0 || a.tg == 0 || a.pp == 0 {
-        return Err(Error::Request("-p, -n and -r must be at least 1".into()));
+        return Err(Error::Request(
+            "--prompt-tokens, --gen-tokens and --reps must be at least 1".into(),
+        ));
     }
     let model: Arc<Model> = match &a.synthetic {
         Some(name) => {
@@ -105,25 +108,46 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     let prompt: Vec<u32> = (0..a.pp).map(|_| rng.below(vocab)).collect();
     let mut session = Session::new(model.clone(), a.pp + a.tg + 1)?;
 
+    // Progress in tokens over the warm-up and every repetition; on a terminal only, never
+    // with --json (the bar draws on standard error, which indicatif hides when redirected).
+    let per_rep = (a.pp + a.tg) as u64;
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(per_rep * (a.reps as u64 + 1))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<22} [{bar:30}] {pos}/{len} tokens ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+
     // Warm-up: builds the graphs (pipelines, bind groups) outside the timed region.
+    bar.set_message("warm-up (compiling)");
     session.prefill(&prompt, 1)?;
     session.prefill(&[1], 1)?;
     model.ctx.sync()?;
+    bar.inc(per_rep);
 
     let mut pp = Vec::new();
     let mut tg = Vec::new();
-    for _ in 0..a.reps {
+    for r in 0..a.reps {
         session.reset();
+        bar.set_message(format!("pp{} rep {}/{}", a.pp, r + 1, a.reps));
         let t0 = Instant::now();
         let mut c = session.prefill(&prompt, 1)?;
         model.ctx.sync()?;
         pp.push(a.pp as f64 / t0.elapsed().as_secs_f64());
+        bar.inc(a.pp as u64);
+        bar.set_message(format!("tg{} rep {}/{}", a.tg, r + 1, a.reps));
         let t1 = Instant::now();
         for _ in 0..a.tg {
             c = session.prefill(&[c[0].0.min(vocab - 1)], 1)?;
+            bar.inc(1);
         }
         tg.push(a.tg as f64 / t1.elapsed().as_secs_f64());
     }
+    bar.finish_and_clear();
     let (ppm, pps) = mean_std(&pp);
     let (tgm, tgs) = mean_std(&tg);
     let bpt = bytes_per_token(&model);
