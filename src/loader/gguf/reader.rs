@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-use super::types::{dtype_from_ggml, ggml_type_name, SUPPORTED_TYPES};
+use super::types::{dtype_from_ggml, ggml_type_name, supported_types};
 use super::MetaValue;
 use crate::loader::{map_bytes, map_file};
 
@@ -405,9 +405,10 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         let offset = r.u64()?;
         let Some(dtype) = dtype_from_ggml(ggml_type) else {
             return Err(r.err(format!(
-                "tensor '{name}' has type {}, which Fado does not support (supported: {SUPPORTED_TYPES}); \
+                "tensor '{name}' has type {}, which Fado does not support (supported: {}); \
                  re-quantize the model to one of those",
-                ggml_type_name(ggml_type)
+                ggml_type_name(ggml_type),
+                supported_types()
             )));
         };
         if !names.insert(name.clone()) {
