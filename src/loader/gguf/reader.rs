@@ -309,6 +309,26 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         what: "the GGUF magic".into(),
         values_left: MAX_META_VALUES,
     };
+    let (version, n_tensors, n_kv) = read_header(&mut r)?;
+    let metadata = read_metadata(&mut r, n_kv)?;
+    let alignment = alignment(&r, &metadata)?;
+    let raws = read_tensor_infos(&mut r, n_tensors)?;
+    let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
+    let tensors = raws
+        .into_iter()
+        .map(|t| place_tensor(&r, t, data_offset, alignment))
+        .collect::<Result<_>>()?;
+    Ok(Parsed {
+        version,
+        alignment,
+        data_offset,
+        metadata,
+        tensors,
+    })
+}
+
+/// Magic, version, tensor count and metadata count; the counts checked against the file size.
+fn read_header(r: &mut Reader<'_>) -> Result<(u32, u64, u64)> {
     let magic = r.arr::<4>()?;
     if &magic != MAGIC {
         return Err(r.err(format!(
@@ -344,16 +364,19 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     if n_kv.saturating_mul(13) > r.left() {
         return Err(r.err(format!(
             "header claims {n_kv} metadata entries but the file has only {} bytes; the file is corrupt or truncated; re-download or re-convert it",
-            buf.len()
+            r.buf.len()
         )));
     }
     if n_tensors.saturating_mul(32) > r.left() {
         return Err(r.err(format!(
             "header claims {n_tensors} tensors but the file has only {} bytes; the file is corrupt or truncated; re-download or re-convert it",
-            buf.len()
+            r.buf.len()
         )));
     }
+    Ok((version, n_tensors, n_kv))
+}
 
+fn read_metadata(r: &mut Reader<'_>, n_kv: u64) -> Result<BTreeMap<String, MetaValue>> {
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
         r.what = format!("metadata entry #{i}'s key");
@@ -365,26 +388,32 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             return Err(r.err(format!("metadata key '{key}' appears twice")));
         }
     }
+    Ok(metadata)
+}
 
-    let alignment = match metadata.get("general.alignment") {
-        None => DEFAULT_ALIGNMENT,
+/// `general.alignment`, or the default.
+fn alignment(r: &Reader<'_>, metadata: &BTreeMap<String, MetaValue>) -> Result<u64> {
+    match metadata.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
         Some(v) => match v.as_u64() {
-            Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => a,
-            _ => {
-                return Err(r.err(format!(
-                    "general.alignment is {v:?}; it must be a power of two up to {MAX_ALIGNMENT}"
-                )))
-            }
+            Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => Ok(a),
+            _ => Err(r.err(format!(
+                "general.alignment is {v:?}; it must be a power of two up to {MAX_ALIGNMENT}"
+            ))),
         },
-    };
-
-    struct Raw {
-        name: String,
-        ggml_type: u32,
-        dtype: DType,
-        ne: Vec<u64>,
-        offset: u64,
     }
+}
+
+/// A tensor info as read, before its size and place are checked.
+struct RawInfo {
+    name: String,
+    ggml_type: u32,
+    dtype: DType,
+    ne: Vec<u64>,
+    offset: u64,
+}
+
+fn read_tensor_infos(r: &mut Reader<'_>, n_tensors: u64) -> Result<Vec<RawInfo>> {
     let mut raws = Vec::with_capacity(n_tensors as usize);
     let mut names = HashSet::new();
     for i in 0..n_tensors {
@@ -414,7 +443,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         if !names.insert(name.clone()) {
             return Err(r.err(format!("tensor '{name}' appears twice")));
         }
-        raws.push(Raw {
+        raws.push(RawInfo {
             name,
             ggml_type,
             dtype,
@@ -422,74 +451,69 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             offset,
         });
     }
+    Ok(raws)
+}
 
-    let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
-    let file_len = buf.len() as u64;
-    let mut tensors = Vec::with_capacity(raws.len());
-    for t in raws {
-        let name = &t.name;
-        let mut numel: u64 = 1;
-        for &d in &t.ne {
-            if d == 0 {
-                return Err(r.err(format!(
-                    "tensor '{name}' has a zero dimension: ne = {:?}",
-                    t.ne
-                )));
-            }
-            numel = numel.checked_mul(d).ok_or_else(|| {
-                r.err(format!(
-                    "tensor '{name}': element count of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
-                    t.ne
-                ))
-            })?;
-        }
-        let block = t.dtype.block_len() as u64;
-        if t.ne[0] % block != 0 {
+/// A tensor's byte size (whole blocks, no overflow) and absolute place, inside the file.
+fn place_tensor(
+    r: &Reader<'_>,
+    t: RawInfo,
+    data_offset: u64,
+    alignment: u64,
+) -> Result<GgufTensorInfo> {
+    let name = &t.name;
+    let file_len = r.buf.len() as u64;
+    let mut numel: u64 = 1;
+    for &d in &t.ne {
+        if d == 0 {
             return Err(r.err(format!(
-                "tensor '{name}' ({}) has rows of {} elements, not a multiple of the {block}-element block",
-                t.dtype, t.ne[0]
+                "tensor '{name}' has a zero dimension: ne = {:?}",
+                t.ne
             )));
         }
-        let size = (numel / block)
-            .checked_mul(t.dtype.block_bytes() as u64)
-            .ok_or_else(|| {
-                r.err(format!(
-                    "tensor '{name}': byte size of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
-                    t.ne
-                ))
-            })?;
-        if t.offset % alignment != 0 {
-            return Err(r.err(format!(
-                "tensor '{name}' data offset {} is not a multiple of the alignment {alignment}",
-                t.offset
-            )));
-        }
-        let start = data_offset.checked_add(t.offset);
-        let end = start.and_then(|s| s.checked_add(size));
-        match (start, end) {
-            (Some(start), Some(end)) if end <= file_len => tensors.push(GgufTensorInfo {
-                name: t.name,
-                ggml_type: t.ggml_type,
-                dtype: t.dtype,
-                ne: t.ne,
-                file_offset: start,
-                size,
-            }),
-            _ => {
-                return Err(r.err(format!(
-                    "tensor '{name}' ({} ne = {:?}, {size} bytes) at data offset {} lies beyond the end of the \
-                     file ({file_len} bytes); the file is truncated or corrupt; re-download or re-convert it",
-                    t.dtype, t.ne, t.offset
-                )))
-            }
-        }
+        numel = numel.checked_mul(d).ok_or_else(|| {
+            r.err(format!(
+                "tensor '{name}': element count of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
+                t.ne
+            ))
+        })?;
     }
-
-    Ok(Parsed {
-        version,
-        alignment,
-        data_offset,
-        metadata,
-        tensors,
-    })
+    let block = t.dtype.block_len() as u64;
+    if t.ne[0] % block != 0 {
+        return Err(r.err(format!(
+            "tensor '{name}' ({}) has rows of {} elements, not a multiple of the {block}-element block",
+            t.dtype, t.ne[0]
+        )));
+    }
+    let size = (numel / block)
+        .checked_mul(t.dtype.block_bytes() as u64)
+        .ok_or_else(|| {
+            r.err(format!(
+                "tensor '{name}': byte size of ne = {:?} overflows 64 bits; the file is corrupt; re-download or re-convert it",
+                t.ne
+            ))
+        })?;
+    if t.offset % alignment != 0 {
+        return Err(r.err(format!(
+            "tensor '{name}' data offset {} is not a multiple of the alignment {alignment}",
+            t.offset
+        )));
+    }
+    let start = data_offset.checked_add(t.offset);
+    let end = start.and_then(|s| s.checked_add(size));
+    match (start, end) {
+        (Some(start), Some(end)) if end <= file_len => Ok(GgufTensorInfo {
+            name: t.name,
+            ggml_type: t.ggml_type,
+            dtype: t.dtype,
+            ne: t.ne,
+            file_offset: start,
+            size,
+        }),
+        _ => Err(r.err(format!(
+            "tensor '{name}' ({} ne = {:?}, {size} bytes) at data offset {} lies beyond the end of the \
+             file ({file_len} bytes); the file is truncated or corrupt; re-download or re-convert it",
+            t.dtype, t.ne, t.offset
+        ))),
+    }
 }
