@@ -14,8 +14,18 @@ use serde_json::{Map, Value};
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
 
+use super::{head_dim, HeadKeys};
+
 /// `architectures` values of `config.json` that Fado can run.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+
+/// How `config.json` names the attention geometry, for messages.
+const HEAD_KEYS: HeadKeys = HeadKeys {
+    hidden: "hidden_size",
+    heads: "num_attention_heads",
+    kv_heads: "num_key_value_heads",
+    head_dim_absent: "head_dim is not given",
+};
 
 /// Read `config.json` and, if present, `generation_config.json` next to it.
 pub fn load_dir(dir: &Path) -> Result<LlamaConfig> {
@@ -201,29 +211,12 @@ pub fn parse(
             "num_attention_heads and num_key_value_heads must be non-zero",
         ));
     }
-    if num_attention_heads % num_key_value_heads != 0 {
-        return Err(Error::model(
-            config_path,
-            format!(
-                "num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"
-            ),
-        ));
-    }
-    let head_dim = match f.usize_opt("head_dim")? {
-        Some(d) => d,
-        None => {
-            if hidden_size % num_attention_heads != 0 {
-                return Err(Error::model(
-                    config_path,
-                    format!(
-                        "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads} \
-                         and head_dim is not given"
-                    ),
-                ));
-            }
-            hidden_size / num_attention_heads
-        }
-    };
+    let head_dim = head_dim(
+        config_path,
+        &HEAD_KEYS,
+        (hidden_size, num_attention_heads, num_key_value_heads),
+        || f.usize_opt("head_dim"),
+    )?;
     let rms_norm_eps = f.f32_opt("rms_norm_eps")?.unwrap_or(1e-6);
     let max_position_embeddings = f.usize_opt("max_position_embeddings")?.unwrap_or(2048);
     let tie_word_embeddings = f.bool_opt("tie_word_embeddings")?.unwrap_or(false);

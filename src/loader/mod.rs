@@ -286,3 +286,47 @@ pub(crate) fn check_permutable(
     }
     Ok(())
 }
+
+/// How one config format names the attention geometry, for messages.
+pub(crate) struct HeadKeys {
+    /// The hidden size's key.
+    pub hidden: &'static str,
+    /// The query head count's key.
+    pub heads: &'static str,
+    /// The key/value head count's key.
+    pub kv_heads: &'static str,
+    /// What to say when the head size is not given.
+    pub head_dim_absent: &'static str,
+}
+
+/// The head size, by the rule every config format shares: query heads must be a multiple of
+/// key/value heads, and without an explicit head size (`given`, read only once the counts
+/// check out) it is hidden / heads, which must divide. `counts` is (hidden, heads, kv heads),
+/// the head counts non-zero.
+pub(crate) fn head_dim(
+    path: &Path,
+    keys: &HeadKeys,
+    (hidden, heads, kv_heads): (usize, usize, usize),
+    given: impl FnOnce() -> Result<Option<usize>>,
+) -> Result<usize> {
+    if !heads.is_multiple_of(kv_heads) {
+        return Err(Error::model(
+            path,
+            format!(
+                "{} {heads} is not a multiple of {} {kv_heads}",
+                keys.heads, keys.kv_heads
+            ),
+        ));
+    }
+    match given()? {
+        Some(d) => Ok(d),
+        None if !hidden.is_multiple_of(heads) => Err(Error::model(
+            path,
+            format!(
+                "{} {hidden} is not a multiple of {} {heads} and {}",
+                keys.hidden, keys.heads, keys.head_dim_absent
+            ),
+        )),
+        None => Ok(hidden / heads),
+    }
+}

@@ -2,10 +2,11 @@
 //! which llama.cpp stores as a `rope_freqs.weight` tensor instead of metadata.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::loader::TensorEntry;
+use crate::loader::{head_dim, HeadKeys, TensorEntry};
 use crate::tensor::DType;
 
 use super::{GgufFile, GgufTensorInfo, MetaValue};
@@ -13,132 +14,179 @@ use super::{GgufFile, GgufTensorInfo, MetaValue};
 /// Architectures whose GGUF files Fado loads (llama.cpp writes Mistral 7B and friends as `llama`).
 const SUPPORTED_ARCHS: &[&str] = &["llama"];
 
+/// How GGUF names the attention geometry, for messages.
+const HEAD_KEYS: HeadKeys = HeadKeys {
+    hidden: "embedding_length",
+    heads: "attention.head_count",
+    kv_heads: "attention.head_count_kv",
+    head_dim_absent: "attention.key_length is missing",
+};
+
 /// `llama.*` metadata (+ tokenizer ids, + the presence of `output.weight` and `rope_freqs.weight`)
 /// → [`LlamaConfig`].
 pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
     let path = file.path();
-    let md = file.metadata();
-    let arch = md
-        .get("general.architecture")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| {
-            Error::model(
-                path,
-                "metadata 'general.architecture' is missing or not a string",
-            )
-        })?;
-    if !SUPPORTED_ARCHS.contains(&arch) {
-        return Err(Error::model(
-            path,
-            format!(
-                "architecture '{arch}' is not supported (supported: {})",
-                SUPPORTED_ARCHS.join(", ")
-            ),
-        ));
-    }
-    let key = |k: &str| format!("{arch}.{k}");
-    let get = |k: &str| md.get(&key(k));
-    let uint = |k: &str| -> Result<Option<usize>> {
-        match get(k) {
-            None => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(x) if x <= u32::MAX as u64 => Ok(Some(x as usize)),
-                _ => Err(Error::model(
-                    path,
-                    format!(
-                        "metadata '{}' is {v:?}; expected a non-negative integer",
-                        key(k)
-                    ),
-                )),
-            },
-        }
-    };
-    let req = |k: &str| -> Result<usize> {
-        uint(k)?.ok_or_else(|| {
-            Error::model(
-                path,
-                format!(
-                    "metadata '{}' is missing; the file is not a complete model",
-                    key(k)
-                ),
-            )
-        })
-    };
-    let float = |k: &str| -> Result<Option<f32>> {
-        match get(k) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
-                Error::model(
-                    path,
-                    format!("metadata '{}' is {v:?}; expected a number", key(k)),
-                )
-            }),
-        }
-    };
-
-    let hidden_size = req("embedding_length")?;
-    let num_hidden_layers = req("block_count")?;
-    let num_attention_heads = req("attention.head_count")?;
-    let num_key_value_heads = uint("attention.head_count_kv")?.unwrap_or(num_attention_heads);
-    let intermediate_size = match get("feed_forward_length") {
-        // Some converters write one value per layer.
-        Some(MetaValue::Array(a)) => {
-            let vals: Vec<Option<u64>> = a.iter().map(|v| v.as_u64()).collect();
-            match vals.first() {
-                Some(Some(first)) if vals.iter().all(|v| *v == Some(*first)) => *first as usize,
-                _ => {
-                    return Err(Error::model(
-                        path,
-                        format!(
-                            "metadata '{}' varies per layer; Fado needs one feed-forward size",
-                            key("feed_forward_length")
-                        ),
-                    ))
-                }
-            }
-        }
-        _ => req("feed_forward_length")?,
-    };
+    let keys = ArchKeys::new(file)?;
+    let hidden_size = keys.req("embedding_length")?;
+    let num_hidden_layers = keys.req("block_count")?;
+    let num_attention_heads = keys.req("attention.head_count")?;
+    let num_key_value_heads = keys
+        .uint("attention.head_count_kv")?
+        .unwrap_or(num_attention_heads);
+    let intermediate_size = feed_forward_length(&keys)?;
     if num_attention_heads == 0 || num_key_value_heads == 0 || hidden_size == 0 {
         return Err(Error::model(
             path,
             "embedding_length, attention.head_count and attention.head_count_kv must be non-zero",
         ));
     }
-    if num_attention_heads % num_key_value_heads != 0 {
-        return Err(Error::model(
-            path,
-            format!(
-                "attention.head_count {num_attention_heads} is not a multiple of attention.head_count_kv {num_key_value_heads}"
-            ),
-        ));
-    }
-    let head_dim = match uint("attention.key_length")? {
-        Some(d) => d,
-        None => {
-            if hidden_size % num_attention_heads != 0 {
-                return Err(Error::model(
-                    path,
-                    format!(
-                        "embedding_length {hidden_size} is not a multiple of attention.head_count {num_attention_heads} \
-                         and attention.key_length is missing"
-                    ),
-                ));
-            }
-            hidden_size / num_attention_heads
-        }
-    };
-    let rms_norm_eps = float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
-    let rope_theta = float("rope.freq_base")?.unwrap_or(10000.0);
-    let max_position_embeddings = uint("context_length")?.unwrap_or(2048);
+    let head_dim = head_dim(
+        path,
+        &HEAD_KEYS,
+        (hidden_size, num_attention_heads, num_key_value_heads),
+        || keys.uint("attention.key_length"),
+    )?;
+    let rms_norm_eps = keys
+        .float("attention.layer_norm_rms_epsilon")?
+        .unwrap_or(1e-5);
+    let rope_theta = keys.float("rope.freq_base")?.unwrap_or(10000.0);
+    let max_position_embeddings = keys.uint("context_length")?.unwrap_or(2048);
+    let rope_scaling = rope_scaling(&keys, rope_theta, head_dim)?;
+    let vocab_size = vocab_size(&keys)?;
+    let (bos_token_id, eos_token_ids) = special_ids(file)?;
+    Ok(LlamaConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        rms_norm_eps,
+        rope_theta,
+        rope_scaling,
+        max_position_embeddings,
+        tie_word_embeddings: file.tensor_info("output.weight").is_none(),
+        bos_token_id,
+        eos_token_ids,
+    })
+}
 
+/// Lookups of `{arch}.*` hyperparameters, with messages naming the key.
+struct ArchKeys<'a> {
+    file: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl<'a> ArchKeys<'a> {
+    /// The file's `general.architecture`, which must be one Fado runs.
+    fn new(file: &'a GgufFile) -> Result<Self> {
+        let path = file.path();
+        let arch = file
+            .meta("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                Error::model(
+                    path,
+                    "metadata 'general.architecture' is missing or not a string",
+                )
+            })?;
+        if !SUPPORTED_ARCHS.contains(&arch) {
+            return Err(Error::model(
+                path,
+                format!(
+                    "architecture '{arch}' is not supported (supported: {})",
+                    SUPPORTED_ARCHS.join(", ")
+                ),
+            ));
+        }
+        Ok(ArchKeys { file, arch })
+    }
+
+    fn path(&self) -> &'a Path {
+        self.file.path()
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    fn get(&self, k: &str) -> Option<&'a MetaValue> {
+        self.file.meta(&self.key(k))
+    }
+
+    fn uint(&self, k: &str) -> Result<Option<usize>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(x) if x <= u32::MAX as u64 => Ok(Some(x as usize)),
+                _ => Err(Error::model(
+                    self.path(),
+                    format!(
+                        "metadata '{}' is {v:?}; expected a non-negative integer",
+                        self.key(k)
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn req(&self, k: &str) -> Result<usize> {
+        self.uint(k)?.ok_or_else(|| {
+            Error::model(
+                self.path(),
+                format!(
+                    "metadata '{}' is missing; the file is not a complete model",
+                    self.key(k)
+                ),
+            )
+        })
+    }
+
+    fn float(&self, k: &str) -> Result<Option<f32>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
+                Error::model(
+                    self.path(),
+                    format!("metadata '{}' is {v:?}; expected a number", self.key(k)),
+                )
+            }),
+        }
+    }
+}
+
+/// `feed_forward_length`: one value, or one per layer (some converters) that must all agree.
+fn feed_forward_length(keys: &ArchKeys<'_>) -> Result<usize> {
+    match keys.get("feed_forward_length") {
+        Some(MetaValue::Array(a)) => {
+            let vals: Vec<Option<u64>> = a.iter().map(|v| v.as_u64()).collect();
+            match vals.first() {
+                Some(Some(first)) if vals.iter().all(|v| *v == Some(*first)) => Ok(*first as usize),
+                _ => Err(Error::model(
+                    keys.path(),
+                    format!(
+                        "metadata '{}' varies per layer; Fado needs one feed-forward size",
+                        keys.key("feed_forward_length")
+                    ),
+                )),
+            }
+        }
+        _ => keys.req("feed_forward_length"),
+    }
+}
+
+/// RoPE scaling from `rope.scaling.*` (or the older `rope.scale_linear`), or Llama 3's from a
+/// `rope_freqs.weight` tensor.
+fn rope_scaling(keys: &ArchKeys<'_>, rope_theta: f32, head_dim: usize) -> Result<RopeScaling> {
+    let path = keys.path();
     let mut rope_scaling = RopeScaling::None;
-    let scaling_type = get("rope.scaling.type").and_then(|v| v.as_str());
-    let factor = float("rope.scaling.factor")?;
+    let scaling_type = keys.get("rope.scaling.type").and_then(|v| v.as_str());
+    let factor = keys.float("rope.scaling.factor")?;
     match scaling_type {
         None | Some("none") => {
             // Older files carry only `rope.scale_linear`.
-            if let Some(f) = float("rope.scale_linear")? {
+            if let Some(f) = keys.float("rope.scale_linear")? {
                 if f != 1.0 {
                     rope_scaling = RopeScaling::Linear { factor: f };
                 }
@@ -150,7 +198,7 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
                     path,
                     format!(
                         "rope.scaling.type is linear but '{}' is missing",
-                        key("rope.scaling.factor")
+                        keys.key("rope.scaling.factor")
                     ),
                 )
             })?;
@@ -163,39 +211,48 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
             ))
         }
     }
-    if let Some(info) = file.tensor_info("rope_freqs.weight") {
+    if let Some(info) = keys.file.tensor_info("rope_freqs.weight") {
         if rope_scaling != RopeScaling::None {
             return Err(Error::model(
                 path,
                 "file has both rope.scaling metadata and a rope_freqs.weight tensor",
             ));
         }
-        rope_scaling = llama3_from_rope_freqs(file, info, rope_theta, head_dim)?;
+        rope_scaling = llama3_from_rope_freqs(keys.file, info, rope_theta, head_dim)?;
     }
+    Ok(rope_scaling)
+}
 
-    let vocab_size = match md.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
-        Some(t) => t.len(),
-        None => match uint("vocab_size")? {
-            Some(v) => v,
+/// The vocabulary size: the tokenizer's token count, else `{arch}.vocab_size`, else the
+/// embedding table's rows.
+fn vocab_size(keys: &ArchKeys<'_>) -> Result<usize> {
+    let file = keys.file;
+    match file.meta("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
+        Some(t) => Ok(t.len()),
+        None => match keys.uint("vocab_size")? {
+            Some(v) => Ok(v),
             None => file
                 .tensor_info("token_embd.weight")
                 .map(|t| t.ne.get(1).copied().unwrap_or(0) as usize)
                 .ok_or_else(|| {
                     Error::model(
-                        path,
+                        keys.path(),
                         "vocabulary size unknown: no tokenizer.ggml.tokens, llama.vocab_size or token_embd.weight",
                     )
-                })?,
+                }),
         },
-    };
+    }
+}
 
+/// The BOS id and the ids that end generation (eos, eot, eom; each once).
+fn special_ids(file: &GgufFile) -> Result<(Option<u32>, Vec<u32>)> {
     let tok_id = |k: &str| -> Result<Option<u32>> {
-        match md.get(k) {
+        match file.meta(k) {
             None => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(x) if x <= u32::MAX as u64 => Ok(Some(x as u32)),
                 _ => Err(Error::model(
-                    path,
+                    file.path(),
                     format!("metadata '{k}' is {v:?}; expected a token id"),
                 )),
             },
@@ -214,23 +271,7 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
             }
         }
     }
-
-    Ok(LlamaConfig {
-        vocab_size,
-        hidden_size,
-        intermediate_size,
-        num_hidden_layers,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        rms_norm_eps,
-        rope_theta,
-        rope_scaling,
-        max_position_embeddings,
-        tie_word_embeddings: file.tensor_info("output.weight").is_none(),
-        bos_token_id,
-        eos_token_ids,
-    })
+    Ok((bos_token_id, eos_token_ids))
 }
 
 /// The per-frequency divisors llama.cpp stores in `rope_freqs.weight` for Llama 3 scaling.
