@@ -164,39 +164,7 @@ pub fn parse(
         prefix: "",
     };
 
-    let archs: Vec<&str> = match f.present("architectures") {
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
-        Some(v) => return Err(f.bad("architectures", v, "a list of class names")),
-        None => return Err(f.missing("architectures")),
-    };
-    if !archs.iter().any(|a| SUPPORTED_ARCHITECTURES.contains(a)) {
-        return Err(Error::model(
-            config_path,
-            format!(
-                "architectures {archs:?} are not supported (supported: {})",
-                SUPPORTED_ARCHITECTURES.join(", ")
-            ),
-        ));
-    }
-
-    // The Llama block Fado builds: SiLU-gated MLP, no biases.
-    if let Some(act) = f.present("hidden_act") {
-        if act.as_str() != Some("silu") {
-            return Err(Error::model(
-                config_path,
-                format!("hidden_act {act} is not supported (supported: \"silu\")"),
-            ));
-        }
-    }
-    for k in ["attention_bias", "mlp_bias"] {
-        if f.bool_opt(k)? == Some(true) {
-            return Err(Error::model(
-                config_path,
-                format!("{k}: true is not supported (Llama layers without biases only)"),
-            ));
-        }
-    }
-
+    let archs = check_architecture(&f)?;
     let vocab_size = f.usize_req("vocab_size")?;
     let hidden_size = f.usize_req("hidden_size")?;
     let intermediate_size = f.usize_req("intermediate_size")?;
@@ -221,8 +189,73 @@ pub fn parse(
     let max_position_embeddings = f.usize_opt("max_position_embeddings")?.unwrap_or(2048);
     let tie_word_embeddings = f.bool_opt("tie_word_embeddings")?.unwrap_or(false);
 
-    // RoPE: transformers-5 `rope_parameters` or transformers-4 `rope_theta` + `rope_scaling`.
-    let (rope_theta, rope_scaling) = match f.present("rope_parameters") {
+    let (rope_theta, rope_scaling) = rope(&f)?;
+    let (bos_token_id, eos_token_ids) = special_ids(&f, generation)?;
+    if archs.contains(&"MistralForCausalLM") {
+        warn_sliding_window(&f, max_position_embeddings)?;
+    }
+
+    Ok(LlamaConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        rms_norm_eps,
+        rope_theta,
+        rope_scaling,
+        max_position_embeddings,
+        tie_word_embeddings,
+        bos_token_id,
+        eos_token_ids,
+    })
+}
+
+/// The architecture must be one Fado runs, with the Llama block Fado builds (SiLU-gated MLP,
+/// no biases). Returns the `architectures` list.
+fn check_architecture<'a>(f: &'a Fields<'a>) -> Result<Vec<&'a str>> {
+    let config_path = f.path;
+    let archs: Vec<&str> = match f.present("architectures") {
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+        Some(v) => return Err(f.bad("architectures", v, "a list of class names")),
+        None => return Err(f.missing("architectures")),
+    };
+    if !archs.iter().any(|a| SUPPORTED_ARCHITECTURES.contains(a)) {
+        return Err(Error::model(
+            config_path,
+            format!(
+                "architectures {archs:?} are not supported (supported: {})",
+                SUPPORTED_ARCHITECTURES.join(", ")
+            ),
+        ));
+    }
+
+    if let Some(act) = f.present("hidden_act") {
+        if act.as_str() != Some("silu") {
+            return Err(Error::model(
+                config_path,
+                format!("hidden_act {act} is not supported (supported: \"silu\")"),
+            ));
+        }
+    }
+    for k in ["attention_bias", "mlp_bias"] {
+        if f.bool_opt(k)? == Some(true) {
+            return Err(Error::model(
+                config_path,
+                format!("{k}: true is not supported (Llama layers without biases only)"),
+            ));
+        }
+    }
+
+    Ok(archs)
+}
+
+/// RoPE: transformers-5 `rope_parameters` or transformers-4 `rope_theta` + `rope_scaling`.
+fn rope(f: &Fields<'_>) -> Result<(f32, RopeScaling)> {
+    let config_path = f.path;
+    Ok(match f.present("rope_parameters") {
         Some(Value::Object(p)) => {
             let pf = Fields {
                 map: p,
@@ -249,8 +282,15 @@ pub fn parse(
             };
             (theta, scaling)
         }
-    };
+    })
+}
 
+/// BOS (config first) and every end id of both files (config first, each once).
+fn special_ids(
+    f: &Fields<'_>,
+    generation: Option<(&Value, &Path)>,
+) -> Result<(Option<u32>, Vec<u32>)> {
+    let empty = Map::new();
     let mut bos_token_id = f.ids("bos_token_id")?.first().copied();
     let mut eos_token_ids = f.ids("eos_token_id")?;
     if let Some((g, gpath)) = generation {
@@ -270,33 +310,22 @@ pub fn parse(
         }
     }
 
-    if archs.contains(&"MistralForCausalLM") {
-        if let Some(w) = f.usize_opt("sliding_window")? {
-            if w < max_position_embeddings {
-                tracing::warn!(
-                    "{}: sliding_window {w} is ignored; attention is exact up to {w} tokens of context",
-                    config_path.display()
-                );
-            }
+    Ok((bos_token_id, eos_token_ids))
+}
+
+/// Mistral's sliding window is not implemented: attention stays exact, so say where that
+/// differs from the original model.
+fn warn_sliding_window(f: &Fields<'_>, max_position_embeddings: usize) -> Result<()> {
+    let config_path = f.path;
+    if let Some(w) = f.usize_opt("sliding_window")? {
+        if w < max_position_embeddings {
+            tracing::warn!(
+                "{}: sliding_window {w} is ignored; attention is exact up to {w} tokens of context",
+                config_path.display()
+            );
         }
     }
-
-    Ok(LlamaConfig {
-        vocab_size,
-        hidden_size,
-        intermediate_size,
-        num_hidden_layers,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        rms_norm_eps,
-        rope_theta,
-        rope_scaling,
-        max_position_embeddings,
-        tie_word_embeddings,
-        bos_token_id,
-        eos_token_ids,
-    })
+    Ok(())
 }
 
 /// `rope_scaling` / `rope_parameters` object → [`RopeScaling`]. The type is under `rope_type`
