@@ -19,7 +19,7 @@ pub mod hf_config;
 pub mod safetensors;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::config::LlamaConfig;
@@ -328,5 +328,47 @@ pub(crate) fn head_dim(
             ),
         )),
         None => Ok(hidden / heads),
+    }
+}
+
+/// A model's tensors under their Hugging Face names, in file order, each with where its bytes
+/// are (`L`, the loader's own): the lookup every loader shares.
+pub(crate) struct TensorIndex<L> {
+    slots: Vec<(TensorEntry, L)>,
+    by_name: HashMap<String, usize>,
+}
+
+impl<L> TensorIndex<L> {
+    /// An empty index with room for `n` tensors.
+    pub fn with_capacity(n: usize) -> Self {
+        TensorIndex {
+            slots: Vec::with_capacity(n),
+            by_name: HashMap::with_capacity(n),
+        }
+    }
+
+    /// Adds a tensor after the others; if its name is taken, nothing is added and the tensor
+    /// already there is returned.
+    pub fn insert(
+        &mut self,
+        entry: TensorEntry,
+        at: L,
+    ) -> std::result::Result<(), &(TensorEntry, L)> {
+        if let Some(&i) = self.by_name.get(&entry.name) {
+            return Err(&self.slots[i]);
+        }
+        self.by_name.insert(entry.name.clone(), self.slots.len());
+        self.slots.push((entry, at));
+        Ok(())
+    }
+
+    /// The tensor called `name` and where it is.
+    pub fn find(&self, name: &str) -> Option<&(TensorEntry, L)> {
+        self.by_name.get(name).map(|&i| &self.slots[i])
+    }
+
+    /// Every tensor, in file order.
+    pub fn entries(&self) -> Vec<TensorEntry> {
+        self.slots.iter().map(|(e, _)| e.clone()).collect()
     }
 }

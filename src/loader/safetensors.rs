@@ -20,7 +20,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-use super::{hf_config, map_file, TensorEntry, WeightSource};
+use super::{hf_config, map_file, TensorEntry, TensorIndex, WeightSource};
 
 /// The safetensors crate's own limit on the JSON header.
 const MAX_HEADER: u64 = 100_000_000;
@@ -32,8 +32,8 @@ struct Shard {
     mmap: memmap2::Mmap,
 }
 
+/// Where a tensor's bytes are.
 struct Slot {
-    entry: TensorEntry,
     shard: usize,
     range: Range<usize>,
 }
@@ -44,8 +44,7 @@ pub struct SafetensorsModel {
     dir: PathBuf,
     config: LlamaConfig,
     shards: Vec<Shard>,
-    slots: Vec<Slot>,
-    by_name: HashMap<String, usize>,
+    tensors: TensorIndex<Slot>,
 }
 
 impl SafetensorsModel {
@@ -98,36 +97,28 @@ impl SafetensorsModel {
         shard_files: Vec<(PathBuf, Option<Vec<String>>)>,
     ) -> Result<SafetensorsModel> {
         let mut shards = Vec::with_capacity(shard_files.len());
-        let mut slots = Vec::new();
-        let mut by_name = HashMap::new();
+        let mut index = TensorIndex::with_capacity(0);
         for (si, (shard_path, expected)) in shard_files.into_iter().enumerate() {
             let mmap = map_file(&shard_path)?;
             let tensors = read_header(&shard_path, &mmap)?;
             for (entry, range) in tensors {
-                if let Some(&prev) = by_name.get(&entry.name) {
-                    let prev: &Slot = &slots[prev];
+                if let Err((prev, at)) = index.insert(entry, Slot { shard: si, range }) {
                     return Err(Error::model(
                         &shard_path,
                         format!(
                             "tensor '{}' is also in {}",
-                            entry.name,
+                            prev.name,
                             shards
-                                .get(prev.shard)
+                                .get(at.shard)
                                 .map(|s: &Shard| s.path.display().to_string())
                                 .unwrap_or_else(|| shard_path.display().to_string())
                         ),
                     ));
                 }
-                by_name.insert(entry.name.clone(), slots.len());
-                slots.push(Slot {
-                    entry,
-                    shard: si,
-                    range,
-                });
             }
             if let Some(names) = expected {
                 for n in names {
-                    if by_name.get(&n).is_none_or(|&i| slots[i].shard != si) {
+                    if index.find(&n).is_none_or(|(_, at)| at.shard != si) {
                         return Err(Error::model(
                             &shard_path,
                             format!(
@@ -148,15 +139,13 @@ impl SafetensorsModel {
             dir: dir.to_path_buf(),
             config,
             shards,
-            slots,
-            by_name,
+            tensors: index,
         })
     }
 
-    fn slot(&self, name: &str) -> Result<&Slot> {
-        self.by_name
-            .get(name)
-            .map(|&i| &self.slots[i])
+    fn slot(&self, name: &str) -> Result<&(TensorEntry, Slot)> {
+        self.tensors
+            .find(name)
             .ok_or_else(|| Error::model(&self.path, format!("tensor '{name}' is not in the model")))
     }
 }
@@ -172,14 +161,14 @@ impl WeightSource for SafetensorsModel {
         &self.config
     }
     fn tensors(&self) -> Vec<TensorEntry> {
-        self.slots.iter().map(|s| s.entry.clone()).collect()
+        self.tensors.entries()
     }
     fn get(&self, name: &str) -> Result<TensorEntry> {
-        Ok(self.slot(name)?.entry.clone())
+        Ok(self.slot(name)?.0.clone())
     }
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        let s = self.slot(name)?;
-        Ok(Cow::Borrowed(&self.shards[s.shard].mmap[s.range.clone()]))
+        let (_, at) = self.slot(name)?;
+        Ok(Cow::Borrowed(&self.shards[at.shard].mmap[at.range.clone()]))
     }
     fn hf_dir(&self) -> Option<&Path> {
         Some(&self.dir)

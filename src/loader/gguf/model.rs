@@ -2,19 +2,19 @@
 //! permutation undone.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::loader::{check_permutable, unpermute_rows, TensorEntry, WeightSource};
+use crate::loader::{check_permutable, unpermute_rows, TensorEntry, TensorIndex, WeightSource};
 
 use super::config::llama_config;
 use super::names::{gguf_to_hf_name, hf_to_gguf_name, qk_heads};
 use super::{GgufFile, MetaValue};
 
+/// Where a tensor's bytes are.
 struct Slot {
-    entry: TensorEntry,
     /// Index into the file's tensor infos.
     index: usize,
     /// Heads of llama.cpp's Q/K permutation to undo, if any.
@@ -25,8 +25,7 @@ struct Slot {
 pub struct GgufModel {
     file: GgufFile,
     config: LlamaConfig,
-    slots: Vec<Slot>,
-    by_name: HashMap<String, usize>,
+    tensors: TensorIndex<Slot>,
 }
 
 impl GgufModel {
@@ -39,8 +38,7 @@ impl GgufModel {
     pub fn from_file(file: GgufFile) -> Result<GgufModel> {
         let config = llama_config(&file)?;
         let path = file.path().to_path_buf();
-        let mut slots = Vec::with_capacity(file.tensor_infos().len());
-        let mut by_name = HashMap::new();
+        let mut tensors = TensorIndex::with_capacity(file.tensor_infos().len());
         for (index, info) in file.tensor_infos().iter().enumerate() {
             let name = gguf_to_hf_name(&info.name).unwrap_or_else(|| info.name.clone());
             let shape = info.shape();
@@ -61,27 +59,22 @@ impl GgufModel {
                 }
                 None => None,
             };
-            if by_name.insert(name.clone(), slots.len()).is_some() {
+            let entry = TensorEntry {
+                name,
+                dtype: info.dtype,
+                shape,
+            };
+            if let Err((e, _)) = tensors.insert(entry, Slot { index, unpermute }) {
                 return Err(Error::model(
                     &path,
-                    format!("two tensors map to the Hugging Face name '{name}'"),
+                    format!("two tensors map to the Hugging Face name '{}'", e.name),
                 ));
             }
-            slots.push(Slot {
-                entry: TensorEntry {
-                    name,
-                    dtype: info.dtype,
-                    shape,
-                },
-                index,
-                unpermute,
-            });
         }
         Ok(GgufModel {
             file,
             config,
-            slots,
-            by_name,
+            tensors,
         })
     }
 
@@ -95,19 +88,16 @@ impl GgufModel {
         self.file.metadata()
     }
 
-    fn slot(&self, name: &str) -> Result<&Slot> {
-        self.by_name
-            .get(name)
-            .map(|&i| &self.slots[i])
-            .ok_or_else(|| {
-                let gguf = hf_to_gguf_name(name)
-                    .map(|g| format!(" (GGUF name '{g}')"))
-                    .unwrap_or_default();
-                Error::model(
-                    self.file.path(),
-                    format!("tensor '{name}'{gguf} is not in the file"),
-                )
-            })
+    fn slot(&self, name: &str) -> Result<&(TensorEntry, Slot)> {
+        self.tensors.find(name).ok_or_else(|| {
+            let gguf = hf_to_gguf_name(name)
+                .map(|g| format!(" (GGUF name '{g}')"))
+                .unwrap_or_default();
+            Error::model(
+                self.file.path(),
+                format!("tensor '{name}'{gguf} is not in the file"),
+            )
+        })
     }
 }
 
@@ -122,18 +112,18 @@ impl WeightSource for GgufModel {
         &self.config
     }
     fn tensors(&self) -> Vec<TensorEntry> {
-        self.slots.iter().map(|s| s.entry.clone()).collect()
+        self.tensors.entries()
     }
     fn get(&self, name: &str) -> Result<TensorEntry> {
-        Ok(self.slot(name)?.entry.clone())
+        Ok(self.slot(name)?.0.clone())
     }
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        let slot = self.slot(name)?;
+        let (entry, slot) = self.slot(name)?;
         let data = self.file.tensor_data(&self.file.tensor_infos()[slot.index]);
         Ok(match slot.unpermute {
             None => Cow::Borrowed(data),
             Some(heads) => {
-                let rows = slot.entry.shape[0];
+                let rows = entry.shape[0];
                 Cow::Owned(unpermute_rows(data, heads, data.len() / rows))
             }
         })
