@@ -244,6 +244,15 @@ fn read_index(index: &Path) -> Result<Vec<(PathBuf, Option<Vec<String>>)>> {
     Ok(out)
 }
 
+/// The safetensors names of the dtypes Fado loads ([`DType::FLOATS`]), for messages.
+fn supported() -> String {
+    let names: Vec<String> = DType::FLOATS
+        .iter()
+        .map(|d| d.name().to_ascii_uppercase())
+        .collect();
+    names.join(", ")
+}
+
 fn dtype_of(d: Dtype) -> Option<DType> {
     match d {
         Dtype::F32 => Some(DType::F32),
@@ -294,9 +303,10 @@ fn read_header(path: &Path, buf: &[u8]) -> Result<Vec<(TensorEntry, Range<usize>
             return Err(Error::model(
                 path,
                 format!(
-                    "tensor '{name}' has dtype {}, which Fado does not load (supported: F32, F16, BF16); \
+                    "tensor '{name}' has dtype {}, which Fado does not load (supported: {}); \
                      convert the checkpoint to bf16 or f16",
-                    info.dtype
+                    info.dtype,
+                    supported()
                 ),
             ));
         };
@@ -355,76 +365,8 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
         if name == "__metadata__" {
             continue;
         }
-        let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
-        let shape: Option<Vec<u64>> = t
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
-        let offs: Option<Vec<u64>> = t
-            .get("data_offsets")
-            .and_then(|s| s.as_array())
-            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
-        let (Some(shape), Some(offs)) = (shape, offs) else {
-            return Error::model(
-                path,
-                format!(
-                    "tensor '{name}': shape or data_offsets missing or malformed ({crate_msg})"
-                ),
-            );
-        };
-        let [s, e] = offs[..] else {
-            return Error::model(
-                path,
-                format!("tensor '{name}': data_offsets is not [begin, end]"),
-            );
-        };
-        if e > data_len || s > e {
-            return Error::model(
-                path,
-                format!(
-                    "tensor '{name}' data offsets {s}..{e} lie beyond the data section ({data_len} bytes); \
-                     the file is truncated or corrupt, re-download it"
-                ),
-            );
-        }
-        let bytes_per = match dtype {
-            "F64" | "I64" | "U64" | "C64" => Some(8u64),
-            "F32" | "I32" | "U32" => Some(4),
-            "F16" | "BF16" | "I16" | "U16" => Some(2),
-            "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => Some(1),
-            _ => None,
-        };
-        if bytes_per.is_none() {
-            // Not a dtype the crate knows (it would have parsed the header otherwise).
-            return Error::model(
-                path,
-                format!(
-                    "tensor '{name}' has dtype {dtype}, which is not a safetensors dtype Fado loads \
-                     (supported: F32, F16, BF16); convert the checkpoint to bf16 or f16"
-                ),
-            );
-        }
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        if let (Some(b), Some(numel)) = (bytes_per, numel) {
-            match numel.checked_mul(b) {
-                Some(want) if want == e - s => {}
-                want => {
-                    return Error::model(
-                        path,
-                        format!(
-                            "tensor '{name}' ({dtype} {shape:?}) needs {} bytes but its data range {s}..{e} holds {}; \
-                             the file is corrupt, re-download it",
-                            want.map(|w| w.to_string()).unwrap_or_else(|| "more than 2^64".into()),
-                            e - s
-                        ),
-                    )
-                }
-            }
-        } else if numel.is_none() {
-            return Error::model(
-                path,
-                format!("tensor '{name}': element count of shape {shape:?} overflows"),
-            );
+        if let Some(e) = diagnose_tensor(path, name, t, data_len, crate_msg) {
+            return e;
         }
     }
     if crate_msg.contains("MetadataIncompleteBuffer")
@@ -438,4 +380,85 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
         );
     }
     fallback()
+}
+
+/// What is wrong with one tensor of a header the crate rejected, if anything is.
+fn diagnose_tensor(
+    path: &Path,
+    name: &str,
+    t: &Value,
+    data_len: u64,
+    crate_msg: &str,
+) -> Option<Error> {
+    let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+    let shape: Option<Vec<u64>> = t
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+    let offs: Option<Vec<u64>> = t
+        .get("data_offsets")
+        .and_then(|s| s.as_array())
+        .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+    let (Some(shape), Some(offs)) = (shape, offs) else {
+        return Some(Error::model(
+            path,
+            format!("tensor '{name}': shape or data_offsets missing or malformed ({crate_msg})"),
+        ));
+    };
+    let [s, e] = offs[..] else {
+        return Some(Error::model(
+            path,
+            format!("tensor '{name}': data_offsets is not [begin, end]"),
+        ));
+    };
+    if e > data_len || s > e {
+        return Some(Error::model(
+            path,
+            format!(
+                "tensor '{name}' data offsets {s}..{e} lie beyond the data section ({data_len} bytes); \
+                 the file is truncated or corrupt, re-download it"
+            ),
+        ));
+    }
+    let bytes_per = match dtype {
+        "F64" | "I64" | "U64" | "C64" => Some(8u64),
+        "F32" | "I32" | "U32" => Some(4),
+        "F16" | "BF16" | "I16" | "U16" => Some(2),
+        "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => Some(1),
+        _ => None,
+    };
+    if bytes_per.is_none() {
+        // Not a dtype the crate knows (it would have parsed the header otherwise).
+        return Some(Error::model(
+            path,
+            format!(
+                "tensor '{name}' has dtype {dtype}, which is not a safetensors dtype Fado loads \
+                 (supported: {}); convert the checkpoint to bf16 or f16",
+                supported()
+            ),
+        ));
+    }
+    let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    if let (Some(b), Some(numel)) = (bytes_per, numel) {
+        match numel.checked_mul(b) {
+            Some(want) if want == e - s => {}
+            want => {
+                return Some(Error::model(
+                    path,
+                    format!(
+                        "tensor '{name}' ({dtype} {shape:?}) needs {} bytes but its data range {s}..{e} holds {}; \
+                         the file is corrupt, re-download it",
+                        want.map(|w| w.to_string()).unwrap_or_else(|| "more than 2^64".into()),
+                        e - s
+                    ),
+                ))
+            }
+        }
+    } else if numel.is_none() {
+        return Some(Error::model(
+            path,
+            format!("tensor '{name}': element count of shape {shape:?} overflows"),
+        ));
+    }
+    None
 }
