@@ -103,7 +103,7 @@ fn tokenizers_built_repeatedly_do_not_leak() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama/tokenizer.json");
     let round = |n: usize| {
         for i in 0..n {
-            let tok = fado::tokenizer::Tokenizer::from_gguf_map(&meta).expect("seed tokenizer");
+            let tok = fado::loader::gguf::vocab::tokenizer_from_map(&meta).expect("seed tokenizer");
             tok.encode("Hello world, hello words", false)
                 .expect("encode");
             if i % 20 == 0 {

@@ -2,7 +2,8 @@
 //! ([`MetaValue`]), `types` (ggml type ids ↔ [`DType`](crate::tensor::DType)), `names` (GGUF ↔
 //! Hugging Face tensor names), `config` (`llama.*` metadata ↔
 //! [`LlamaConfig`](crate::config::LlamaConfig)), `model` ([`GgufModel`], the
-//! [`WeightSource`](super::WeightSource)) and `writer`.
+//! [`WeightSource`](super::WeightSource)), `writer`, and [`vocab`] (tokenizer metadata → the
+//! tokenizer's neutral [`Vocab`](crate::tokenizer::Vocab)).
 //!
 //! Layout (little-endian): magic `GGUF`, version u32, tensor count u64, metadata count u64,
 //! metadata key/values (key: u64 length + UTF-8; value: u32 type + payload; arrays: u32 element
@@ -24,6 +25,7 @@ mod names;
 mod reader;
 mod types;
 mod value;
+pub mod vocab;
 mod writer;
 
 pub use config::{config_metadata, llama3_rope_factors, llama_config, rope_freqs_tensor};
