@@ -186,7 +186,7 @@ pub fn quantize_model(
         let data: Vec<u8> = if s.dtype == o.dtype {
             bytes.into_owned()
         } else {
-            let v = crate::model::weights::widen(s, &bytes)?;
+            let v = quant::widen(&s.name, s.dtype, &bytes, s.numel())?;
             match o.dtype {
                 DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 q if q.is_quantized() => quant::quantize(q, &v)?,
