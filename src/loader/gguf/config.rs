@@ -388,48 +388,26 @@ pub fn config_metadata(cfg: &LlamaConfig) -> BTreeMap<String, MetaValue> {
         m.insert(k.to_string(), v);
     };
     put("general.architecture", "llama".into());
-    put(
-        "llama.context_length",
-        MetaValue::U32(cfg.max_position_embeddings as u32),
-    );
-    put(
-        "llama.embedding_length",
-        MetaValue::U32(cfg.hidden_size as u32),
-    );
-    put(
-        "llama.block_count",
-        MetaValue::U32(cfg.num_hidden_layers as u32),
-    );
-    put(
-        "llama.feed_forward_length",
-        MetaValue::U32(cfg.intermediate_size as u32),
-    );
-    put(
-        "llama.attention.head_count",
-        MetaValue::U32(cfg.num_attention_heads as u32),
-    );
-    put(
-        "llama.attention.head_count_kv",
-        MetaValue::U32(cfg.num_key_value_heads as u32),
-    );
-    put(
-        "llama.attention.key_length",
-        MetaValue::U32(cfg.head_dim as u32),
-    );
-    put(
-        "llama.attention.value_length",
-        MetaValue::U32(cfg.head_dim as u32),
-    );
-    put(
-        "llama.rope.dimension_count",
-        MetaValue::U32(cfg.head_dim as u32),
-    );
+    let sizes = [
+        ("llama.context_length", cfg.max_position_embeddings),
+        ("llama.embedding_length", cfg.hidden_size),
+        ("llama.block_count", cfg.num_hidden_layers),
+        ("llama.feed_forward_length", cfg.intermediate_size),
+        ("llama.attention.head_count", cfg.num_attention_heads),
+        ("llama.attention.head_count_kv", cfg.num_key_value_heads),
+        ("llama.attention.key_length", cfg.head_dim),
+        ("llama.attention.value_length", cfg.head_dim),
+        ("llama.rope.dimension_count", cfg.head_dim),
+        ("llama.vocab_size", cfg.vocab_size),
+    ];
+    for (k, v) in sizes {
+        put(k, MetaValue::U32(v as u32));
+    }
     put(
         "llama.attention.layer_norm_rms_epsilon",
         MetaValue::F32(cfg.rms_norm_eps),
     );
     put("llama.rope.freq_base", MetaValue::F32(cfg.rope_theta));
-    put("llama.vocab_size", MetaValue::U32(cfg.vocab_size as u32));
     if let RopeScaling::Linear { factor } = cfg.rope_scaling {
         put("llama.rope.scaling.type", "linear".into());
         put("llama.rope.scaling.factor", MetaValue::F32(factor));
