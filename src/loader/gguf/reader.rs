@@ -479,7 +479,7 @@ fn place_tensor(
         })?;
     }
     let block = t.dtype.block_len() as u64;
-    if t.ne[0] % block != 0 {
+    if !t.ne[0].is_multiple_of(block) {
         return Err(r.err(format!(
             "tensor '{name}' ({}) has rows of {} elements, not a multiple of the {block}-element block",
             t.dtype, t.ne[0]
@@ -493,7 +493,7 @@ fn place_tensor(
                 t.ne
             ))
         })?;
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return Err(r.err(format!(
             "tensor '{name}' data offset {} is not a multiple of the alignment {alignment}",
             t.offset
