@@ -92,7 +92,7 @@ fn rss_kib() -> Option<usize> {
 /// tokenizers 0.23 keeps BPE word caches in a thread-local map keyed by model instance and
 /// never frees an instance's entries when the model is dropped, so every tokenizer built and
 /// used leaked. Fado now builds its BPE models without that cache (`BPE_CACHE_CAPACITY` in
-/// src/tokenizer.rs). Before the fix, 6000 tokenizers here leaked ~6 MiB.
+/// src/tokenizer/bpe.rs). Before the fix, 6000 tokenizers here leaked ~6 MiB.
 #[test]
 fn tokenizers_built_repeatedly_do_not_leak() {
     let seed =
