@@ -68,7 +68,7 @@ fn gguf_tokenizer_seed(bytes: &[u8]) -> fado::Result<fado::tokenizer::Tokenizer>
     } else {
         harness::tok_structured(rest)
     };
-    fado::tokenizer::Tokenizer::from_gguf_map(&meta)
+    fado::loader::gguf::vocab::tokenizer_from_map(&meta)
 }
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {

@@ -15,7 +15,7 @@
 //!   small valid shard `model-00001-of-00001.safetensors`.
 //! - `hf_config`: `config.json` [0xFF `generation_config.json`].
 //! - `gguf_tokenizer`: first byte even → the rest is a GGUF file whose metadata feeds
-//!   `Tokenizer::from_gguf_map`; odd → a structured description (see [`tok_structured`]).
+//!   `gguf::vocab::tokenizer_from_map`; odd → a structured description (see [`tok_structured`]).
 //! - `chat_template`: template source, then 0xFF-separated: flags byte, bos, eos, then role and
 //!   content of each message in turn.
 //! - `http_body`: first byte even → the rest is a `POST /v1/chat/completions` body, odd → a
@@ -310,7 +310,7 @@ pub fn gguf_tokenizer(data: &[u8]) {
             .unwrap_or_default();
         (tok_structured(rest), texts)
     };
-    if let Ok(tok) = Tokenizer::from_gguf_map(&meta) {
+    if let Ok(tok) = gguf::vocab::tokenizer_from_map(&meta) {
         exercise_tokenizer(&tok, &extra);
     }
 }

@@ -29,6 +29,10 @@ use minijinja::{Environment, ErrorKind};
 
 use crate::error::{Error, Result};
 
+// `tokenizer_config.json` belongs to the tokenizer, which reads it first; re-exported here for
+// the callers that pick a template.
+pub use crate::tokenizer::pick_config_template;
+
 /// The template used when a model ships none: ChatML.
 pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
@@ -87,19 +91,6 @@ impl std::fmt::Debug for ChatTemplate {
         f.debug_struct("ChatTemplate")
             .field("origin", &self.origin)
             .finish()
-    }
-}
-
-/// `tokenizer_config.json`'s `chat_template`: a string, or a list of `{name, template}` from which
-/// "default" is taken.
-pub fn pick_config_template(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Array(list) => list.iter().find_map(|t| {
-            (t.get("name")?.as_str()? == "default")
-                .then(|| t.get("template")?.as_str().map(str::to_owned))?
-        }),
-        _ => None,
     }
 }
 

@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 use crate::loader::{self, gguf, MetaValue, TensorEntry};
 use crate::quant;
 use crate::tensor::DType;
+use crate::tokenizer::{
+    config_token, pick_config_template, pre_tokenizer_split, read_json, token_type,
+};
 
 /// The block formats `fado quantize` writes.
 pub const TARGETS: &[DType] = &[DType::Q8_0, DType::Q4_0, DType::Q4K];
@@ -96,25 +99,73 @@ pub fn quantize_model(
     }
     let src = loader::open(input)?;
     let cfg = src.config().clone();
+    let md = output_metadata(src.as_ref(), input, dtype)?;
 
+    let entries = src.tensors();
+    let mut out_entries: Vec<TensorEntry> = entries
+        .iter()
+        .map(|e| TensorEntry {
+            name: e.name.clone(),
+            dtype: target_for(e, dtype),
+            shape: e.shape.clone(),
+        })
+        .collect();
+    // Llama 3 RoPE scaling lives in a tensor in GGUF; a safetensors source has none.
+    let rope_freqs =
+        gguf::rope_freqs_tensor(&cfg).filter(|(e, _)| !entries.iter().any(|s| s.name == e.name));
+    if let Some((e, _)) = &rope_freqs {
+        out_entries.push(e.clone());
+    }
+
+    let mut report = plan_report(&entries, &out_entries, dtype);
+    let total: u64 = entries.iter().map(|e| e.nbytes() as u64).sum();
+    let mut done = 0u64;
+    gguf::write_streamed(output, &md, &out_entries, &mut |i| {
+        let Some(s) = entries.get(i) else {
+            // Past the source's tensors: the generated rope_freqs.
+            return Ok(Cow::Owned(
+                rope_freqs
+                    .as_ref()
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default(),
+            ));
+        };
+        let data = convert_tensor(s, &out_entries[i], src.bytes(&s.name)?)?;
+        done += s.nbytes() as u64;
+        if let Some(p) = progress {
+            p(done, total);
+        }
+        Ok(Cow::Owned(data))
+    })?;
+    report.bytes_in = total;
+    Ok(report)
+}
+
+/// The output's metadata. A GGUF source keeps its tokenizer, chat template and `general.*`,
+/// with hyperparameters rewritten from the parsed config; a Hugging Face folder gets them
+/// converted.
+fn output_metadata(
+    src: &dyn loader::WeightSource,
+    input: &Path,
+    dtype: DType,
+) -> Result<BTreeMap<String, MetaValue>> {
+    let cfg = src.config();
     let mut md: BTreeMap<String, MetaValue> = BTreeMap::new();
     match src.gguf_metadata() {
         Some(m) => {
-            // Keep the tokenizer, chat template and general.*; hyperparameters are rewritten
-            // from the parsed config below.
             for (k, v) in m {
                 if !k.starts_with("llama.") && k != "general.alignment" {
                     md.insert(k.clone(), v.clone());
                 }
             }
-            for (k, v) in gguf::config_metadata(&cfg) {
+            for (k, v) in gguf::config_metadata(cfg) {
                 if !k.starts_with("tokenizer.") {
                     md.insert(k, v);
                 }
             }
         }
         None => {
-            md.extend(gguf::config_metadata(&cfg));
+            md.extend(gguf::config_metadata(cfg));
             let dir = src
                 .hf_dir()
                 .map(Path::to_path_buf)
@@ -139,25 +190,17 @@ pub fn quantize_model(
     }
     md.insert("general.file_type".into(), MetaValue::U32(file_type(dtype)));
     md.insert("general.quantization_version".into(), MetaValue::U32(2));
+    Ok(md)
+}
 
-    let entries = src.tensors();
-    let mut out_entries: Vec<TensorEntry> = entries
-        .iter()
-        .map(|e| TensorEntry {
-            name: e.name.clone(),
-            dtype: target_for(e, dtype),
-            shape: e.shape.clone(),
-        })
-        .collect();
-    // Llama 3 RoPE scaling lives in a tensor in GGUF; a safetensors source has none.
-    let rope_freqs =
-        gguf::rope_freqs_tensor(&cfg).filter(|(e, _)| !entries.iter().any(|s| s.name == e.name));
-    if let Some((e, _)) = &rope_freqs {
-        out_entries.push(e.clone());
-    }
-
+/// What the conversion will write, before any byte is read (`bytes_in` is filled in at the end).
+fn plan_report(
+    entries: &[TensorEntry],
+    out_entries: &[TensorEntry],
+    dtype: DType,
+) -> QuantizeReport {
     let mut report = QuantizeReport::default();
-    for (s, o) in entries.iter().zip(&out_entries) {
+    for (s, o) in entries.iter().zip(out_entries) {
         if o.shape.len() == 2 && o.dtype != dtype {
             report.fallbacks.push((o.name.clone(), o.dtype));
         }
@@ -165,48 +208,28 @@ pub fn quantize_model(
             report.requantized.push(s.name.clone());
         }
     }
-    for o in &out_entries {
+    for o in out_entries {
         *report.tensors.entry(o.dtype.to_string()).or_default() += 1;
         report.bytes_out += o.nbytes() as u64;
     }
-    let total: u64 = entries.iter().map(|e| e.nbytes() as u64).sum();
-    let mut done = 0u64;
-    gguf::write_streamed(output, &md, &out_entries, &mut |i| {
-        let Some(s) = entries.get(i) else {
-            // Past the source's tensors: the generated rope_freqs.
-            return Ok(Cow::Owned(
-                rope_freqs
-                    .as_ref()
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default(),
-            ));
-        };
-        let o = &out_entries[i];
-        let bytes = src.bytes(&s.name)?;
-        let data: Vec<u8> = if s.dtype == o.dtype {
-            bytes.into_owned()
-        } else {
-            let v = crate::model::weights::widen(s, &bytes)?;
-            match o.dtype {
-                DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                q if q.is_quantized() => quant::quantize(q, &v)?,
-                // Fallback types are the source's own, so this is unreachable; kept an error.
-                d => {
-                    return Err(Error::Config(format!(
-                        "tensor `{}`: no conversion from {} to {d}",
-                        s.name, s.dtype
-                    )))
-                }
-            }
-        };
-        done += s.nbytes() as u64;
-        if let Some(p) = progress {
-            p(done, total);
-        }
-        Ok(Cow::Owned(data))
-    })?;
-    report.bytes_in = total;
-    Ok(report)
+    report
+}
+
+/// One tensor's bytes `s` → `o`: kept when the type is, else widened and re-encoded.
+fn convert_tensor(s: &TensorEntry, o: &TensorEntry, bytes: Cow<'_, [u8]>) -> Result<Vec<u8>> {
+    if s.dtype == o.dtype {
+        return Ok(bytes.into_owned());
+    }
+    let v = quant::widen(&s.name, s.dtype, &bytes, s.numel())?;
+    match o.dtype {
+        DType::F32 => Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        q if q.is_quantized() => quant::quantize(q, &v),
+        // Fallback types are the source's own, so this is unreachable; kept an error.
+        d => Err(Error::Config(format!(
+            "tensor `{}`: no conversion from {} to {d}",
+            s.name, s.dtype
+        ))),
+    }
 }
 
 fn tok_error(dir: &Path, msg: impl std::fmt::Display) -> Error {
@@ -218,16 +241,6 @@ fn tok_error(dir: &Path, msg: impl std::fmt::Display) -> Error {
              convert_hf_to_gguf.py instead"
         ),
     )
-}
-
-fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| Error::model(path, format!("invalid JSON: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
-    }
 }
 
 /// llama.cpp's `tokenizer.ggml.pre` name for a `tokenizer.json` pre-tokenizer, where Fado (and
@@ -252,7 +265,7 @@ fn pre_name(pre: &serde_json::Value) -> Option<&'static str> {
                     let re = first.get("pattern")?.get("Regex")?.as_str()?;
                     ["llama-bpe", "qwen2", "tekken", "gpt-4o", "qwen35"]
                         .into_iter()
-                        .find(|n| crate::tokenizer::pre_tokenizer_split(n) == Some(re))
+                        .find(|n| pre_tokenizer_split(n) == Some(re))
                 }
                 _ => None,
             }
@@ -280,14 +293,6 @@ fn template_first_token(pp: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// A special token of `tokenizer_config.json` (a string or `{"content": …}`).
-fn config_token(v: Option<&serde_json::Value>) -> Option<String> {
-    match v? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        o => o.get("content")?.as_str().map(str::to_owned),
-    }
-}
-
 /// `tokenizer.ggml.*` metadata (and `tokenizer.chat_template`) for a Hugging Face folder's
 /// byte-level BPE tokenizer, as llama.cpp's `convert_hf_to_gguf.py` writes it (`_set_vocab_gpt2`
 /// + `SpecialVocab`): every id below `vocab_size` gets a token (`[PAD{i}]`, type UNUSED, where
@@ -301,8 +306,39 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<BTreeMap<Stri
             "no tokenizer.json in the model folder; the GGUF needs the tokenizer",
         )
     })?;
-    let model = &tj["model"];
-    let kind = model["type"].as_str().unwrap_or("?");
+    let pre = byte_level_pre(dir, &tj)?;
+    let (by_id, added) = tokens_by_id(dir, &tj, vocab_size)?;
+    let mut tokens = Vec::with_capacity(vocab_size);
+    let mut types = Vec::with_capacity(vocab_size);
+    for id in 0..vocab_size as u64 {
+        let (t, ty) = match (by_id.get(&id), added.get(&id)) {
+            (Some(t), Some(true)) => (t.clone(), token_type::CONTROL),
+            (Some(t), Some(false)) => (t.clone(), token_type::USER_DEFINED),
+            (Some(t), None) => (t.clone(), token_type::NORMAL),
+            (None, _) => (format!("[PAD{id}]"), token_type::UNUSED),
+        };
+        tokens.push(MetaValue::String(t));
+        types.push(MetaValue::I32(ty));
+    }
+    let merges = merges(dir, &tj["model"])?;
+
+    let mut md = BTreeMap::new();
+    md.insert("tokenizer.ggml.model".into(), MetaValue::from("gpt2"));
+    md.insert("tokenizer.ggml.pre".into(), MetaValue::from(pre));
+    md.insert("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens));
+    md.insert("tokenizer.ggml.token_type".into(), MetaValue::Array(types));
+    md.insert("tokenizer.ggml.merges".into(), MetaValue::Array(merges));
+    let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+    special_metadata(&mut md, &tj, &tc, &by_id);
+    if let Some(t) = chat_template(dir, &tc)? {
+        md.insert("tokenizer.chat_template".into(), MetaValue::String(t));
+    }
+    Ok(md)
+}
+
+/// The pre-tokenizer's llama.cpp name, if the tokenizer is byte-level BPE; else why not.
+fn byte_level_pre(dir: &Path, tj: &serde_json::Value) -> Result<&'static str> {
+    let kind = tj["model"]["type"].as_str().unwrap_or("?");
     if kind != "BPE" {
         return Err(tok_error(dir, format!("its model is {kind}, not BPE")));
     }
@@ -315,7 +351,7 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<BTreeMap<Stri
             ),
         ));
     }
-    let pre = pre_name(&tj["pre_tokenizer"]).ok_or_else(|| {
+    pre_name(&tj["pre_tokenizer"]).ok_or_else(|| {
         tok_error(
             dir,
             format!(
@@ -323,8 +359,17 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<BTreeMap<Stri
                 tj["pre_tokenizer"]
             ),
         )
-    })?;
-    let vocab = model["vocab"]
+    })
+}
+
+/// Every token by id (vocabulary and added tokens), and the added ones' special flags; ids must
+/// lie below the model's `vocab_size`.
+fn tokens_by_id(
+    dir: &Path,
+    tj: &serde_json::Value,
+    vocab_size: usize,
+) -> Result<(HashMap<u64, String>, HashMap<u64, bool>)> {
+    let vocab = tj["model"]["vocab"]
         .as_object()
         .ok_or_else(|| tok_error(dir, "model.vocab is not an object"))?;
     let mut by_id: HashMap<u64, String> = HashMap::new();
@@ -353,20 +398,12 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<BTreeMap<Stri
             ));
         }
     }
-    let mut tokens = Vec::with_capacity(vocab_size);
-    let mut types = Vec::with_capacity(vocab_size);
-    for id in 0..vocab_size as u64 {
-        // llama_token_type: NORMAL 1, CONTROL 3, USER_DEFINED 4, UNUSED 5.
-        let (t, ty) = match (by_id.get(&id), added.get(&id)) {
-            (Some(t), Some(true)) => (t.clone(), 3),
-            (Some(t), Some(false)) => (t.clone(), 4),
-            (Some(t), None) => (t.clone(), 1),
-            (None, _) => (format!("[PAD{id}]"), 5),
-        };
-        tokens.push(MetaValue::String(t));
-        types.push(MetaValue::I32(ty));
-    }
-    let merges: Vec<MetaValue> = model["merges"]
+    Ok((by_id, added))
+}
+
+/// The model's merges as `"a b"` strings (tokenizer.json has strings or pairs).
+fn merges(dir: &Path, model: &serde_json::Value) -> Result<Vec<MetaValue>> {
+    model["merges"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[])
@@ -387,16 +424,16 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<BTreeMap<Stri
             )),
         })
         .map(|r| r.map(MetaValue::String))
-        .collect::<Result<_>>()?;
+        .collect()
+}
 
-    let mut md = BTreeMap::new();
-    md.insert("tokenizer.ggml.model".into(), MetaValue::from("gpt2"));
-    md.insert("tokenizer.ggml.pre".into(), MetaValue::from(pre));
-    md.insert("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens));
-    md.insert("tokenizer.ggml.token_type".into(), MetaValue::Array(types));
-    md.insert("tokenizer.ggml.merges".into(), MetaValue::Array(merges));
-
-    let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+/// Special token ids and the add-BOS/EOS flags, from `tokenizer_config.json`.
+fn special_metadata(
+    md: &mut BTreeMap<String, MetaValue>,
+    tj: &serde_json::Value,
+    tc: &serde_json::Value,
+    by_id: &HashMap<u64, String>,
+) {
     let id_of = |t: &str| {
         by_id
             .iter()
@@ -429,17 +466,16 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<BTreeMap<Stri
             );
         }
     }
-    // The chat template as Fado reads it: chat_template.jinja, else tokenizer_config.json's.
+}
+
+/// The chat template as Fado reads it: chat_template.jinja, else tokenizer_config.json's.
+fn chat_template(dir: &Path, tc: &serde_json::Value) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
-    let template = match std::fs::read_to_string(&jinja) {
-        Ok(s) => Some(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tc
-            .get("chat_template")
-            .and_then(crate::chat_template::pick_config_template),
-        Err(e) => return Err(Error::io(jinja, e)),
-    };
-    if let Some(t) = template {
-        md.insert("tokenizer.chat_template".into(), MetaValue::String(t));
+    match std::fs::read_to_string(&jinja) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(tc.get("chat_template").and_then(pick_config_template))
+        }
+        Err(e) => Err(Error::io(jinja, e)),
     }
-    Ok(md)
 }

@@ -92,7 +92,7 @@ fn rss_kib() -> Option<usize> {
 /// tokenizers 0.23 keeps BPE word caches in a thread-local map keyed by model instance and
 /// never frees an instance's entries when the model is dropped, so every tokenizer built and
 /// used leaked. Fado now builds its BPE models without that cache (`BPE_CACHE_CAPACITY` in
-/// src/tokenizer.rs). Before the fix, 6000 tokenizers here leaked ~6 MiB.
+/// src/tokenizer/bpe.rs). Before the fix, 6000 tokenizers here leaked ~6 MiB.
 #[test]
 fn tokenizers_built_repeatedly_do_not_leak() {
     let seed =
@@ -103,7 +103,7 @@ fn tokenizers_built_repeatedly_do_not_leak() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama/tokenizer.json");
     let round = |n: usize| {
         for i in 0..n {
-            let tok = fado::tokenizer::Tokenizer::from_gguf_map(&meta).expect("seed tokenizer");
+            let tok = fado::loader::gguf::vocab::tokenizer_from_map(&meta).expect("seed tokenizer");
             tok.encode("Hello world, hello words", false)
                 .expect("encode");
             if i % 20 == 0 {

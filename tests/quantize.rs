@@ -181,7 +181,8 @@ fn quantized_file_carries_the_tokenizer_and_chat_template() {
     let out = quantize_tiny(&dir, DType::Q4_0);
     let q = GgufModel::open(&out).unwrap();
     let meta = q.metadata();
-    let from_gguf = Tokenizer::from_gguf_map(meta).expect("tokenizer from metadata");
+    let from_gguf =
+        fado::loader::gguf::vocab::tokenizer_from_map(meta).expect("tokenizer from metadata");
     let hf = Tokenizer::from_file(fixture("tiny-llama/tokenizer.json")).unwrap();
     for text in [
         "Olá, Lisboa! 123 4567",

@@ -7,7 +7,8 @@ mod gguf_meta;
 
 use gguf_meta::{default_model, fixtures, GgufMeta};
 
-use fado::tokenizer::{merges_from_scores, Meta, Tokenizer};
+use fado::loader::gguf::vocab::{tokenizer_from_map, tokenizer_from_metadata, Meta};
+use fado::tokenizer::{merges_from_scores, Tokenizer};
 use serde_json::Value;
 
 fn load_json(name: &str) -> Value {
@@ -30,8 +31,7 @@ fn tiny_json() -> Tokenizer {
 
 fn from_gguf(path: &std::path::Path) -> Tokenizer {
     let meta = GgufMeta::read(path);
-    Tokenizer::from_gguf_metadata(&|k| meta.get(k))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    tokenizer_from_metadata(&|k| meta.get(k)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn smollm2() -> Tokenizer {
@@ -344,7 +344,7 @@ fn stream_decoder_sentencepiece_bytes_and_leading_space() {
 #[test]
 fn gguf_metadata_errors_are_named() {
     let none = |_: &str| -> Option<Meta<'static>> { None };
-    let err = Tokenizer::from_gguf_metadata(&none)
+    let err = tokenizer_from_metadata(&none)
         .expect_err("no metadata")
         .to_string();
     assert!(err.contains("tokenizer.ggml.model"), "{err}");
@@ -356,7 +356,7 @@ fn gguf_metadata_errors_are_named() {
             _ => None,
         }
     };
-    let err = Tokenizer::from_gguf_metadata(&bert)
+    let err = tokenizer_from_metadata(&bert)
         .expect_err("bert")
         .to_string();
     assert!(
@@ -373,7 +373,7 @@ fn gguf_metadata_errors_are_named() {
             _ => None,
         }
     };
-    let err = Tokenizer::from_gguf_metadata(&bad_bos)
+    let err = tokenizer_from_metadata(&bad_bos)
         .expect_err("bos out of range")
         .to_string();
     assert!(err.contains("bos_token_id") && err.contains('7'), "{err}");
@@ -396,7 +396,7 @@ fn tokenizer_and_template_are_shareable_across_threads() {
 fn tokenizer_from_loader_metadata() {
     let path = fixtures().join("tiny-llama-f16.gguf");
     let file = fado::loader::gguf::GgufFile::open(&path).expect("open GGUF");
-    let tok = Tokenizer::from_gguf_map(file.metadata()).expect("tokenizer from loader metadata");
+    let tok = tokenizer_from_map(file.metadata()).expect("tokenizer from loader metadata");
     let reference = from_gguf(&path);
     for text in [
         "<|im_start|>user\nOlá 👋<|im_end|>",

@@ -14,8 +14,18 @@ use serde_json::{Map, Value};
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
 
+use super::{head_dim, HeadKeys};
+
 /// `architectures` values of `config.json` that Fado can run.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+
+/// How `config.json` names the attention geometry, for messages.
+const HEAD_KEYS: HeadKeys = HeadKeys {
+    hidden: "hidden_size",
+    heads: "num_attention_heads",
+    kv_heads: "num_key_value_heads",
+    head_dim_absent: "head_dim is not given",
+};
 
 /// Read `config.json` and, if present, `generation_config.json` next to it.
 pub fn load_dir(dir: &Path) -> Result<LlamaConfig> {
@@ -154,6 +164,59 @@ pub fn parse(
         prefix: "",
     };
 
+    let archs = check_architecture(&f)?;
+    let vocab_size = f.usize_req("vocab_size")?;
+    let hidden_size = f.usize_req("hidden_size")?;
+    let intermediate_size = f.usize_req("intermediate_size")?;
+    let num_hidden_layers = f.usize_req("num_hidden_layers")?;
+    let num_attention_heads = f.usize_req("num_attention_heads")?;
+    let num_key_value_heads = f
+        .usize_opt("num_key_value_heads")?
+        .unwrap_or(num_attention_heads);
+    if num_attention_heads == 0 || num_key_value_heads == 0 {
+        return Err(Error::model(
+            config_path,
+            "num_attention_heads and num_key_value_heads must be non-zero",
+        ));
+    }
+    let head_dim = head_dim(
+        config_path,
+        &HEAD_KEYS,
+        (hidden_size, num_attention_heads, num_key_value_heads),
+        || f.usize_opt("head_dim"),
+    )?;
+    let rms_norm_eps = f.f32_opt("rms_norm_eps")?.unwrap_or(1e-6);
+    let max_position_embeddings = f.usize_opt("max_position_embeddings")?.unwrap_or(2048);
+    let tie_word_embeddings = f.bool_opt("tie_word_embeddings")?.unwrap_or(false);
+
+    let (rope_theta, rope_scaling) = rope(&f)?;
+    let (bos_token_id, eos_token_ids) = special_ids(&f, generation)?;
+    if archs.contains(&"MistralForCausalLM") {
+        warn_sliding_window(&f, max_position_embeddings)?;
+    }
+
+    Ok(LlamaConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        rms_norm_eps,
+        rope_theta,
+        rope_scaling,
+        max_position_embeddings,
+        tie_word_embeddings,
+        bos_token_id,
+        eos_token_ids,
+    })
+}
+
+/// The architecture must be one Fado runs, with the Llama block Fado builds (SiLU-gated MLP,
+/// no biases). Returns the `architectures` list.
+fn check_architecture<'a>(f: &'a Fields<'a>) -> Result<Vec<&'a str>> {
+    let config_path = f.path;
     let archs: Vec<&str> = match f.present("architectures") {
         Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
         Some(v) => return Err(f.bad("architectures", v, "a list of class names")),
@@ -169,7 +232,6 @@ pub fn parse(
         ));
     }
 
-    // The Llama block Fado builds: SiLU-gated MLP, no biases.
     if let Some(act) = f.present("hidden_act") {
         if act.as_str() != Some("silu") {
             return Err(Error::model(
@@ -187,49 +249,13 @@ pub fn parse(
         }
     }
 
-    let vocab_size = f.usize_req("vocab_size")?;
-    let hidden_size = f.usize_req("hidden_size")?;
-    let intermediate_size = f.usize_req("intermediate_size")?;
-    let num_hidden_layers = f.usize_req("num_hidden_layers")?;
-    let num_attention_heads = f.usize_req("num_attention_heads")?;
-    let num_key_value_heads = f
-        .usize_opt("num_key_value_heads")?
-        .unwrap_or(num_attention_heads);
-    if num_attention_heads == 0 || num_key_value_heads == 0 {
-        return Err(Error::model(
-            config_path,
-            "num_attention_heads and num_key_value_heads must be non-zero",
-        ));
-    }
-    if num_attention_heads % num_key_value_heads != 0 {
-        return Err(Error::model(
-            config_path,
-            format!(
-                "num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"
-            ),
-        ));
-    }
-    let head_dim = match f.usize_opt("head_dim")? {
-        Some(d) => d,
-        None => {
-            if hidden_size % num_attention_heads != 0 {
-                return Err(Error::model(
-                    config_path,
-                    format!(
-                        "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads} \
-                         and head_dim is not given"
-                    ),
-                ));
-            }
-            hidden_size / num_attention_heads
-        }
-    };
-    let rms_norm_eps = f.f32_opt("rms_norm_eps")?.unwrap_or(1e-6);
-    let max_position_embeddings = f.usize_opt("max_position_embeddings")?.unwrap_or(2048);
-    let tie_word_embeddings = f.bool_opt("tie_word_embeddings")?.unwrap_or(false);
+    Ok(archs)
+}
 
-    // RoPE: transformers-5 `rope_parameters` or transformers-4 `rope_theta` + `rope_scaling`.
-    let (rope_theta, rope_scaling) = match f.present("rope_parameters") {
+/// RoPE: transformers-5 `rope_parameters` or transformers-4 `rope_theta` + `rope_scaling`.
+fn rope(f: &Fields<'_>) -> Result<(f32, RopeScaling)> {
+    let config_path = f.path;
+    Ok(match f.present("rope_parameters") {
         Some(Value::Object(p)) => {
             let pf = Fields {
                 map: p,
@@ -256,8 +282,15 @@ pub fn parse(
             };
             (theta, scaling)
         }
-    };
+    })
+}
 
+/// BOS (config first) and every end id of both files (config first, each once).
+fn special_ids(
+    f: &Fields<'_>,
+    generation: Option<(&Value, &Path)>,
+) -> Result<(Option<u32>, Vec<u32>)> {
+    let empty = Map::new();
     let mut bos_token_id = f.ids("bos_token_id")?.first().copied();
     let mut eos_token_ids = f.ids("eos_token_id")?;
     if let Some((g, gpath)) = generation {
@@ -277,33 +310,22 @@ pub fn parse(
         }
     }
 
-    if archs.contains(&"MistralForCausalLM") {
-        if let Some(w) = f.usize_opt("sliding_window")? {
-            if w < max_position_embeddings {
-                tracing::warn!(
-                    "{}: sliding_window {w} is ignored; attention is exact up to {w} tokens of context",
-                    config_path.display()
-                );
-            }
+    Ok((bos_token_id, eos_token_ids))
+}
+
+/// Mistral's sliding window is not implemented: attention stays exact, so say where that
+/// differs from the original model.
+fn warn_sliding_window(f: &Fields<'_>, max_position_embeddings: usize) -> Result<()> {
+    let config_path = f.path;
+    if let Some(w) = f.usize_opt("sliding_window")? {
+        if w < max_position_embeddings {
+            tracing::warn!(
+                "{}: sliding_window {w} is ignored; attention is exact up to {w} tokens of context",
+                config_path.display()
+            );
         }
     }
-
-    Ok(LlamaConfig {
-        vocab_size,
-        hidden_size,
-        intermediate_size,
-        num_hidden_layers,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        rms_norm_eps,
-        rope_theta,
-        rope_scaling,
-        max_position_embeddings,
-        tie_word_embeddings,
-        bos_token_id,
-        eos_token_ids,
-    })
+    Ok(())
 }
 
 /// `rope_scaling` / `rope_parameters` object → [`RopeScaling`]. The type is under `rope_type`

@@ -19,7 +19,7 @@ pub mod hf_config;
 pub mod safetensors;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::config::LlamaConfig;
@@ -285,4 +285,90 @@ pub(crate) fn check_permutable(
         ));
     }
     Ok(())
+}
+
+/// How one config format names the attention geometry, for messages.
+pub(crate) struct HeadKeys {
+    /// The hidden size's key.
+    pub hidden: &'static str,
+    /// The query head count's key.
+    pub heads: &'static str,
+    /// The key/value head count's key.
+    pub kv_heads: &'static str,
+    /// What to say when the head size is not given.
+    pub head_dim_absent: &'static str,
+}
+
+/// The head size, by the rule every config format shares: query heads must be a multiple of
+/// key/value heads, and without an explicit head size (`given`, read only once the counts
+/// check out) it is hidden / heads, which must divide. `counts` is (hidden, heads, kv heads),
+/// the head counts non-zero.
+pub(crate) fn head_dim(
+    path: &Path,
+    keys: &HeadKeys,
+    (hidden, heads, kv_heads): (usize, usize, usize),
+    given: impl FnOnce() -> Result<Option<usize>>,
+) -> Result<usize> {
+    if !heads.is_multiple_of(kv_heads) {
+        return Err(Error::model(
+            path,
+            format!(
+                "{} {heads} is not a multiple of {} {kv_heads}",
+                keys.heads, keys.kv_heads
+            ),
+        ));
+    }
+    match given()? {
+        Some(d) => Ok(d),
+        None if !hidden.is_multiple_of(heads) => Err(Error::model(
+            path,
+            format!(
+                "{} {hidden} is not a multiple of {} {heads} and {}",
+                keys.hidden, keys.heads, keys.head_dim_absent
+            ),
+        )),
+        None => Ok(hidden / heads),
+    }
+}
+
+/// A model's tensors under their Hugging Face names, in file order, each with where its bytes
+/// are (`L`, the loader's own): the lookup every loader shares.
+pub(crate) struct TensorIndex<L> {
+    slots: Vec<(TensorEntry, L)>,
+    by_name: HashMap<String, usize>,
+}
+
+impl<L> TensorIndex<L> {
+    /// An empty index with room for `n` tensors.
+    pub fn with_capacity(n: usize) -> Self {
+        TensorIndex {
+            slots: Vec::with_capacity(n),
+            by_name: HashMap::with_capacity(n),
+        }
+    }
+
+    /// Adds a tensor after the others; if its name is taken, nothing is added and the tensor
+    /// already there is returned.
+    pub fn insert(
+        &mut self,
+        entry: TensorEntry,
+        at: L,
+    ) -> std::result::Result<(), &(TensorEntry, L)> {
+        if let Some(&i) = self.by_name.get(&entry.name) {
+            return Err(&self.slots[i]);
+        }
+        self.by_name.insert(entry.name.clone(), self.slots.len());
+        self.slots.push((entry, at));
+        Ok(())
+    }
+
+    /// The tensor called `name` and where it is.
+    pub fn find(&self, name: &str) -> Option<&(TensorEntry, L)> {
+        self.by_name.get(name).map(|&i| &self.slots[i])
+    }
+
+    /// Every tensor, in file order.
+    pub fn entries(&self) -> Vec<TensorEntry> {
+        self.slots.iter().map(|(e, _)| e.clone()).collect()
+    }
 }

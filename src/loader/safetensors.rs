@@ -20,7 +20,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-use super::{hf_config, map_file, TensorEntry, WeightSource};
+use super::{hf_config, map_file, TensorEntry, TensorIndex, WeightSource};
 
 /// The safetensors crate's own limit on the JSON header.
 const MAX_HEADER: u64 = 100_000_000;
@@ -32,8 +32,8 @@ struct Shard {
     mmap: memmap2::Mmap,
 }
 
+/// Where a tensor's bytes are.
 struct Slot {
-    entry: TensorEntry,
     shard: usize,
     range: Range<usize>,
 }
@@ -44,8 +44,7 @@ pub struct SafetensorsModel {
     dir: PathBuf,
     config: LlamaConfig,
     shards: Vec<Shard>,
-    slots: Vec<Slot>,
-    by_name: HashMap<String, usize>,
+    tensors: TensorIndex<Slot>,
 }
 
 impl SafetensorsModel {
@@ -98,36 +97,28 @@ impl SafetensorsModel {
         shard_files: Vec<(PathBuf, Option<Vec<String>>)>,
     ) -> Result<SafetensorsModel> {
         let mut shards = Vec::with_capacity(shard_files.len());
-        let mut slots = Vec::new();
-        let mut by_name = HashMap::new();
+        let mut index = TensorIndex::with_capacity(0);
         for (si, (shard_path, expected)) in shard_files.into_iter().enumerate() {
             let mmap = map_file(&shard_path)?;
             let tensors = read_header(&shard_path, &mmap)?;
             for (entry, range) in tensors {
-                if let Some(&prev) = by_name.get(&entry.name) {
-                    let prev: &Slot = &slots[prev];
+                if let Err((prev, at)) = index.insert(entry, Slot { shard: si, range }) {
                     return Err(Error::model(
                         &shard_path,
                         format!(
                             "tensor '{}' is also in {}",
-                            entry.name,
+                            prev.name,
                             shards
-                                .get(prev.shard)
+                                .get(at.shard)
                                 .map(|s: &Shard| s.path.display().to_string())
                                 .unwrap_or_else(|| shard_path.display().to_string())
                         ),
                     ));
                 }
-                by_name.insert(entry.name.clone(), slots.len());
-                slots.push(Slot {
-                    entry,
-                    shard: si,
-                    range,
-                });
             }
             if let Some(names) = expected {
                 for n in names {
-                    if by_name.get(&n).is_none_or(|&i| slots[i].shard != si) {
+                    if index.find(&n).is_none_or(|(_, at)| at.shard != si) {
                         return Err(Error::model(
                             &shard_path,
                             format!(
@@ -148,15 +139,13 @@ impl SafetensorsModel {
             dir: dir.to_path_buf(),
             config,
             shards,
-            slots,
-            by_name,
+            tensors: index,
         })
     }
 
-    fn slot(&self, name: &str) -> Result<&Slot> {
-        self.by_name
-            .get(name)
-            .map(|&i| &self.slots[i])
+    fn slot(&self, name: &str) -> Result<&(TensorEntry, Slot)> {
+        self.tensors
+            .find(name)
             .ok_or_else(|| Error::model(&self.path, format!("tensor '{name}' is not in the model")))
     }
 }
@@ -172,14 +161,14 @@ impl WeightSource for SafetensorsModel {
         &self.config
     }
     fn tensors(&self) -> Vec<TensorEntry> {
-        self.slots.iter().map(|s| s.entry.clone()).collect()
+        self.tensors.entries()
     }
     fn get(&self, name: &str) -> Result<TensorEntry> {
-        Ok(self.slot(name)?.entry.clone())
+        Ok(self.slot(name)?.0.clone())
     }
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        let s = self.slot(name)?;
-        Ok(Cow::Borrowed(&self.shards[s.shard].mmap[s.range.clone()]))
+        let (_, at) = self.slot(name)?;
+        Ok(Cow::Borrowed(&self.shards[at.shard].mmap[at.range.clone()]))
     }
     fn hf_dir(&self) -> Option<&Path> {
         Some(&self.dir)
@@ -255,6 +244,15 @@ fn read_index(index: &Path) -> Result<Vec<(PathBuf, Option<Vec<String>>)>> {
     Ok(out)
 }
 
+/// The safetensors names of the dtypes Fado loads ([`DType::FLOATS`]), for messages.
+fn supported() -> String {
+    let names: Vec<String> = DType::FLOATS
+        .iter()
+        .map(|d| d.name().to_ascii_uppercase())
+        .collect();
+    names.join(", ")
+}
+
 fn dtype_of(d: Dtype) -> Option<DType> {
     match d {
         Dtype::F32 => Some(DType::F32),
@@ -305,9 +303,10 @@ fn read_header(path: &Path, buf: &[u8]) -> Result<Vec<(TensorEntry, Range<usize>
             return Err(Error::model(
                 path,
                 format!(
-                    "tensor '{name}' has dtype {}, which Fado does not load (supported: F32, F16, BF16); \
+                    "tensor '{name}' has dtype {}, which Fado does not load (supported: {}); \
                      convert the checkpoint to bf16 or f16",
-                    info.dtype
+                    info.dtype,
+                    supported()
                 ),
             ));
         };
@@ -366,76 +365,8 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
         if name == "__metadata__" {
             continue;
         }
-        let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
-        let shape: Option<Vec<u64>> = t
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
-        let offs: Option<Vec<u64>> = t
-            .get("data_offsets")
-            .and_then(|s| s.as_array())
-            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
-        let (Some(shape), Some(offs)) = (shape, offs) else {
-            return Error::model(
-                path,
-                format!(
-                    "tensor '{name}': shape or data_offsets missing or malformed ({crate_msg})"
-                ),
-            );
-        };
-        let [s, e] = offs[..] else {
-            return Error::model(
-                path,
-                format!("tensor '{name}': data_offsets is not [begin, end]"),
-            );
-        };
-        if e > data_len || s > e {
-            return Error::model(
-                path,
-                format!(
-                    "tensor '{name}' data offsets {s}..{e} lie beyond the data section ({data_len} bytes); \
-                     the file is truncated or corrupt, re-download it"
-                ),
-            );
-        }
-        let bytes_per = match dtype {
-            "F64" | "I64" | "U64" | "C64" => Some(8u64),
-            "F32" | "I32" | "U32" => Some(4),
-            "F16" | "BF16" | "I16" | "U16" => Some(2),
-            "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => Some(1),
-            _ => None,
-        };
-        if bytes_per.is_none() {
-            // Not a dtype the crate knows (it would have parsed the header otherwise).
-            return Error::model(
-                path,
-                format!(
-                    "tensor '{name}' has dtype {dtype}, which is not a safetensors dtype Fado loads \
-                     (supported: F32, F16, BF16); convert the checkpoint to bf16 or f16"
-                ),
-            );
-        }
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        if let (Some(b), Some(numel)) = (bytes_per, numel) {
-            match numel.checked_mul(b) {
-                Some(want) if want == e - s => {}
-                want => {
-                    return Error::model(
-                        path,
-                        format!(
-                            "tensor '{name}' ({dtype} {shape:?}) needs {} bytes but its data range {s}..{e} holds {}; \
-                             the file is corrupt, re-download it",
-                            want.map(|w| w.to_string()).unwrap_or_else(|| "more than 2^64".into()),
-                            e - s
-                        ),
-                    )
-                }
-            }
-        } else if numel.is_none() {
-            return Error::model(
-                path,
-                format!("tensor '{name}': element count of shape {shape:?} overflows"),
-            );
+        if let Some(e) = diagnose_tensor(path, name, t, data_len, crate_msg) {
+            return e;
         }
     }
     if crate_msg.contains("MetadataIncompleteBuffer")
@@ -449,4 +380,85 @@ fn diagnose(path: &Path, buf: &[u8], n: usize, crate_msg: &str) -> Error {
         );
     }
     fallback()
+}
+
+/// What is wrong with one tensor of a header the crate rejected, if anything is.
+fn diagnose_tensor(
+    path: &Path,
+    name: &str,
+    t: &Value,
+    data_len: u64,
+    crate_msg: &str,
+) -> Option<Error> {
+    let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+    let shape: Option<Vec<u64>> = t
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+    let offs: Option<Vec<u64>> = t
+        .get("data_offsets")
+        .and_then(|s| s.as_array())
+        .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+    let (Some(shape), Some(offs)) = (shape, offs) else {
+        return Some(Error::model(
+            path,
+            format!("tensor '{name}': shape or data_offsets missing or malformed ({crate_msg})"),
+        ));
+    };
+    let [s, e] = offs[..] else {
+        return Some(Error::model(
+            path,
+            format!("tensor '{name}': data_offsets is not [begin, end]"),
+        ));
+    };
+    if e > data_len || s > e {
+        return Some(Error::model(
+            path,
+            format!(
+                "tensor '{name}' data offsets {s}..{e} lie beyond the data section ({data_len} bytes); \
+                 the file is truncated or corrupt, re-download it"
+            ),
+        ));
+    }
+    let bytes_per = match dtype {
+        "F64" | "I64" | "U64" | "C64" => Some(8u64),
+        "F32" | "I32" | "U32" => Some(4),
+        "F16" | "BF16" | "I16" | "U16" => Some(2),
+        "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => Some(1),
+        _ => None,
+    };
+    if bytes_per.is_none() {
+        // Not a dtype the crate knows (it would have parsed the header otherwise).
+        return Some(Error::model(
+            path,
+            format!(
+                "tensor '{name}' has dtype {dtype}, which is not a safetensors dtype Fado loads \
+                 (supported: {}); convert the checkpoint to bf16 or f16",
+                supported()
+            ),
+        ));
+    }
+    let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    if let (Some(b), Some(numel)) = (bytes_per, numel) {
+        match numel.checked_mul(b) {
+            Some(want) if want == e - s => {}
+            want => {
+                return Some(Error::model(
+                    path,
+                    format!(
+                        "tensor '{name}' ({dtype} {shape:?}) needs {} bytes but its data range {s}..{e} holds {}; \
+                         the file is corrupt, re-download it",
+                        want.map(|w| w.to_string()).unwrap_or_else(|| "more than 2^64".into()),
+                        e - s
+                    ),
+                ))
+            }
+        }
+    } else if numel.is_none() {
+        return Some(Error::model(
+            path,
+            format!("tensor '{name}': element count of shape {shape:?} overflows"),
+        ));
+    }
+    None
 }

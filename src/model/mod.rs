@@ -56,7 +56,7 @@ pub struct Model {
 
 fn text_side(src: &dyn WeightSource) -> Result<(Tokenizer, ChatTemplate)> {
     if let Some(meta) = src.gguf_metadata() {
-        let tok = Tokenizer::from_gguf_map(meta)?;
+        let tok = loader::gguf::vocab::tokenizer_from_map(meta)?;
         let tpl = match meta.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
             Some(s) => ChatTemplate::with_origin(
                 s,

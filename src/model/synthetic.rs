@@ -329,5 +329,5 @@ pub fn byte_tokenizer() -> Result<crate::tokenizer::Tokenizer> {
     );
     m.insert("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens));
     m.insert("tokenizer.ggml.merges".into(), MetaValue::Array(vec![]));
-    crate::tokenizer::Tokenizer::from_gguf_map(&m)
+    crate::loader::gguf::vocab::tokenizer_from_map(&m)
 }

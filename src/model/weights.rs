@@ -27,25 +27,8 @@ pub fn gpu_matmul_supports(dtype: DType) -> bool {
 }
 
 /// A tensor's values as f32 (floats widened, blocks dequantized).
-pub(crate) fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
-    Ok(match e.dtype {
-        DType::F32 => bytemuck::pod_collect_to_vec(&b[..e.numel() * 4]),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        d if d.is_quantized() => quant::dequantize(d, b, e.numel())?,
-        d => {
-            return Err(Error::Config(format!(
-                "tensor `{}` has dtype {d}, which cannot hold weights",
-                e.name
-            )))
-        }
-    })
+fn widen(e: &TensorEntry, b: &[u8]) -> Result<Vec<f32>> {
+    quant::widen(&e.name, e.dtype, b, e.numel())
 }
 
 pub(crate) struct Uploader<'a> {

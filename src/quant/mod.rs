@@ -41,6 +41,9 @@ use crate::tensor::DType;
 pub mod kquants;
 pub mod q4;
 pub mod q8_0;
+mod widen;
+
+pub use widen::widen;
 
 fn check_len(what: &'static str, dtype: DType, bytes: usize, n: usize) -> Result<()> {
     if !dtype.is_quantized() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use fado::tokenizer::Meta;
+use fado::loader::gguf::vocab::Meta;
 
 #[derive(Debug, Clone)]
 pub enum Val {
