@@ -6,9 +6,9 @@
 //! What goes where (as llama.cpp's `llama-quantize` does, with the formats Fado quantizes to):
 //!
 //! - 1-D tensors (norms) are f32;
-//! - 2-D tensors take the requested type when their rows are whole blocks of it, else Q8_0
-//!   when they are whole 32-value blocks (llama.cpp's fallback for K-quants is Q5_0, which Fado
-//!   does not write), else they keep their float type (lossless);
+//! - 2-D tensors take the requested type when their rows are whole blocks of it, else the
+//!   32-value format of [`quant::block_format_for`] (for Q4_K: Q4_0, the size of llama.cpp's
+//!   Q5_0 fallback, which Fado does not write), else they keep their float type (lossless);
 //! - Q/K rows are permuted to llama.cpp's order by [`gguf::write_streamed`].
 //!
 //! Metadata: `llama.*` hyperparameters from the config; for a Hugging Face folder the
@@ -60,21 +60,38 @@ fn file_type(d: DType) -> u32 {
     }
 }
 
-/// The type a tensor is written as.
+/// One line saying which matrices did not get `want` and what they got instead, e.g.
+/// `150 matrices are q4_0: their rows are not whole q4_k blocks of 256`; `None` if all did.
+pub fn fallback_summary(fallbacks: &[(String, DType)], want: DType) -> Option<String> {
+    let mut by_type: BTreeMap<DType, usize> = BTreeMap::new();
+    for (_, d) in fallbacks {
+        *by_type.entry(*d).or_default() += 1;
+    }
+    if by_type.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = by_type.iter().map(|(d, n)| format!("{n} {d}")).collect();
+    Some(format!(
+        "{} of the matrices fell back to another format ({}): their rows are not whole {want} \
+         blocks of {}",
+        fallbacks.len(),
+        parts.join(", "),
+        want.block_len()
+    ))
+}
+
+/// The type a tensor is written as: f32 for 1-D tensors, else the block format
+/// [`quant::block_format_for`] picks, else its own float type (lossless).
 fn target_for(e: &TensorEntry, want: DType) -> DType {
     if e.shape.len() == 1 {
         return DType::F32;
     }
     let cols = e.shape.last().copied().unwrap_or(0);
-    if cols.is_multiple_of(want.block_len()) {
-        want
-    } else if cols.is_multiple_of(DType::Q8_0.block_len()) {
-        DType::Q8_0
-    } else if e.dtype.is_float() {
-        e.dtype
-    } else {
+    match quant::block_format_for(want, cols) {
+        Some(d) => d,
+        None if e.dtype.is_float() => e.dtype,
         // A quantized source tensor always has whole-block rows; unreachable in practice.
-        DType::F32
+        None => DType::F32,
     }
 }
 
@@ -95,6 +112,23 @@ pub fn quantize_model(
         return Err(Error::Config(format!(
             "the output {} is the input; choose another file",
             output.display()
+        )));
+    }
+    if !input.exists() {
+        return Err(Error::Config(format!(
+            "{}: no such file or folder; check the input path (a Hugging Face folder or a .gguf \
+             file)",
+            input.display()
+        )));
+    }
+    let folder = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(Error::Config(format!(
+            "the output folder {} does not exist; create it first or write elsewhere",
+            folder.display()
         )));
     }
     let src = loader::open(input)?;

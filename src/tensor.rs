@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Element type of a tensor as stored on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     /// 32-bit float.
     F32,

@@ -44,8 +44,8 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         r.bytes_in as f64 / 1e6,
         counts.join(", ")
     );
-    for (name, d) in &r.fallbacks {
-        eprintln!("  {name}: {d} (rows are not whole {} blocks)", a.dtype);
+    if let Some(line) = convert::fallback_summary(&r.fallbacks, a.dtype) {
+        eprintln!("  {line}");
     }
     if !r.requantized.is_empty() {
         eprintln!(

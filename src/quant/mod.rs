@@ -98,6 +98,28 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The block format a matrix with rows of `cols` values gets when `want` is asked for: `want`
+/// itself when the rows are whole blocks of it, else the 32-value format llama.cpp's
+/// `llama-quantize` falls back to, in the formats Fado has (Q4_K → Q4_0, where llama.cpp
+/// takes Q5_0 of nearly the same size; Q5_K → Q4_1, for its Q5_1; Q6_K → Q8_0), else `None`:
+/// no block format fits and the matrix stays in floats. One rule for `fado quantize` and
+/// synthetic weights, so a K-quant file is never larger than a Q8_0 one.
+pub fn block_format_for(want: DType, cols: usize) -> Option<DType> {
+    let fits = |d: DType| cols > 0 && cols.is_multiple_of(d.block_len());
+    if !want.is_quantized() {
+        return None;
+    }
+    if fits(want) {
+        return Some(want);
+    }
+    let fallback = match want {
+        DType::Q4K => DType::Q4_0,
+        DType::Q5K => DType::Q4_1,
+        _ => DType::Q8_0,
+    };
+    fits(fallback).then_some(fallback)
+}
+
 /// Quantize `values` into GGUF blocks of `dtype` (Q8_0, Q4_0 and Q4_K; the length must be a
 /// multiple of the block length).
 pub fn quantize(dtype: DType, values: &[f32]) -> Result<Vec<u8>> {
