@@ -2,6 +2,9 @@
 //! undone, hostile GGUF and safetensors files, config.json variants, and the committed
 //! tiny-llama fixtures.
 
+mod common;
+use common::{fixtures, float_values, Scratch};
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,16 +21,8 @@ use serde_json::json;
 const F16_OF_BF16_RTOL: f32 = 1e-3;
 const F16_OF_BF16_ATOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A fresh, empty scratch folder per test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fado-loaders-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("create scratch dir");
-    d
+fn scratch(name: &str) -> Scratch {
+    common::scratch("loaders", name)
 }
 
 fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
@@ -537,8 +532,8 @@ fn gguf_fixture_matches_the_safetensors_fixture_after_unpermuting() {
         );
         assert_eq!(ge.shape, se.shape, "{name} shape");
         assert_eq!(se.dtype, DType::BF16);
-        let want = decode(se.dtype, &st.bytes(name).expect("st bytes"));
-        let got = decode(ge.dtype, &gg.bytes(name).expect("gguf bytes"));
+        let want = float_values(se.dtype, &st.bytes(name).expect("st bytes"));
+        let got = float_values(ge.dtype, &gg.bytes(name).expect("gguf bytes"));
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -547,24 +542,6 @@ fn gguf_fixture_matches_the_safetensors_fixture_after_unpermuting() {
                 i / ge.shape.last().copied().unwrap_or(1)
             );
         }
-    }
-}
-
-fn decode(dtype: DType, b: &[u8]) -> Vec<f32> {
-    match dtype {
-        DType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        d => panic!("decode: {d} not a float type"),
     }
 }
 
@@ -908,7 +885,7 @@ fn safetensors_single_file_loads_zero_copy_by_dir_and_by_file() {
     ] {
         assert_eq!(src.config().hidden_size, 8);
         assert_eq!(src.config().head_dim, 4);
-        assert_eq!(src.hf_dir(), Some(dir.as_path()));
+        assert_eq!(src.hf_dir(), Some(&*dir));
         let names: Vec<String> = src.tensors().into_iter().map(|t| t.name).collect();
         assert_eq!(
             names,
