@@ -310,38 +310,33 @@ fn gguf_writer_output_reads_back_as_the_same_hf_model() {
         }
 
         // The file itself carries llama.cpp's layout: GGUF names, ne innermost first, Q/K rows permuted.
+        let in_file = |name: &str| {
+            let info = m
+                .file()
+                .tensor_info(name)
+                .unwrap_or_else(|| panic!("{name} in file"));
+            (info.ne.clone(), m.file().tensor_data(info))
+        };
+        let permuted = |(e, data): &(TensorEntry, Vec<u8>), n_head: usize| {
+            llama_cpp_permute(&split_rows(data, e.shape[0]), n_head)
+        };
         let q = &tensors[2];
         assert_eq!(q.0.name, "model.layers.0.self_attn.q_proj.weight");
-        let info = m
-            .file()
-            .tensor_info("blk.0.attn_q.weight")
-            .expect("attn_q in file");
-        assert_eq!(info.ne, vec![cfg.hidden_size as u64, cfg.q_dim() as u64]);
-        let rows = split_rows(&q.1, q.0.shape[0]);
+        let (ne, data) = in_file("blk.0.attn_q.weight");
+        assert_eq!(ne, vec![cfg.hidden_size as u64, cfg.q_dim() as u64]);
         assert_eq!(
-            m.file().tensor_data(info),
-            &llama_cpp_permute(&rows, cfg.num_attention_heads)[..],
+            data,
+            &permuted(q, cfg.num_attention_heads)[..],
             "attn_q in the file is not llama.cpp's permutation ({wdtype})"
         );
-        let k = &tensors[3];
-        let info = m
-            .file()
-            .tensor_info("blk.0.attn_k.weight")
-            .expect("attn_k in file");
-        let rows = split_rows(&k.1, k.0.shape[0]);
         assert_eq!(
-            m.file().tensor_data(info),
-            &llama_cpp_permute(&rows, cfg.num_key_value_heads)[..],
+            in_file("blk.0.attn_k.weight").1,
+            &permuted(&tensors[3], cfg.num_key_value_heads)[..],
             "attn_k in the file is not llama.cpp's permutation with n_head_kv ({wdtype})"
         );
-        let v = &tensors[4];
-        let info = m
-            .file()
-            .tensor_info("blk.0.attn_v.weight")
-            .expect("attn_v in file");
         assert_eq!(
-            m.file().tensor_data(info),
-            &v.1[..],
+            in_file("blk.0.attn_v.weight").1,
+            &tensors[4].1[..],
             "attn_v must not be permuted"
         );
     }
