@@ -1008,3 +1008,43 @@ fn scanner_flags_long_files_and_functions_and_stale_exceptions() {
     let fits = vec![("src/y.rs".to_string(), "\n".repeat(MAX_FILE_LINES))];
     assert!(size_violations(&fits, &[]).is_empty());
 }
+
+/// The real tree with forbidden imports appended to one file of each module: every rule fires,
+/// naming the added line.
+#[test]
+fn scanner_rules_fail_on_src_with_forbidden_imports_added() {
+    let mut files = src_files();
+    let mut add = |module: &str, code: &str| -> String {
+        let (path, text) = files
+            .iter_mut()
+            .find(|(p, _)| top_module(p).as_deref() == Some(module))
+            .unwrap_or_else(|| panic!("no file of module {module}"));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(code);
+        text.push('\n');
+        format!("{path}:{}", text.lines().count())
+    };
+    let loader_site = add("loader", "use crate::model::Model;");
+    add("model", "use crate::loader::WeightSource;");
+    let session_ops = add("session", "use crate::ops::Op;");
+    let session_exec = add("session", "fn bad() { crate::graph::exec::anything(); }");
+    let tokenizer_site = add("tokenizer", "use crate::{loader::gguf};");
+    let error_site = add("error", "use crate::tensor::DType;");
+    let v = layering_violations(&files);
+    let has = |rule: &str, part: &str| {
+        assert!(
+            v[rule].iter().any(|s| s.contains(part)),
+            "{rule}: {part:?} not in {:?}",
+            v[rule]
+        )
+    };
+    has("cycles", "loader → model");
+    has("cycles", &loader_site);
+    has("loader imports model", &loader_site);
+    has("session imports ops or graph internals", &session_ops);
+    has("session imports ops or graph internals", &session_exec);
+    has("tokenizer imports loader", &tokenizer_site);
+    has("error is not a leaf", &error_site);
+}
