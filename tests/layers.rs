@@ -829,6 +829,15 @@ fn fake(files: &[(&str, &str)]) -> Vec<(String, String)> {
     v
 }
 
+#[track_caller]
+fn assert_found(v: &BTreeMap<&str, Vec<String>>, rule: &str, part: &str) {
+    assert!(
+        v[rule].iter().any(|s| s.contains(part)),
+        "{rule}: {part:?} not in {:?}",
+        v[rule]
+    );
+}
+
 fn edge_lines(g: &Graph, a: &str, b: &str) -> Vec<usize> {
     g.get(a)
         .and_then(|e| e.get(b))
@@ -932,13 +941,7 @@ fn scanner_rules_fail_on_forbidden_imports_and_pass_without_them() {
         ("src/error.rs", "use crate::tokenizer::Tokenizer;\n"),
     ]);
     let v = layering_violations(&bad);
-    let has = |rule: &str, part: &str| {
-        assert!(
-            v[rule].iter().any(|s| s.contains(part)),
-            "{rule}: {part:?} not in {:?}",
-            v[rule]
-        )
-    };
+    let has = |rule: &str, part: &str| assert_found(&v, rule, part);
     has("loader imports model", "src/loader/gguf.rs:1");
     has(
         "session imports ops or graph internals",
@@ -1033,13 +1036,7 @@ fn scanner_rules_fail_on_src_with_forbidden_imports_added() {
     let tokenizer_site = add("tokenizer", "use crate::{loader::gguf};");
     let error_site = add("error", "use crate::tensor::DType;");
     let v = layering_violations(&files);
-    let has = |rule: &str, part: &str| {
-        assert!(
-            v[rule].iter().any(|s| s.contains(part)),
-            "{rule}: {part:?} not in {:?}",
-            v[rule]
-        )
-    };
+    let has = |rule: &str, part: &str| assert_found(&v, rule, part);
     has("cycles", "loader → model");
     has("cycles", &loader_site);
     has("loader imports model", &loader_site);
