@@ -2,20 +2,15 @@
 //! template sources (GGUF, chat_template.jinja, tokenizer_config.json), the HF extras
 //! (raise_exception, strftime_now, tojson, Python string methods) and the sandbox limits. CPU only.
 
+mod common;
 mod gguf_meta;
 
-use gguf_meta::{default_model, fixtures, GgufMeta};
+use common::{default_model, fixture_json, fixtures, scratch};
+use gguf_meta::GgufMeta;
 
 use fado::chat_template::{
     pick_config_template, strftime, ChatTemplate, Limits, Message, CHATML_TEMPLATE,
 };
-use serde_json::Value;
-
-fn load_json(name: &str) -> Value {
-    let p = fixtures().join(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 fn user(text: &str) -> Vec<Message> {
     vec![Message::new("user", text)]
@@ -28,7 +23,7 @@ fn smollm2_gguf_template_renders_like_transformers() {
     let src = meta
         .str("tokenizer.chat_template")
         .expect("SmolLM2 GGUF has tokenizer.chat_template");
-    let exp = load_json("smollm2-expected.json");
+    let exp = fixture_json("smollm2-expected.json");
     assert_eq!(
         src,
         exp["chat_template"].as_str().expect("chat_template"),
@@ -80,7 +75,7 @@ fn tiny_llama_dir_template_renders_like_transformers() {
         "{}",
         tmpl.origin()
     );
-    let exp = load_json("tiny-llama-expected.json");
+    let exp = fixture_json("tiny-llama-expected.json");
     let chat = &exp["chat_example"];
     let msgs: Vec<Message> = chat["messages"]
         .as_array()
@@ -108,8 +103,7 @@ fn tiny_llama_dir_template_renders_like_transformers() {
 
 #[test]
 fn tokenizer_config_sources() {
-    let dir = std::env::temp_dir().join(format!("fado-chat-template-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = scratch("chat-template", "config-sources");
     // A list of named templates: "default" is picked.
     let cfg = serde_json::json!({"chat_template": [
         {"name": "tool_use", "template": "TOOLS"},
@@ -136,7 +130,6 @@ fn tokenizer_config_sources() {
     // No template at all.
     std::fs::write(dir.join("tokenizer_config.json"), "{}").expect("write");
     assert!(ChatTemplate::from_model_dir(&dir).expect("load").is_none());
-    std::fs::remove_dir_all(&dir).ok();
     assert!(CHATML_TEMPLATE.contains("<|im_start|>"));
 }
 

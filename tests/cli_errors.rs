@@ -2,40 +2,17 @@
 //! no panic, and exactly one line on stderr that names the file, tensor or field at fault and
 //! says what to do. The inputs are built in a scratch folder from the tiny-llama fixtures.
 
+mod common;
+use common::{fixtures, Scratch};
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const FADO: &str = env!("CARGO_BIN_EXE_fado");
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A fresh, empty scratch folder per case, removed when the case passes (kept for a look when
-/// it fails).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 fn scratch(name: &str) -> Scratch {
-    let d = std::env::temp_dir().join(format!("fado-cli-errors-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("create scratch dir");
-    Scratch(d)
+    common::scratch("cli-errors", name)
 }
 
 /// A copy of the sharded bf16 tiny-llama folder to break.

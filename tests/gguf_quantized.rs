@@ -7,41 +7,13 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use fado::loader::gguf::GgufFile;
-use fado::model::{Model, ModelOptions};
 use fado::quant;
-use fado::session::Session;
 use fado::tensor::DType;
 use serde_json::Value;
 
-fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
-
 fn expected() -> Value {
-    let s = std::fs::read_to_string(fixture("quant-gguf-expected.json")).expect("fixture json");
-    serde_json::from_str(&s).expect("fixture json parses")
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    fixture_json("quant-gguf-expected.json")
 }
 
 /// The fixture script's checksum: Σ bits(v[i]) · (2i + 1) mod 2^64, as 16 hex digits.
@@ -55,20 +27,10 @@ fn checksum(v: &[f32]) -> String {
 /// A tensor's values as Fado reads them: quantized blocks through `quant::dequantize`, floats
 /// widened.
 fn values(dtype: DType, data: &[u8], n: usize) -> Vec<f32> {
-    match dtype {
-        DType::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        q => quant::dequantize(q, data, n).expect("dequantize"),
+    if dtype.is_quantized() {
+        quant::dequantize(dtype, data, n).expect("dequantize")
+    } else {
+        float_values(dtype, data)
     }
 }
 
@@ -100,7 +62,7 @@ fn check_tensors(file: &str) -> Vec<DType> {
         assert_eq!(info.ne, ne, "{file}: {name} ne");
         let n = ne.iter().product::<u64>() as usize;
         let v = values(info.dtype, g.tensor_data(info), n);
-        let first = f32s(&r["first"]);
+        let first = json_f32s(&r["first"]);
         for (i, (a, b)) in v.iter().zip(&first).enumerate() {
             assert_eq!(
                 a.to_bits(),
@@ -126,38 +88,13 @@ fn check_tensors(file: &str) -> Vec<DType> {
 /// order, so the f32 tolerance.
 fn check_model(file: &str) {
     let exp = expected();
-    let m: Arc<Model> =
-        Model::load_on(ctx(), fixture(file), &ModelOptions::default()).expect("model loads");
+    let m = load(fixture(file));
     for p in exp["files"][file]["prompts"].as_array().unwrap() {
-        let name = p["name"].as_str().unwrap();
-        let prompt = u32s(&p["ids"]);
-        let mut s = Session::new(m.clone(), 128).unwrap();
-        s.prefill(&prompt, 1).unwrap();
-        assert_close_rel_max(
-            &format!("{file} {name}: last logits"),
-            &s.last_logits().unwrap(),
-            &f32s(&p["last_logits"]),
-            F32_RTOL,
-        );
+        let what = &format!("{file} {}", p["name"].as_str().unwrap());
+        let prompt = json_ids(&p["ids"]);
+        assert_reference_logits(&m, &prompt, p, F32_RTOL, what);
         // Greedy tokens up to the first step whose top-2 gap is within summation-order noise.
-        let want = u32s(&p["greedy_tokens"]);
-        let n = f32s(&p["greedy_margins"])
-            .iter()
-            .position(|g| *g < 1e-3)
-            .map(|i| i + 1)
-            .unwrap_or(want.len());
-        let mut s = Session::new(m.clone(), 128).unwrap();
-        let mut got = Vec::new();
-        let mut cands = s.prefill(&prompt, 1).unwrap();
-        for _ in 0..n {
-            got.push(cands[0].0);
-            cands = s.prefill(&[cands[0].0], 1).unwrap();
-        }
-        assert_eq!(
-            got,
-            want[..n],
-            "{file} {name}: greedy tokens ({n} compared)"
-        );
+        assert_reference_greedy(&m, &prompt, p, 1e-3, 128, what);
     }
 }
 
@@ -210,8 +147,7 @@ fn fado_quantized_files_give_transformers_logits_and_greedy_tokens() {
 #[test]
 fn fado_quantizer_still_writes_the_committed_fixture_bytes() {
     // Keeps the fixtures above tied to the current quantizer and writer.
-    let dir = std::env::temp_dir().join(format!("fado-gguf-quantized-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("gguf-quantized", "fixture-bytes");
     for (dtype, file) in [
         (DType::Q8_0, "tiny-llama-fado-q8_0.gguf"),
         (DType::Q4_0, "tiny-llama-fado-q4_0.gguf"),
@@ -232,7 +168,6 @@ fn fado_quantizer_still_writes_the_committed_fixture_bytes() {
             );
         }
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Q4_K_M keeps v (and some down projections) in Q6_K and q, k in Q4_K: the stacked q|k|v then
@@ -241,7 +176,7 @@ fn fado_quantizer_still_writes_the_committed_fixture_bytes() {
 #[test]
 fn llama_cpp_q4_k_m_keeps_every_matrix_in_its_blocks_on_the_gpu() {
     let file = "tiny-llama-256-q4_k_m.gguf";
-    let m = Model::load_on(ctx(), fixture(file), &ModelOptions::default()).expect("loads");
+    let m = load(fixture(file));
     let mut split = 0;
     for (i, l) in m.weights.layers.iter().enumerate() {
         for t in l.qkv.iter().chain(&l.gate_up).chain([&l.o, &l.down]) {

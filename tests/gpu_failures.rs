@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fado::config::LlamaConfig;
 use fado::gpu::{GpuContext, GpuOptions};
-use fado::model::{Model, ModelOptions};
+use fado::model::Model;
 use fado::server::{Server, ServerConfig};
 use fado::session::Session;
 use fado::tensor::DType;
@@ -25,8 +25,7 @@ fn own_device() -> Arc<GpuContext> {
 }
 
 fn tiny_on(ctx: Arc<GpuContext>) -> Arc<Model> {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-    Model::load_on(ctx, &p, &ModelOptions::default()).expect("tiny model loads")
+    common::load_on(ctx, common::fixture("tiny-llama"))
 }
 
 /// The error is OutOfMemory and its message gives both byte counts and names `what`.
@@ -100,25 +99,15 @@ fn a_model_larger_than_the_device_is_an_error_with_the_numbers() {
 async fn a_lost_device_makes_health_unhealthy_and_requests_fail_with_json_errors() {
     let gpu = own_device();
     let model = tiny_on(gpu.clone());
-    let server = Server::new(
-        model,
-        ServerConfig {
-            ctx: CTX,
-            parallel: 1,
-            ..Default::default()
-        },
-    )
-    .expect("server starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = server.spawn(listener).expect("spawn");
-    let base = format!("http://{}", h.addr);
+    let (h, base) = start_with(model, cfg(1)).await;
     let c = client();
-    let ok = c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_body("Hi", 3, false))
-        .send()
-        .await
-        .unwrap();
+    let ok = post(
+        &c,
+        format!("{base}/v1/chat/completions"),
+        &chat_body("Hi", 3, false),
+        "request",
+    )
+    .await;
     assert_eq!(ok.status(), 200, "before the loss");
     assert_eq!(health(&c, &base).await["status"], "ok");
 
@@ -140,12 +129,13 @@ async fn a_lost_device_makes_health_unhealthy_and_requests_fail_with_json_errors
     assert_eq!(v["status"], "unhealthy", "{v}");
     assert!(v["error"].as_str().unwrap_or("").contains("lost"), "{v}");
     for stream in [false, true] {
-        let r = c
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&chat_body("Hi", 3, stream))
-            .send()
-            .await
-            .unwrap();
+        let r = post(
+            &c,
+            format!("{base}/v1/chat/completions"),
+            &chat_body("Hi", 3, stream),
+            "request",
+        )
+        .await;
         let e = expect_error(r, 503, "a request after the loss").await;
         assert_eq!(e["error"]["code"], "device_lost", "{e}");
     }

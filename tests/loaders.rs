@@ -2,6 +2,9 @@
 //! undone, hostile GGUF and safetensors files, config.json variants, and the committed
 //! tiny-llama fixtures.
 
+mod common;
+use common::{fixtures, float_values, Scratch};
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,16 +21,8 @@ use serde_json::json;
 const F16_OF_BF16_RTOL: f32 = 1e-3;
 const F16_OF_BF16_ATOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A fresh, empty scratch folder per test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fado-loaders-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("create scratch dir");
-    d
+fn scratch(name: &str) -> Scratch {
+    common::scratch("loaders", name)
 }
 
 fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
@@ -315,38 +310,33 @@ fn gguf_writer_output_reads_back_as_the_same_hf_model() {
         }
 
         // The file itself carries llama.cpp's layout: GGUF names, ne innermost first, Q/K rows permuted.
+        let in_file = |name: &str| {
+            let info = m
+                .file()
+                .tensor_info(name)
+                .unwrap_or_else(|| panic!("{name} in file"));
+            (info.ne.clone(), m.file().tensor_data(info))
+        };
+        let permuted = |(e, data): &(TensorEntry, Vec<u8>), n_head: usize| {
+            llama_cpp_permute(&split_rows(data, e.shape[0]), n_head)
+        };
         let q = &tensors[2];
         assert_eq!(q.0.name, "model.layers.0.self_attn.q_proj.weight");
-        let info = m
-            .file()
-            .tensor_info("blk.0.attn_q.weight")
-            .expect("attn_q in file");
-        assert_eq!(info.ne, vec![cfg.hidden_size as u64, cfg.q_dim() as u64]);
-        let rows = split_rows(&q.1, q.0.shape[0]);
+        let (ne, data) = in_file("blk.0.attn_q.weight");
+        assert_eq!(ne, vec![cfg.hidden_size as u64, cfg.q_dim() as u64]);
         assert_eq!(
-            m.file().tensor_data(info),
-            &llama_cpp_permute(&rows, cfg.num_attention_heads)[..],
+            data,
+            &permuted(q, cfg.num_attention_heads)[..],
             "attn_q in the file is not llama.cpp's permutation ({wdtype})"
         );
-        let k = &tensors[3];
-        let info = m
-            .file()
-            .tensor_info("blk.0.attn_k.weight")
-            .expect("attn_k in file");
-        let rows = split_rows(&k.1, k.0.shape[0]);
         assert_eq!(
-            m.file().tensor_data(info),
-            &llama_cpp_permute(&rows, cfg.num_key_value_heads)[..],
+            in_file("blk.0.attn_k.weight").1,
+            &permuted(&tensors[3], cfg.num_key_value_heads)[..],
             "attn_k in the file is not llama.cpp's permutation with n_head_kv ({wdtype})"
         );
-        let v = &tensors[4];
-        let info = m
-            .file()
-            .tensor_info("blk.0.attn_v.weight")
-            .expect("attn_v in file");
         assert_eq!(
-            m.file().tensor_data(info),
-            &v.1[..],
+            in_file("blk.0.attn_v.weight").1,
+            &tensors[4].1[..],
             "attn_v must not be permuted"
         );
     }
@@ -537,8 +527,8 @@ fn gguf_fixture_matches_the_safetensors_fixture_after_unpermuting() {
         );
         assert_eq!(ge.shape, se.shape, "{name} shape");
         assert_eq!(se.dtype, DType::BF16);
-        let want = decode(se.dtype, &st.bytes(name).expect("st bytes"));
-        let got = decode(ge.dtype, &gg.bytes(name).expect("gguf bytes"));
+        let want = float_values(se.dtype, &st.bytes(name).expect("st bytes"));
+        let got = float_values(ge.dtype, &gg.bytes(name).expect("gguf bytes"));
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -547,24 +537,6 @@ fn gguf_fixture_matches_the_safetensors_fixture_after_unpermuting() {
                 i / ge.shape.last().copied().unwrap_or(1)
             );
         }
-    }
-}
-
-fn decode(dtype: DType, b: &[u8]) -> Vec<f32> {
-    match dtype {
-        DType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        d => panic!("decode: {d} not a float type"),
     }
 }
 
@@ -908,7 +880,7 @@ fn safetensors_single_file_loads_zero_copy_by_dir_and_by_file() {
     ] {
         assert_eq!(src.config().hidden_size, 8);
         assert_eq!(src.config().head_dim, 4);
-        assert_eq!(src.hf_dir(), Some(dir.as_path()));
+        assert_eq!(src.hf_dir(), Some(&*dir));
         let names: Vec<String> = src.tensors().into_iter().map(|t| t.name).collect();
         assert_eq!(
             names,

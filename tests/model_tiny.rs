@@ -9,58 +9,19 @@ use common::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fado::model::{Model, ModelOptions};
+use fado::model::Model;
 use fado::ops::topk::{penalize_cpu, topk_cpu};
 use fado::sampling::SamplingParams;
 use fado::session::Session;
 use serde_json::Value;
 
-fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
-
-fn expected(name: &str) -> Value {
-    let s = std::fs::read_to_string(fixture(name)).expect("fixture json");
-    serde_json::from_str(&s).expect("fixture json parses")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn load(path: PathBuf) -> Arc<Model> {
-    Model::load_on(ctx(), &path, &ModelOptions::default()).expect("model loads")
-}
-
 /// Last-position logits within 1e-4 relative (to the largest logit) and identical greedy tokens.
 fn check(model: &Arc<Model>, exp: &Value) {
     for p in exp["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
-        let prompt = ids(&p["ids"]);
-        let mut s = Session::new(model.clone(), 128).unwrap();
-        s.prefill(&prompt, 1).unwrap();
-        let got = s.last_logits().unwrap();
-        assert_close_rel_max(
-            &format!("{name}: last logits"),
-            &got,
-            &floats(&p["last_logits"]),
-            F32_RTOL,
-        );
-        let want = ids(&p["greedy_tokens"]);
+        let prompt = json_ids(&p["ids"]);
+        assert_reference_logits(model, &prompt, p, F32_RTOL, name);
+        let want = json_ids(&p["greedy_tokens"]);
         let mut s = Session::new(model.clone(), 128).unwrap();
         let mut no_eos = SamplingParams::greedy();
         no_eos.seed = 1;
@@ -81,21 +42,23 @@ fn check(model: &Arc<Model>, exp: &Value) {
 fn check_variants(path: PathBuf, exp: &Value) {
     for (label, c) in variant_contexts() {
         eprintln!("{label}");
-        let m = Model::load_on(c, &path, &ModelOptions::default()).expect("model loads");
-        check(&m, exp);
+        check(&load_on(c, &path), exp);
     }
 }
 
 #[test]
 fn tiny_llama_safetensors_matches_transformers_logits_and_greedy_tokens() {
-    check_variants(fixture("tiny-llama"), &expected("tiny-llama-expected.json"));
+    check_variants(
+        fixture("tiny-llama"),
+        &fixture_json("tiny-llama-expected.json"),
+    );
 }
 
 #[test]
 fn tiny_llama_gguf_with_permuted_qk_matches_transformers() {
     check_variants(
         fixture("tiny-llama-f16.gguf"),
-        &expected("tiny-llama-f16-gguf-expected.json"),
+        &fixture_json("tiny-llama-f16-gguf-expected.json"),
     );
 }
 
@@ -117,9 +80,9 @@ fn window(tokens: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
 /// reference of the penalties; and the penalties change the output.
 #[test]
 fn penalized_greedy_decoding_matches_the_cpu_reference_step_by_step() {
-    let m = load(fixture("tiny-llama"));
-    let exp = expected("tiny-llama-expected.json");
-    let prompt = ids(&exp["prompts"][0]["ids"]);
+    let m = tiny_model();
+    let exp = fixture_json("tiny-llama-expected.json");
+    let prompt = json_ids(&exp["prompts"][0]["ids"]);
     let steps = 24;
     let plain = {
         let mut s = Session::new(m.clone(), 128).unwrap();
@@ -206,15 +169,10 @@ fn rewrite_gguf(out: &std::path::Path, table: (u32, &[u8]), lm_head_f32: Option<
 fn quantized_tied_embedding_is_one_gpu_buffer_and_matches_its_dequantized_twin() {
     use fado::quant;
     use fado::tensor::DType;
-    let dir = std::env::temp_dir().join(format!("fado-model-tiny-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("model-tiny", "tied");
     let src = fado::loader::gguf::GgufFile::open(fixture("tiny-llama-f16.gguf")).unwrap();
     let info = src.tensor_info("token_embd.weight").unwrap();
-    let table: Vec<f32> = src
-        .tensor_data(info)
-        .chunks_exact(2)
-        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect();
+    let table = float_values(DType::F16, src.tensor_data(info));
     let vocab = info.ne[1] as usize;
     for (dtype, ggml) in [(DType::Q8_0, 8u32), (DType::Q4_0, 2)] {
         let blocks = quant::quantize(dtype, &table).unwrap();
@@ -244,23 +202,17 @@ fn quantized_tied_embedding_is_one_gpu_buffer_and_matches_its_dequantized_twin()
             "{dtype}: GPU weight bytes"
         );
         // Same model (the twin holds the exact dequantized values): same logits and tokens.
-        for p in expected("tiny-llama-f16-gguf-expected.json")["prompts"]
+        for p in fixture_json("tiny-llama-f16-gguf-expected.json")["prompts"]
             .as_array()
             .unwrap()
         {
-            let prompt = ids(&p["ids"]);
-            let logits = |m: &Arc<Model>| {
-                let mut s = Session::new(m.clone(), 64).unwrap();
-                s.prefill(&prompt, 1).unwrap();
-                s.last_logits().unwrap()
-            };
+            let prompt = json_ids(&p["ids"]);
             assert_close_rel_max(
                 &format!("{dtype} tied vs f32 twin"),
-                &logits(&q),
-                &logits(&f),
+                &last_logits(&q, &prompt, 64),
+                &last_logits(&f, &prompt, 64),
                 F32_RTOL,
             );
         }
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

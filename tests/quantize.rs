@@ -6,55 +6,17 @@ mod common;
 use common::*;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use fado::convert;
 use fado::loader::{self, gguf::GgufModel, permute_rows, WeightSource};
-use fado::model::{Model, ModelOptions};
 use fado::quant;
-use fado::session::Session;
 use fado::tensor::DType;
 use fado::tokenizer::Tokenizer;
-use serde_json::Value;
-
-fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fado-quantize-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
 
 fn quantize_tiny(dir: &Path, dtype: DType) -> PathBuf {
     let out = dir.join(format!("tiny-{dtype}.gguf"));
     convert::quantize_model(&fixture("tiny-llama"), &out, dtype, None).expect("quantize");
     out
-}
-
-fn widen_bf16(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(2)
-        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect()
 }
 
 /// Q8_0 moves each weight by at most half a step (max|block| / 254). On this random model that
@@ -69,68 +31,23 @@ const Q8_0_TIE_MARGIN: f64 = 0.05;
 
 #[test]
 fn tiny_llama_quantized_to_q8_0_keeps_transformers_greedy_tokens() {
-    let dir = scratch("greedy");
-    let m: Arc<Model> = Model::load_on(
-        ctx(),
-        quantize_tiny(&dir, DType::Q8_0),
-        &ModelOptions::default(),
-    )
-    .expect("the quantized GGUF loads");
+    let dir = scratch("quantize", "greedy");
+    let m = load(quantize_tiny(&dir, DType::Q8_0));
     assert_eq!(m.weights.layers[0].qkv[0].dtype(), DType::Q8_0);
-    let exp: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("tiny-llama-expected.json")).unwrap(),
-    )
-    .unwrap();
+    let exp = fixture_json("tiny-llama-expected.json");
     let mut compared = 0;
     for p in exp["prompts"].as_array().unwrap() {
-        let name = p["name"].as_str().unwrap();
-        let prompt = ids(&p["ids"]);
-        let mut s = Session::new(m.clone(), 128).unwrap();
-        s.prefill(&prompt, 1).unwrap();
-        let got = s.last_logits().unwrap();
-        let want = floats(&p["last_logits"]);
-        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
-        eprintln!("{name}: max |Δlogit| / max |logit| = {:.2e}", err / scale);
-        assert_close_rel_max(
-            &format!("{name}: q8_0 logits"),
-            &got,
-            &want,
-            Q8_0_LOGIT_RTOL,
-        );
-
-        let want = ids(&p["greedy_tokens"]);
-        let margins: Vec<f64> = p["greedy_margins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        let n = margins
-            .iter()
-            .position(|g| *g < Q8_0_TIE_MARGIN)
-            .map(|i| i + 1)
-            .unwrap_or(want.len());
-        let mut s = Session::new(m.clone(), 128).unwrap();
-        let mut got = Vec::new();
-        let mut cands = s.prefill(&prompt, 1).unwrap();
-        for _ in 0..n {
-            got.push(cands[0].0);
-            cands = s.prefill(&[cands[0].0], 1).unwrap();
-        }
-        assert_eq!(got, want[..n], "{name}: greedy tokens ({n} compared)");
-        compared += n;
+        let name = &format!("{}: q8_0", p["name"].as_str().unwrap());
+        let prompt = json_ids(&p["ids"]);
+        assert_reference_logits(&m, &prompt, p, Q8_0_LOGIT_RTOL, name);
+        compared += assert_reference_greedy(&m, &prompt, p, Q8_0_TIE_MARGIN, 128, name);
     }
     assert!(compared >= 40, "only {compared} greedy tokens compared");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn quantized_file_holds_exactly_the_blocks_fado_quantized_in_llama_cpp_order() {
-    let dir = scratch("blocks");
+    let dir = scratch("quantize", "blocks");
     let out = quantize_tiny(&dir, DType::Q8_0);
     let src = loader::open(fixture("tiny-llama")).unwrap();
     let q = GgufModel::open(&out).unwrap();
@@ -146,14 +63,14 @@ fn quantized_file_holds_exactly_the_blocks_fado_quantized_in_llama_cpp_order() {
         let cols = e.shape[e.shape.len() - 1];
         let want: Vec<u8> = if e.shape.len() == 1 {
             assert_eq!(got.dtype, DType::F32, "{}", e.name);
-            widen_bf16(&orig)
+            float_values(DType::BF16, &orig)
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect()
         } else if cols % 32 == 0 {
             assert_eq!(got.dtype, DType::Q8_0, "{}", e.name);
             quantized += 1;
-            quant::quantize(DType::Q8_0, &widen_bf16(&orig)).unwrap()
+            quant::quantize(DType::Q8_0, &float_values(DType::BF16, &orig)).unwrap()
         } else {
             // down_proj rows of 344 are not whole blocks: kept bf16, byte for byte.
             assert_eq!(got.dtype, DType::BF16, "{}", e.name);
@@ -172,12 +89,11 @@ fn quantized_file_holds_exactly_the_blocks_fado_quantized_in_llama_cpp_order() {
         2 + 2 * 6,
         "embedding, lm_head, 6 matrices per layer"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn quantized_file_carries_the_tokenizer_and_chat_template() {
-    let dir = scratch("tokenizer");
+    let dir = scratch("quantize", "tokenizer");
     let out = quantize_tiny(&dir, DType::Q4_0);
     let q = GgufModel::open(&out).unwrap();
     let meta = q.metadata();
@@ -201,12 +117,11 @@ fn quantized_file_carries_the_tokenizer_and_chat_template() {
         meta.get("tokenizer.chat_template").and_then(|v| v.as_str()),
         Some(template.as_str())
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn quantize_refuses_unsupported_types_and_tokenizers_with_the_reason() {
-    let dir = scratch("refuse");
+    let dir = scratch("quantize", "refuse");
     let e = convert::quantize_model(
         &fixture("tiny-llama"),
         &dir.join("x.gguf"),
@@ -231,12 +146,11 @@ fn quantize_refuses_unsupported_types_and_tokenizers_with_the_reason() {
         "{e}"
     );
     assert!(!dir.join("x.gguf").exists() && !dir.join("x.gguf.part").exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn fado_quantize_command_writes_the_file_and_reports_fallbacks() {
-    let dir = scratch("cli");
+    let dir = scratch("quantize", "cli");
     let out = dir.join("tiny.gguf");
     let run = |ty: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_fado"))
@@ -266,12 +180,11 @@ fn fado_quantize_command_writes_the_file_and_reports_fallbacks() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("unknown quantization `q6_k`"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn add_bos_token_is_inferred_from_the_post_processor_when_the_config_omits_it() {
-    let dir = scratch("add-bos");
+    let dir = scratch("quantize", "add-bos");
     std::fs::copy(
         fixture("tiny-llama/tokenizer.json"),
         dir.join("tokenizer.json"),
@@ -292,5 +205,4 @@ fn add_bos_token_is_inferred_from_the_post_processor_when_the_config_omits_it() 
             "bos {bos}"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

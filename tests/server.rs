@@ -25,12 +25,13 @@ async fn chat_at_temperature_zero_equals_direct_generation_and_stream_equals_who
     let prompt = "Tell me about the sea.";
     let want = direct_chat(prompt, 24);
 
-    let r = c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_body(prompt, 24, false))
-        .send()
-        .await
-        .expect("chat");
+    let r = post(
+        &c,
+        format!("{base}/v1/chat/completions"),
+        &chat_body(prompt, 24, false),
+        "chat",
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["object"], "chat.completion");
@@ -50,12 +51,13 @@ async fn chat_at_temperature_zero_equals_direct_generation_and_stream_equals_who
 
     // The same request streamed, twice (the second reuses the slot's cached prefix).
     for round in 0..2 {
-        let r = c
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&chat_body(prompt, 24, true))
-            .send()
-            .await
-            .expect("stream");
+        let r = post(
+            &c,
+            format!("{base}/v1/chat/completions"),
+            &chat_body(prompt, 24, true),
+            "stream",
+        )
+        .await;
         let ev = sse(r).await;
         assert_eq!(ev.last().map(String::as_str), Some("[DONE]"), "{ev:?}");
         assert_eq!(stream_text(&ev), want, "round {round}: stream differs");
@@ -91,15 +93,7 @@ async fn chat_at_temperature_zero_equals_direct_generation_and_stream_equals_who
         let stop: String = want[cut..].chars().take(2).collect();
         let mut b = chat_body(prompt, 24, false);
         b["stop"] = json!([stop]);
-        let v: Value = c
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&b)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = post_json(&c, format!("{base}/v1/chat/completions"), &b, "request").await;
         let got = v["choices"][0]["message"]["content"].as_str().unwrap();
         assert_eq!(got, &want[..want.find(&stop).unwrap()], "stop {stop:?}");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -114,26 +108,12 @@ async fn completions_models_and_health_answer() {
     let prompt = "Once upon a time";
     let want = direct(&encode_raw(&model(), prompt).unwrap(), 16, &[]);
     let body = json!({"model": model().name, "prompt": prompt, "temperature": 0, "max_tokens": 16});
-    let v: Value = c
-        .post(format!("{base}/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_json(&c, format!("{base}/v1/completions"), &body, "request").await;
     assert_eq!(v["object"], "text_completion");
     assert_eq!(v["choices"][0]["text"], want);
     let mut sb = body.clone();
     sb["stream"] = json!(true);
-    let ev = sse(c
-        .post(format!("{base}/v1/completions"))
-        .json(&sb)
-        .send()
-        .await
-        .unwrap())
-    .await;
+    let ev = sse(post(&c, format!("{base}/v1/completions"), &sb, "request").await).await;
     assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
     assert_eq!(stream_text(&ev), want);
 
@@ -172,7 +152,7 @@ async fn sixteen_concurrent_streams_on_four_slots_equal_their_sequential_runs() 
             chat_body(p, MAX_TOKENS, true),
         );
         tasks.push(tokio::spawn(async move {
-            let r = c.post(url).json(&body).send().await.expect("send");
+            let r = post(&c, url, &body, "send").await;
             sse(r).await
         }));
     }
@@ -202,12 +182,13 @@ async fn a_disconnected_stream_frees_its_slot_and_a_full_queue_answers_429() {
     let long_prompt = "Write a very long story.";
     let ids = encode_chat(&model(), &user(long_prompt), true).unwrap();
     let long = CTX - ids.len();
-    let r = c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_body(long_prompt, long, true))
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &c,
+        format!("{base}/v1/chat/completions"),
+        &chat_body(long_prompt, long, true),
+        "request",
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let mut a = r.bytes_stream();
     let first = a.next().await.expect("a first chunk").unwrap();
@@ -215,19 +196,21 @@ async fn a_disconnected_stream_frees_its_slot_and_a_full_queue_answers_429() {
     wait_health(&c, &base, REQUEST_TIMEOUT, |v| v["slots"]["busy"] == 1).await;
 
     // The slot is busy: one request may wait, the next is refused with 429.
-    let b = c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_body("Hi", 4, true))
-        .send()
-        .await
-        .unwrap();
+    let b = post(
+        &c,
+        format!("{base}/v1/chat/completions"),
+        &chat_body("Hi", 4, true),
+        "request",
+    )
+    .await;
     assert_eq!(b.status(), 200, "queued streams get their headers at once");
-    let refused = c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_body("Hi", 4, false))
-        .send()
-        .await
-        .unwrap();
+    let refused = post(
+        &c,
+        format!("{base}/v1/chat/completions"),
+        &chat_body("Hi", 4, false),
+        "request",
+    )
+    .await;
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     let e: Value = refused.json().await.unwrap();
@@ -490,15 +473,7 @@ async fn chat_logprobs_equal_the_log_softmax_of_the_session_logits() {
     let mut body = chat_body(prompt, MAX_TOKENS, false);
     body["logprobs"] = json!(true);
     body["top_logprobs"] = json!(TOP);
-    let v: Value = c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_json(&c, format!("{base}/v1/chat/completions"), &body, "request").await;
     let content = v["choices"][0]["logprobs"]["content"]
         .as_array()
         .unwrap_or_else(|| panic!("no logprobs.content: {v}"))
@@ -563,13 +538,7 @@ async fn chat_logprobs_equal_the_log_softmax_of_the_session_logits() {
 
     // Streamed: the chunks' entries, concatenated, are the same.
     body["stream"] = json!(true);
-    let ev = sse(c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap())
-    .await;
+    let ev = sse(post(&c, format!("{base}/v1/chat/completions"), &body, "request").await).await;
     let streamed: Vec<Value> = ev
         .iter()
         .filter(|e| *e != "[DONE]")
@@ -593,12 +562,7 @@ async fn chat_logprobs_equal_the_log_softmax_of_the_session_logits() {
 
     // More than OpenAI's 20 alternatives, or top_logprobs alone, is a 400 naming the field.
     body["top_logprobs"] = json!(21);
-    let r = c
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, format!("{base}/v1/chat/completions"), &body, "request").await;
     let e = expect_error(r, 400, "top_logprobs 21").await;
     assert_eq!(e["error"]["param"], "top_logprobs");
     h.shutdown().await;
@@ -613,15 +577,7 @@ async fn completion_logprobs_have_the_legacy_shape() {
     let m = model();
     let ids = encode_raw(&m, prompt).unwrap();
     let body = json!({"prompt": prompt, "temperature": 0, "max_tokens": 6, "logprobs": N});
-    let v: Value = c
-        .post(format!("{base}/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_json(&c, format!("{base}/v1/completions"), &body, "request").await;
     let lp = &v["choices"][0]["logprobs"];
     let tokens = lp["tokens"].as_array().unwrap_or_else(|| panic!("{v}"));
     let n = tokens.len();
@@ -652,12 +608,7 @@ async fn completion_logprobs_have_the_legacy_shape() {
     }
     let mut b = body.clone();
     b["logprobs"] = json!(21);
-    let r = c
-        .post(format!("{base}/v1/completions"))
-        .json(&b)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, format!("{base}/v1/completions"), &b, "request").await;
     let e = expect_error(r, 400, "logprobs 21").await;
     assert_eq!(e["error"]["param"], "logprobs");
     h.shutdown().await;
@@ -685,15 +636,7 @@ async fn presence_and_frequency_penalties_reach_generation() {
         );
         let body = json!({"prompt": ids, "temperature": 0, "max_tokens": MAX_TOKENS,
                           "presence_penalty": presence, "frequency_penalty": frequency});
-        let v: Value = c
-            .post(format!("{base}/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = post_json(&c, format!("{base}/v1/completions"), &body, "request").await;
         assert_eq!(v["choices"][0]["text"], want, "{presence}/{frequency}: {v}");
     }
     h.shutdown().await;

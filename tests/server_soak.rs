@@ -174,12 +174,7 @@ async fn run_client(c: reqwest::Client, base: String, kind: Kind, refs: &Refs, w
                 variant,
                 true,
             );
-            let r = c
-                .post(chat_url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let r = post(&c, &chat_url, &body, &what).await;
             let got = answer_text(r, stream, &what).await;
             assert_eq!(got, refs[&(true, prompt, variant)], "{what}");
         }
@@ -194,24 +189,14 @@ async fn run_client(c: reqwest::Client, base: String, kind: Kind, refs: &Refs, w
                 variant,
                 false,
             );
-            let r = c
-                .post(cmpl_url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let r = post(&c, &cmpl_url, &body, &what).await;
             let got = answer_text(r, stream, &what).await;
             assert_eq!(got, refs[&(false, prompt, variant)], "{what}");
         }
         Kind::Disconnect { prompt, after } => {
             // Long enough that the drop happens mid-generation.
             let body = chat_body(CHAT_PROMPTS[prompt], 64, true);
-            let r = c
-                .post(chat_url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let r = post(&c, &chat_url, &body, &what).await;
             assert_eq!(r.status(), 200, "{what}");
             let mut s = r.bytes_stream();
             for _ in 0..after {
@@ -235,35 +220,20 @@ async fn run_client(c: reqwest::Client, base: String, kind: Kind, refs: &Refs, w
         Kind::Oversized => {
             let big = "x".repeat(MAX_BODY + 1024);
             let body = json!({"prompt": big, "max_tokens": 1});
-            let r = c
-                .post(cmpl_url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let r = post(&c, &cmpl_url, &body, &what).await;
             expect_error(r, 413, &what).await;
         }
         Kind::WrongType => {
             let body = json!({"messages": [{"role": "user", "content": "hi"}],
                               "max_tokens": "five"});
-            let r = c
-                .post(chat_url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let r = post(&c, &chat_url, &body, &what).await;
             let v = expect_error(r, 400, &what).await;
             assert_eq!(v["error"]["param"], "max_tokens", "{what}");
         }
         Kind::TooLong => {
             let ids = vec![1u32; CTX + 8];
             let body = json!({"prompt": ids, "max_tokens": 1});
-            let r = c
-                .post(cmpl_url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let r = post(&c, &cmpl_url, &body, &what).await;
             let v = expect_error(r, 400, &what).await;
             assert_eq!(v["error"]["code"], "context_length_exceeded", "{what}");
         }

@@ -3,27 +3,15 @@
 //! tokenizer.json and through the tokenizer rebuilt from GGUF metadata (byte-level BPE and
 //! SentencePiece), plus the streaming detokenizer. CPU only.
 
+mod common;
 mod gguf_meta;
 
-use gguf_meta::{default_model, fixtures, GgufMeta};
+use common::{default_model, fixture_json, fixtures, json_ids};
+use gguf_meta::GgufMeta;
 
 use fado::loader::gguf::vocab::{tokenizer_from_map, tokenizer_from_metadata, Meta};
 use fado::tokenizer::{merges_from_scores, Tokenizer};
 use serde_json::Value;
-
-fn load_json(name: &str) -> Value {
-    let p = fixtures().join(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected an id list, got {v}"))
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
 
 fn tiny_json() -> Tokenizer {
     Tokenizer::from_file(fixtures().join("tiny-llama/tokenizer.json")).expect("tiny tokenizer.json")
@@ -49,7 +37,7 @@ fn stream_all(tok: &Tokenizer, ids: &[u32]) -> String {
 /// Checks one fixture column: ids without / with special tokens, token spellings, decode,
 /// streaming decode.
 fn check_column(tok: &Tokenizer, column: &str, require_special: bool) {
-    let cases = load_json("tokenizer-cases.json");
+    let cases = fixture_json("tokenizer-cases.json");
     let cases = cases["cases"].as_array().expect("cases");
     assert!(cases.len() >= 8, "fixture has too few cases");
     for case in cases {
@@ -57,7 +45,7 @@ fn check_column(tok: &Tokenizer, column: &str, require_special: bool) {
         let want = &case[column];
         assert!(want.is_object(), "case {text:?} has no column {column}");
         let got = tok.encode(text, false).expect("encode");
-        assert_eq!(got, ids(&want["ids"]), "{column}: ids of {text:?}");
+        assert_eq!(got, json_ids(&want["ids"]), "{column}: ids of {text:?}");
         if let Some(tokens) = want["tokens"].as_array() {
             let got_tokens: Vec<String> = got
                 .iter()
@@ -70,7 +58,7 @@ fn check_column(tok: &Tokenizer, column: &str, require_special: bool) {
             let with = tok.encode(text, true).expect("encode");
             assert_eq!(
                 with,
-                ids(&want["ids_with_special_tokens"]),
+                json_ids(&want["ids_with_special_tokens"]),
                 "{column}: ids+special of {text:?}"
             );
         }
@@ -107,9 +95,9 @@ fn tokenizer_json_matches_hf_ids() {
 #[test]
 fn tokenizer_json_matches_model_prompts() {
     let tok = tiny_json();
-    let exp = load_json("tiny-llama-expected.json");
+    let exp = fixture_json("tiny-llama-expected.json");
     for p in exp["prompts"].as_array().expect("prompts") {
-        let want = ids(&p["ids"]);
+        let want = json_ids(&p["ids"]);
         let got = match p["source_text"].as_str() {
             Some(text) => tok.encode(text, true).expect("encode"),
             None => tok.encode("", true).expect("encode"),
@@ -126,7 +114,7 @@ fn tokenizer_json_matches_model_prompts() {
     let got = tok
         .encode(chat["rendered"].as_str().expect("rendered"), false)
         .expect("encode");
-    assert_eq!(got, ids(&chat["ids"]), "chat example ids");
+    assert_eq!(got, json_ids(&chat["ids"]), "chat example ids");
 }
 
 #[test]
@@ -175,18 +163,18 @@ fn smollm2_gguf_matches_hf_ids() {
 #[test]
 fn smollm2_prompt_ids_match_transformers() {
     let tok = smollm2();
-    let exp = load_json("smollm2-expected.json");
+    let exp = fixture_json("smollm2-expected.json");
     assert_eq!(exp["tokenizer"]["add_bos_token"], Value::Bool(false));
     let mut n = 0;
     for p in exp["prompts"].as_array().expect("prompts") {
         let text = p["rendered_prompt"].as_str().expect("rendered_prompt");
         let got = tok.encode(text, true).expect("encode");
-        assert_eq!(got, ids(&p["prompt_ids"]), "prompt {:?}", p["text"]);
+        assert_eq!(got, json_ids(&p["prompt_ids"]), "prompt {:?}", p["text"]);
         assert_eq!(tok.decode(&got), text);
-        let want_eos = ids(&p["eos_token_ids"]);
+        let want_eos = json_ids(&p["eos_token_ids"]);
         assert_eq!(tok.eos_ids(), &want_eos[..]);
         // The greedy continuation decodes to transformers' text, token by token too.
-        let greedy = ids(&p["greedy_tokens"]);
+        let greedy = json_ids(&p["greedy_tokens"]);
         let greedy_text = p["greedy_text"].as_str().expect("greedy_text");
         assert_eq!(tok.decode(&greedy), greedy_text);
         assert_eq!(stream_all(&tok, &greedy), greedy_text);
@@ -198,7 +186,7 @@ fn smollm2_prompt_ids_match_transformers() {
 #[test]
 fn sentencepiece_gguf_matches_hf_ids() {
     let tok = from_gguf(&fixtures().join("spm-synthetic/tokenizer.gguf"));
-    let exp = load_json("spm-synthetic/expected.json");
+    let exp = fixture_json("spm-synthetic/expected.json");
     assert_eq!(
         tok.vocab_size() as u64,
         exp["vocab_size"].as_u64().expect("vocab_size")
@@ -208,7 +196,7 @@ fn sentencepiece_gguf_matches_hf_ids() {
     for case in exp["cases"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text");
         let got = tok.encode(text, false).expect("encode");
-        assert_eq!(got, ids(&case["ids"]), "ids of {text:?}");
+        assert_eq!(got, json_ids(&case["ids"]), "ids of {text:?}");
         let got_tokens: Vec<String> = got
             .iter()
             .map(|&id| tok.id_to_token(id).unwrap_or_default())
@@ -222,7 +210,7 @@ fn sentencepiece_gguf_matches_hf_ids() {
         assert_eq!(got_tokens, want_tokens, "tokens of {text:?}");
         assert_eq!(
             tok.encode(text, true).expect("encode"),
-            ids(&case["ids_with_special_tokens"]),
+            json_ids(&case["ids_with_special_tokens"]),
             "ids+special of {text:?}"
         );
         let decoded = case["decoded"].as_str().expect("decoded");

@@ -1,5 +1,15 @@
-//! Shared test helpers: one GPU context per test binary, seeded data, tolerance checks.
+//! Shared test support: one GPU context per test binary, seeded data, tolerance checks and
+//! poisoned single-op runs (here); fixtures, the default model and scratch folders
+//! (`fixtures.rs`); models on the test device and the checks against the transformers
+//! references (`reference.rs`). The server tests add `common/server.rs`.
 #![allow(dead_code)]
+
+mod fixtures;
+mod reference;
+#[allow(unused_imports)]
+pub use fixtures::*;
+#[allow(unused_imports)]
+pub use reference::*;
 
 use std::sync::{Arc, OnceLock};
 

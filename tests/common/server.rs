@@ -4,13 +4,12 @@
 //! compile it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fado::chat_template::Message;
 use fado::generate::{encode_chat, generate_text, TextRequest};
-use fado::model::{Model, ModelOptions};
+use fado::model::Model;
 use fado::sampling::SamplingParams;
 use fado::server::{Server, ServerConfig, ServerHandle};
 use fado::session::Session;
@@ -22,18 +21,19 @@ pub const CTX: usize = 256;
 /// Any single HTTP exchange in these tests finishes well within this on lavapipe.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The tiny fixture model every server test serves (one per test binary).
 pub fn model() -> Arc<Model> {
-    static M: OnceLock<Arc<Model>> = OnceLock::new();
-    M.get_or_init(|| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-        Model::load_on(super::common::ctx(), &p, &ModelOptions::default())
-            .expect("tiny model loads")
-    })
-    .clone()
+    super::common::tiny_model()
 }
 
+/// A server for [`model`] on a loopback port: its handle and base URL.
 pub async fn start(cfg: ServerConfig) -> (ServerHandle, String) {
-    let server = Server::new(model(), cfg).expect("server starts");
+    start_with(model(), cfg).await
+}
+
+/// [`start`] serving another model (e.g. one on its own device).
+pub async fn start_with(model: Arc<Model>, cfg: ServerConfig) -> (ServerHandle, String) {
+    let server = Server::new(model, cfg).expect("server starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -55,6 +55,34 @@ pub fn client() -> reqwest::Client {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("http client")
+}
+
+/// POST `body` as JSON to `url`; a transport error fails the test, naming `what`.
+pub async fn post(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &Value,
+    what: &str,
+) -> reqwest::Response {
+    c.post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// [`post`], then the response body as JSON (whatever the status).
+pub async fn post_json(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &Value,
+    what: &str,
+) -> Value {
+    post(c, url, body, what)
+        .await
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e})"))
 }
 
 pub fn user(text: &str) -> Vec<Message> {

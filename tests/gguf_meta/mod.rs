@@ -1,5 +1,5 @@
 //! Test-only: a minimal GGUF metadata reader (key/value section only, no tensors), so tokenizer
-//! and chat-template tests do not depend on the model loader. Also finds the default model.
+//! and chat-template tests do not depend on the model loader.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -148,40 +148,4 @@ impl GgufMeta {
             _ => None,
         }
     }
-}
-
-pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// SmolLM2-135M-Instruct Q4_1 (~90 MB, not in git): `FADO_DEFAULT_MODEL`, else whatever
-/// `scripts/fetch-default-model.sh` prints (it downloads into the cache on first use).
-/// Panics with a clear message when neither works — these tests never pass silently.
-pub fn default_model() -> PathBuf {
-    if let Ok(p) = std::env::var("FADO_DEFAULT_MODEL") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "FADO_DEFAULT_MODEL={} does not exist",
-            p.display()
-        );
-        return p;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-default-model.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().map(str::trim).unwrap_or("");
-    if !out.status.success() || path.is_empty() || !Path::new(path).is_file() {
-        panic!(
-            "the default model (SmolLM2-135M-Instruct.Q4_1.gguf) is not available: {} failed ({}):\n{}\n\
-             Set FADO_DEFAULT_MODEL=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf or allow the download.",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    PathBuf::from(path)
 }

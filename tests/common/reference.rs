@@ -1,0 +1,94 @@
+//! Models on the test device and the checks against the transformers references
+//! (tests/fixtures/*-expected.json): last-position logits and greedy tokens.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use fado::gpu::GpuContext;
+use fado::model::{Model, ModelOptions};
+use fado::session::Session;
+use serde_json::Value;
+
+use super::{assert_close_rel_max, ctx, fixture, json_f32s, json_f64s, json_ids};
+
+/// A model file or folder loaded with default options on the shared test device.
+pub fn load(path: impl AsRef<Path>) -> Arc<Model> {
+    load_on(ctx(), path)
+}
+
+/// [`load`] on a given device.
+pub fn load_on(ctx: Arc<GpuContext>, path: impl AsRef<Path>) -> Arc<Model> {
+    let path = path.as_ref();
+    Model::load_on(ctx, path, &ModelOptions::default())
+        .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()))
+}
+
+/// The tiny random Llama fixture (bf16 safetensors shards) on the shared test device, loaded
+/// once per test binary.
+pub fn tiny_model() -> Arc<Model> {
+    static M: OnceLock<Arc<Model>> = OnceLock::new();
+    M.get_or_init(|| load(fixture("tiny-llama"))).clone()
+}
+
+/// Last-position logits of `prompt` from a fresh session of `ctx_len` tokens.
+pub fn last_logits(m: &Arc<Model>, prompt: &[u32], ctx_len: usize) -> Vec<f32> {
+    let mut s = Session::new(m.clone(), ctx_len).expect("session");
+    s.prefill(prompt, 1).expect("prefill");
+    s.last_logits().expect("last logits")
+}
+
+/// `n` greedy tokens after `prompt` from a fresh session, each fed back through `prefill`: EOS
+/// does not end it, as in the references (transformers ran with EOS disabled).
+pub fn greedy_by_prefill(m: &Arc<Model>, prompt: &[u32], n: usize, ctx_len: usize) -> Vec<u32> {
+    let mut s = Session::new(m.clone(), ctx_len).expect("session");
+    let mut got = Vec::with_capacity(n);
+    let mut cands = s.prefill(prompt, 1).expect("prefill");
+    for _ in 0..n {
+        let t = cands[0].0;
+        got.push(t);
+        cands = s.prefill(&[t], 1).expect("prefill");
+    }
+    got
+}
+
+/// A reference prompt's `last_logits` against Fado's: max |g − w| ≤ rtol · max |w| (printing
+/// the measured ratio).
+pub fn assert_reference_logits(m: &Arc<Model>, prompt: &[u32], p: &Value, rtol: f32, what: &str) {
+    let got = last_logits(m, prompt, 128);
+    let want = json_f32s(&p["last_logits"]);
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+    eprintln!("{what}: max |Δlogit| / max |logit| = {:.2e}", err / scale);
+    assert_close_rel_max(&format!("{what}: last logits"), &got, &want, rtol);
+}
+
+/// A reference prompt's `greedy_tokens`, compared up to and including the first step whose
+/// top-2 logit margin (`greedy_margins`) is below `tie` (smaller gaps are within the numerical
+/// noise at hand): Fado's greedy tokens by [`greedy_by_prefill`] must equal them. Returns how
+/// many were compared.
+pub fn assert_reference_greedy(
+    m: &Arc<Model>,
+    prompt: &[u32],
+    p: &Value,
+    tie: f64,
+    ctx_len: usize,
+    what: &str,
+) -> usize {
+    let want = json_ids(&p["greedy_tokens"]);
+    let n = json_f64s(&p["greedy_margins"])
+        .iter()
+        .position(|g| *g < tie)
+        .map(|i| i + 1)
+        .unwrap_or(want.len());
+    let got = greedy_by_prefill(m, prompt, n, ctx_len);
+    assert_eq!(
+        got,
+        want[..n],
+        "{what}: greedy tokens (compared {n} of {})",
+        want.len()
+    );
+    n
+}
