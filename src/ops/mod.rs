@@ -23,7 +23,6 @@ pub mod norm_matmul;
 pub mod rmsnorm;
 pub mod rope;
 pub mod rows;
-pub mod softmax;
 pub mod swiglu;
 pub mod topk;
 
