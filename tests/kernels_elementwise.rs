@@ -179,14 +179,14 @@ fn take_last_row_copies_exactly_the_last_row() {
     for &(r, n) in ROWS_COLS {
         let x = rng.vec(r * n, 1.0);
         let got = run_op(
-            fado::ops::rows::TakeLastRow,
+            fado::ops::take_last_row::TakeLastRow,
             &[&upload("x", &[r, n], &x)],
             Step::default(),
         );
         assert_close(
             "take_last_row",
             &got[0],
-            &fado::ops::rows::cpu_last_row(&x, n),
+            &fado::ops::take_last_row::cpu_last_row(&x, n),
             0.0,
             0.0,
         );

@@ -37,7 +37,7 @@ fn ctx_no_subgroups() -> Arc<GpuContext> {
     .clone()
 }
 
-/// Every kernel-variant context, labelled: CPU-style (`shaders/rows.wgsl` where K allows),
+/// Every kernel-variant context, labelled: CPU-style (`shaders/matmul_rows.wgsl` where K allows),
 /// GPU-style with and without subgroups.
 fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
     variant_contexts()
@@ -490,7 +490,7 @@ fn cpu_device_rows_kernel_matches_reference_across_windows() {
         )
         .unwrap();
     assert_eq!(calls.len(), 3, "windows of 8 rows");
-    assert!(calls.iter().all(|c| c.shader == "rows.wgsl"));
+    assert!(calls.iter().all(|c| c.shader == "matmul_rows.wgsl"));
 }
 
 #[test]
