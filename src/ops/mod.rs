@@ -17,6 +17,7 @@ pub mod add;
 pub mod attention;
 pub mod concat;
 pub mod embedding;
+pub mod fill;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
