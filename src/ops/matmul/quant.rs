@@ -112,7 +112,7 @@ fn call(
     let nbr = k / dtype.block_len();
     let sections = quant::gpu_sections(dtype, n * nbr);
     let scales_word = sections.scales_offset.unwrap_or(0) / 4;
-    let params = [m, n, k, nbr, scales_word as usize, 0, k / 32, 0];
+    let params = [m, n, k, nbr, scales_word, 0, k / 32, 0];
     KernelCall::new("matmul_quant.wgsl", entry)
         .define(format_define(dtype), 1)
         .define("SUBS", dtype.block_len() / 32)

@@ -104,16 +104,7 @@ pub fn calls(
             // The same buffer again as vec4 words (binding 5).
             args.push(Arg::In(1));
         }
-        let params = [
-            rows,
-            n,
-            k,
-            nbr,
-            scales_word as usize,
-            gx as usize,
-            chunks,
-            m0,
-        ];
+        let params = [rows, n, k, nbr, scales_word, gx as usize, chunks, m0];
         calls.push(base.clone().params(&params.map(|v| v as u32)).args(&args));
     }
     Ok(calls)
