@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use fado::gpu::{GpuContext, GpuOptions};
 use fado::graph::Graph;
+use fado::ops::matmul::quant::QuantMatmul;
 use fado::ops::matmul::{to_f16_bytes, Matmul};
-use fado::ops::matmul_quant::QuantMatmul;
 use fado::ops::Step;
 use fado::quant;
 use fado::rng::Rng;

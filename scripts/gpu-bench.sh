@@ -11,7 +11,7 @@
 #       carry: [".gl", ".devbin"]; env P, N, R (bench sizes), DTYPES, SKIP_TESTS=1.
 set -u
 B=.devbin
-TESTS="kernels_matmul kernels_quant kernels_attention kernels_norm_matmul kernels_elementwise kernels_sampling texels graph_block"
+TESTS="kernels_matmul kernels_matmul_quant kernels_attention kernels_norm_matmul kernels_elementwise kernels_sampling texels graph_block"
 if [ "${1:-}" = prepare ]; then
   set -e
   mkdir -p "$B/tests"

@@ -14,6 +14,14 @@ fn bf16_lo(w: u32) -> f32 { return bitcast<f32>(w << 16u); }
 fn bf16_hi(w: u32) -> f32 { return bitcast<f32>(w & 0xffff0000u); }
 fn bf16x2(w: u32) -> vec2<f32> { return vec2<f32>(bf16_lo(w), bf16_hi(w)); }
 
+// The two 16-bit weights of a word as f32, for kernels defining W_F16 or W_BF16.
+#if W_F16
+fn widen(q: u32) -> vec2<f32> { return unpack2x16float(q); }
+#endif
+#if W_BF16
+fn widen(q: u32) -> vec2<f32> { return bf16x2(q); }
+#endif
+
 // Linear workgroup index for grids split over x and y (see ops::grid_2d).
 fn wg_linear(wg: vec3<u32>, gx: u32) -> u32 { return wg.y * gx + wg.x; }
 

@@ -1,12 +1,15 @@
 // fill.wgsl — deterministic pseudo-random fill of raw buffer words, for synthetic weights
 // (`fado bench --synthetic`): the bytes are generated on the GPU, nothing is uploaded.
+// Op: src/ops/fill.rs (`Fill`, whose `cpu` states the same words).
 //
 // Bindings: 0 params {words, seed, mode, period, header, scale_bits, gx, _}; 1 step (unused);
-//           2 out: u32[words].
+//           2 out: u32[words] (read_write).
 // Word w gets, by mode: 0 f32 uniform(−scale, scale); 1 two bf16 uniform(−scale, scale);
 //   2 two f16 uniform(−scale, scale); 3 random bits. When `period` > 0, words with
 //   w % period == 0 get `header` instead (block headers of quantized formats: sane f16 scales).
+// Defines: WG (threads per workgroup).
 // Dispatch: ceil(words / WG) workgroups over (gx, gy).
+// Features: none.
 #include "common.wgsl"
 
 struct Params { words: u32, seed: u32, mode: u32, period: u32, header: u32, scale_bits: u32, gx: u32, _p: u32 }

@@ -8,7 +8,7 @@
 //           3 w: W_F32  → f32[N*K] (array<vec4<f32>> when V4, else array<f32>);
 //                W_F16 / W_BF16 → 16-bit values packed two per u32, element 2i in the low half
 //                (array<vec4<u32>> when V8, array<vec2<u32>> when V4, array<u32> else);
-//           4 y: f32[MR*N] (read_write; read only with ADD_INTO);
+//           4 y: f32[MR*N] (read_write; read only with ADD_INTO) — 0 to 4 in matmul_bindings.wgsl;
 //           NORM: 5 g: f32[K] (RMSNorm weight, typed like x).
 // Defines: WG (threads per workgroup), TPR (threads per weight row; ROWS = WG / TPR rows per
 //          workgroup), MR (rows of x), VEC and V{VEC} (elements per weight load: 1, 2, 4 or 8; the
@@ -29,31 +29,7 @@
 
 struct Params { k: u32, n: u32, gx: u32, m: u32, eps: f32, _a: u32, _b: u32, _c: u32 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-#if X_VEC4
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-#else
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-#endif
-#if W_F32
-#if V4
-@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
-#else
-@group(0) @binding(3) var<storage, read> w: array<f32>;
-#endif
-#else
-#if V8
-@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
-#else
-#if V4
-@group(0) @binding(3) var<storage, read> w: array<vec2<u32>>;
-#else
-@group(0) @binding(3) var<storage, read> w: array<u32>;
-#endif
-#endif
-#endif
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#include "matmul_bindings.wgsl"
 #if NORM
 // The RMSNorm weight (f32 [K], same vector type as x): x is normalized as it is read.
 #if X_VEC4
@@ -73,13 +49,6 @@ fn xat(i: u32) -> f32 { return x[i]; }
 #endif
 
 const ROWS: u32 = {{WG}}u / {{TPR}}u;
-
-#if W_F16
-fn widen(q: u32) -> vec2<f32> { return unpack2x16float(q); }
-#endif
-#if W_BF16
-fn widen(q: u32) -> vec2<f32> { return bf16x2(q); }
-#endif
 
 // Per-thread sums, one per x row.
 var<private> acc: array<f32, {{MR}}>;

@@ -3,13 +3,14 @@
 // ADD_INTO the result is added to y in place.
 //
 // Bindings: 0 params {m, n, k, gx, tiles_n, _, _, _}; 1 step (unused);
-//           2 x: f32[M*K]  (array<vec4<f32>> when VEC4, else array<f32>);
-//           3 w: W_F32 → f32[N*K] (array<vec4<f32>> when VEC4, else array<f32>);
+//           2 x: f32[M*K]  (array<vec4<f32>> when X_VEC4, else array<f32>);
+//           3 w: W_F32 → f32[N*K] (array<vec4<f32>> when V4, else array<f32>);
 //                W_F16 / W_BF16 → 16-bit values packed two per u32, element 2i in the low half
-//                (array<vec2<u32>> when VEC4, else array<u32>);
-//           4 y: f32[M*N] (read_write; read only with ADD_INTO).
+//                (array<vec2<u32>> when V4, else array<u32>);
+//           4 y: f32[M*N] (read_write; read only with ADD_INTO) — declared in matmul_bindings.wgsl.
 // Defines: S (1 or 2; S2 set when 2), BK (k-step, a multiple of 4), one of W_F32 / W_F16 / W_BF16,
-//          VEC4 (K is a multiple of 4: single loads of four k-consecutive elements), ADD_INTO.
+//          X_VEC4 and V4 together (K is a multiple of 4: single loads of four k-consecutive
+//          elements), ADD_INTO.
 // 256 threads (16×16); each computes S×S blocks of 4×4 outputs, so a workgroup covers a
 // BM×BN = 64·S × 64·S tile of y. Each k-step the workgroup stages a BM×BK tile of x and a BN×BK
 // tile of w (widened to f32) in workgroup memory, k-major as vec4s of four consecutive rows, so
@@ -23,27 +24,7 @@
 
 struct Params { m: u32, n: u32, k: u32, gx: u32, tiles_n: u32, _p0: u32, _p1: u32, _p2: u32 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-#if VEC4
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-#else
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-#endif
-#if W_F32
-#if VEC4
-@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;
-#else
-@group(0) @binding(3) var<storage, read> w: array<f32>;
-#endif
-#else
-#if VEC4
-@group(0) @binding(3) var<storage, read> w: array<vec2<u32>>;
-#else
-@group(0) @binding(3) var<storage, read> w: array<u32>;
-#endif
-#endif
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#include "matmul_bindings.wgsl"
 
 // 16×16 threads; each computes S×S blocks of 4×4 outputs, block (i, j) at rows
 // m0 + i·64 + tm·4 .. +3 and columns n0 + j·64 + tn·4 .. +3 (strided blocks keep neighbouring
@@ -58,19 +39,12 @@ const WG: u32 = 256u;
 var<workgroup> xs: array<vec4<f32>, 16 * {{S}} * {{BK}}>;
 var<workgroup> ws: array<vec4<f32>, 16 * {{S}} * {{BK}}>;
 
-#if W_F16
-fn widen(q: u32) -> vec2<f32> { return unpack2x16float(q); }
-#endif
-#if W_BF16
-fn widen(q: u32) -> vec2<f32> { return bf16x2(q); }
-#endif
-
 // Four k-consecutive values of x row `m` from column `k` (zeros past M or K).
 fn load_x4(m: u32, k: u32) -> vec4<f32> {
     if (m >= p.m) {
         return vec4<f32>(0.0);
     }
-#if VEC4
+#if X_VEC4
     if (k >= p.k) {
         return vec4<f32>(0.0);
     }
@@ -91,7 +65,7 @@ fn load_w4(n: u32, k: u32) -> vec4<f32> {
     if (n >= p.n) {
         return vec4<f32>(0.0);
     }
-#if VEC4
+#if V4
     if (k >= p.k) {
         return vec4<f32>(0.0);
     }

@@ -84,24 +84,6 @@ fn swiglu_matches_reference_split_and_concatenated() {
     }
 }
 
-fn to_half_bytes(v: &[f32], dtype: DType) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| match dtype {
-            DType::F16 => half::f16::from_f32(*x).to_le_bytes(),
-            _ => half::bf16::from_f32(*x).to_le_bytes(),
-        })
-        .collect()
-}
-
-fn round_half(v: &[f32], dtype: DType) -> Vec<f32> {
-    v.iter()
-        .map(|x| match dtype {
-            DType::F16 => half::f16::from_f32(*x).to_f32(),
-            _ => half::bf16::from_f32(*x).to_f32(),
-        })
-        .collect()
-}
-
 #[test]
 fn embedding_gathers_rows_for_every_table_dtype() {
     let mut rng = Rng::new(4);
@@ -120,18 +102,9 @@ fn embedding_gathers_rows_for_every_table_dtype() {
             )
             .unwrap();
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let (tab, reference) = if dtype == DType::F32 {
-                (upload("table", &[vocab, n], &table), table.clone())
-            } else {
-                let t = ctx
-                    .upload(
-                        "table",
-                        TensorDesc::new(dtype, [vocab, n]),
-                        &to_half_bytes(&table, dtype),
-                    )
-                    .unwrap();
-                (t, round_half(&table, dtype))
-            };
+            let (bytes, reference) = weight_bytes(dtype, &table, n);
+            let desc = TensorDesc::new(dtype, [vocab, n]);
+            let tab = ctx.upload("table", desc, &bytes).unwrap();
             let want = embedding::cpu(&ids, &reference, n);
             let got = run_op(embedding::Embedding, &[&id_t, &tab], Step::default());
             // Widening 16-bit values is exact.
@@ -179,14 +152,14 @@ fn take_last_row_copies_exactly_the_last_row() {
     for &(r, n) in ROWS_COLS {
         let x = rng.vec(r * n, 1.0);
         let got = run_op(
-            fado::ops::rows::TakeLastRow,
+            fado::ops::take_last_row::TakeLastRow,
             &[&upload("x", &[r, n], &x)],
             Step::default(),
         );
         assert_close(
             "take_last_row",
             &got[0],
-            &fado::ops::rows::cpu_last_row(&x, n),
+            &fado::ops::take_last_row::cpu_last_row(&x, n),
             0.0,
             0.0,
         );

@@ -10,9 +10,9 @@
 mod common;
 use common::*;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use fado::gpu::{GpuContext, GpuOptions};
+use fado::gpu::GpuContext;
 use fado::graph::Graph;
 use fado::ops::matmul::{self, Matmul, MatmulAddInto};
 use fado::ops::{Op, Step};
@@ -26,50 +26,15 @@ const KS: &[usize] = &[1, 3, 7, 64, 129, 576, 1000];
 const NS: &[usize] = &[1, 5, 63, 130, 257];
 const DTYPES: &[DType] = &[DType::F32, DType::F16, DType::BF16];
 
-/// The adapter with its subgroups hidden, so the workgroup-memory reductions run too.
-fn ctx_no_subgroups() -> Arc<GpuContext> {
-    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let mut o = GpuOptions::from_env();
-        o.disable_subgroups = true;
-        GpuContext::new(&o).expect("second GPU context")
-    })
-    .clone()
-}
-
-/// Every kernel-variant context, labelled: CPU-style (`shaders/rows.wgsl` where K allows),
-/// GPU-style with and without subgroups.
-fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
-    variant_contexts()
-}
-
 fn upload_weight(ctx: &GpuContext, w: &[f32], n: usize, k: usize, dtype: DType) -> Tensor {
     let desc = TensorDesc::new(dtype, [n, k]);
-    let bytes = match dtype {
-        DType::F32 => bytemuck::cast_slice(w).to_vec(),
-        DType::F16 => matmul::to_f16_bytes(w),
-        _ => matmul::to_bf16_bytes(w),
-    };
+    let (bytes, _) = weight_bytes(dtype, w, k);
     ctx.upload("w", desc, &bytes).expect("upload w")
 }
 
-/// Run one op on `ctx`, outputs poisoned first; returns the outputs.
+/// Run one op on `ctx` (step 0), outputs poisoned first; returns the outputs.
 fn run_on(ctx: &Arc<GpuContext>, op: impl Op + 'static, inputs: &[&Tensor]) -> Vec<Vec<f32>> {
-    let mut g = Graph::new();
-    let ids: Vec<_> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| g.external(format!("in{i}"), t))
-        .collect();
-    let outs = g.add(op, &ids).expect("op rejected valid inputs");
-    let exe = g.compile(ctx, &outs).expect("compile");
-    for o in &outs {
-        ctx.poison(exe.tensor(*o)).expect("poison");
-    }
-    exe.run(Step::default()).expect("run");
-    outs.iter()
-        .map(|o| exe.read_f32(*o).expect("read"))
-        .collect()
+    run_op_on(ctx, op, inputs, Step::default())
 }
 
 /// Σ_k |x[i, k] · w[j, k]| for every output: the scale of each element's rounding error.
@@ -98,7 +63,7 @@ fn assert_matmul_close(what: &str, got: &[f32], want: &[f32], scale: &[f64]) {
 /// The contexts a product of `m` rows must be checked on: the tiled matmul (m > GEMV_MAX_ROWS)
 /// has no subgroup variant, so the third context would only repeat the second's kernel.
 fn contexts_for(m: usize) -> Vec<(&'static str, Arc<GpuContext>)> {
-    let mut c = contexts();
+    let mut c = variant_contexts();
     if m > matmul::GEMV_MAX_ROWS {
         c.truncate(2);
     }
@@ -307,7 +272,7 @@ fn matmul_rejects_inconsistent_shapes_and_dtypes_with_a_named_error() {
 fn plan_follows_the_device_caps_and_shapes() {
     use matmul::{GemvReduction, Plan};
     let with = ctx();
-    let without = ctx_no_subgroups();
+    let without = ctx_variant(false, false);
     assert_eq!(
         matmul::plan(&without.caps, 1, 4096),
         Plan::Gemv {
@@ -467,7 +432,8 @@ fn every_gemv_reduction_matches_reference() {
 #[test]
 fn cpu_device_rows_kernel_matches_reference_across_windows() {
     // One row of x, a partial window, a full one, a full one plus one row, several; ragged N.
-    let ctx = ctx();
+    // On the CPU-style context whatever FADO_KERNELS says: it sizes buffers for uniform windows.
+    let ctx = ctx_variant(true, true);
     let mut rng = Rng::new(19);
     for &shape in &[
         (1, 63, 64),
@@ -479,10 +445,9 @@ fn cpu_device_rows_kernel_matches_reference_across_windows() {
         check_forced(&ctx, &mut rng, matmul::Plan::Rows, DTYPES, shape);
     }
     // The plan the CPU-style context picks by itself.
-    let cpu = variant_contexts()[0].1.clone();
     let calls = Matmul
         .kernels(
-            &cpu.caps,
+            &ctx.caps,
             &[
                 &TensorDesc::f32([20, 64]),
                 &TensorDesc::new(DType::F16, [5, 64]),
@@ -490,7 +455,7 @@ fn cpu_device_rows_kernel_matches_reference_across_windows() {
         )
         .unwrap();
     assert_eq!(calls.len(), 3, "windows of 8 rows");
-    assert!(calls.iter().all(|c| c.shader == "rows.wgsl"));
+    assert!(calls.iter().all(|c| c.shader == "matmul_rows.wgsl"));
 }
 
 #[test]

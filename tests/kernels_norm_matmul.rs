@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 
-use fado::ops::norm_matmul::{self, NormMatmul};
+use fado::ops::matmul::norm::{self as norm_matmul, NormMatmul};
 use fado::ops::Op;
 use fado::rng::Rng;
 use fado::tensor::{DType, TensorDesc};

@@ -15,13 +15,12 @@ use fado::ops::add::{Add, AddInto};
 use fado::ops::attention::{Attention, AttentionSplit, DecodeSplit};
 use fado::ops::concat::ConcatCols;
 use fado::ops::embedding::Embedding;
+use fado::ops::matmul::quant::QuantMatmul;
 use fado::ops::matmul::{Matmul, MatmulAddInto};
-use fado::ops::matmul_quant::QuantMatmul;
 use fado::ops::rmsnorm::RmsNorm;
 use fado::ops::rope::RopeKv;
-use fado::ops::rows::TakeLastRow;
-use fado::ops::softmax::Softmax;
 use fado::ops::swiglu::{SwiGlu, SwiGluCat};
+use fado::ops::take_last_row::TakeLastRow;
 use fado::ops::topk::{Penalize, TopK};
 use fado::ops::Op;
 use fado::rng::Rng;
@@ -134,7 +133,6 @@ fn all_ops() -> Vec<(Box<dyn Op>, Vec<TensorDesc>)> {
             vec![f32t(&[5, qkv_w]), f32t(&[D / 2]), kv(), kv()],
         ),
         (Box::new(TakeLastRow), vec![f32t(&[3, 8])]),
-        (Box::new(Softmax), vec![f32t(&[3, 8])]),
         (Box::new(SwiGlu), vec![f32t(&[3, 8]), f32t(&[3, 8])]),
         (Box::new(SwiGluCat), vec![f32t(&[3, 8])]),
         (Box::new(TopK { k: 4 }), vec![f32t(&[1, 100])]),
@@ -503,19 +501,6 @@ fn table() -> Vec<Case> {
             TakeLastRow,
             vec![t(DType::F16, &[2, 8])],
             &["f16[2, 8]", "expected one of f32"],
-        ),
-        // softmax
-        case(
-            "softmax: empty rows",
-            Softmax,
-            vec![f32t(&[3, 0])],
-            &["f32[3, 0]", "expected", "non-empty"],
-        ),
-        case(
-            "softmax: bf16",
-            Softmax,
-            vec![t(DType::BF16, &[3, 4])],
-            &["bf16[3, 4]", "expected one of f32"],
         ),
         // swiglu / swiglu_cat
         case(

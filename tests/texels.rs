@@ -6,7 +6,8 @@
 mod common;
 use common::*;
 
-use fado::ops::{embedding, matmul, matmul_quant, Arg, KernelCall};
+use fado::ops::matmul::{self, quant as matmul_quant};
+use fado::ops::{embedding, Arg, KernelCall};
 use fado::rng::Rng;
 use fado::tensor::{DType, TensorDesc};
 

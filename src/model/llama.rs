@@ -17,11 +17,11 @@ use crate::ops::{
     concat::ConcatCols,
     embedding::Embedding,
     matmul,
-    norm_matmul::NormMatmul,
+    matmul::norm::NormMatmul,
     rmsnorm::RmsNorm,
     rope::RopeKv,
-    rows::TakeLastRow,
     swiglu::SwiGluCat,
+    take_last_row::TakeLastRow,
     topk::{LogSumExp, Penalize, TopK},
 };
 use crate::tensor::Tensor;

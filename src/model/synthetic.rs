@@ -2,11 +2,15 @@
 //! download), so that anyone can time AMALIA-9B on their card: `fado bench --synthetic amalia-9b`.
 //! The graph and kernels are the same as for a real model.
 
+use std::sync::Arc;
+
 use super::llama::{LayerWeights, Weights};
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::gpu::{BindingKind, GpuContext, PipelineKey};
-use crate::ops::grid_2d;
+use crate::gpu::GpuContext;
+use crate::graph::Graph;
+use crate::ops::fill::{Fill, FillKind};
+use crate::ops::Step;
 use crate::quant;
 use crate::tensor::{DType, Tensor, TensorDesc};
 
@@ -72,109 +76,47 @@ fn f16_bits(x: f32) -> u32 {
     half::f16::from_f32(x).to_bits() as u32
 }
 
-/// Fill `words` u32 words of `t` starting at `word_offset` on the GPU.
-#[allow(clippy::too_many_arguments)]
+/// Fill `words` u32 words of `t` starting at `word_offset` on the GPU ([`Fill`]).
 fn fill(
-    ctx: &GpuContext,
+    ctx: &Arc<GpuContext>,
     t: &Tensor,
-    word_offset: u64,
-    words: u64,
+    (word_offset, words): (u64, u64),
+    kind: FillKind,
     seed: u32,
-    mode: u32,
-    period: u32,
-    header: u32,
+    (period, header): (u32, u32),
     scale: f32,
 ) -> Result<()> {
-    if words == 0 {
-        return Ok(());
-    }
     // One dispatch covers at most max_workgroups² · 256 words; chunk by binding size too.
     let chunk_words = (ctx.caps.max_storage_binding / 4).min(1 << 28) / 256 * 256;
-    let key = PipelineKey {
-        shader: "fill.wgsl",
-        entry: "fill",
-        defines: [("WG".to_string(), "256".to_string())]
-            .into_iter()
-            .collect(),
-        bindings: vec![
-            BindingKind::Uniform,
-            BindingKind::Uniform,
-            BindingKind::Storage { read_only: false },
-        ],
-    };
-    let pipe = ctx.pipelines.get(&ctx.device, &key)?;
-    let step = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("fill-step"),
-        size: 16,
-        usage: wgpu::BufferUsages::UNIFORM,
-        mapped_at_creation: false,
-    });
     let (buffer, offset) = t
         .buffer()
         .ok_or_else(|| Error::gpu("filling synthetic weights", "the tensor is a texel image"))?;
     let mut done = 0u64;
     while done < words {
         let n = (words - done).min(chunk_words);
-        let groups = (n as u32).div_ceil(256);
-        let [gx, gy, _] = grid_2d(groups, ctx.caps.max_workgroups_per_dim);
         // Words of a block header stay aligned across chunks: chunks are multiples of 256 words
         // and the offset enters the hash, so only `period` alignment needs care.
         let start = word_offset + done;
-        let phase_ok = period == 0 || start.is_multiple_of(period as u64);
-        if !phase_ok {
+        if period != 0 && !start.is_multiple_of(period as u64) {
             return Err(Error::gpu(
                 "filling synthetic weights",
                 "misaligned block header",
             ));
         }
-        let params: [u32; 8] = [
-            n as u32,
-            seed.wrapping_add((start / chunk_words.max(1)) as u32 * 7919),
-            mode,
+        let op = Fill {
+            kind,
+            seed: seed.wrapping_add((start / chunk_words.max(1)) as u32 * 7919),
+            scale,
             period,
             header,
-            scale.to_bits(),
-            gx,
-            0,
-        ];
-        let pbuf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("fill-params"),
-            size: 32,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue
-            .write_buffer(&pbuf, 0, bytemuck::cast_slice(&params));
-        let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("fill"),
-            layout: &pipe.layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: pbuf.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: step.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer,
-                        offset: offset + start * 4,
-                        size: wgpu::BufferSize::new(n * 4),
-                    }),
-                },
-            ],
-        });
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipe.pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }
-        ctx.queue.submit(Some(enc.finish()));
+        };
+        // The chunk as a tensor of its own: bound alone, as the kernel indexes it from 0.
+        let desc = TensorDesc::new(DType::U32, [n as usize]);
+        let chunk = Tensor::in_buffer(desc, buffer.clone(), offset + start * 4);
+        let mut g = Graph::new();
+        let id = g.external("words", &chunk);
+        g.add0(op, &[id])?;
+        g.compile(ctx, &[])?.run(Step::default())?;
         done += n;
     }
     Ok(())
@@ -182,7 +124,7 @@ fn fill(
 
 /// A random tensor of `dtype` and shape `[rows, cols]` in Fado's GPU layout.
 pub fn random_matrix(
-    ctx: &GpuContext,
+    ctx: &Arc<GpuContext>,
     label: &str,
     dtype: DType,
     rows: usize,
@@ -194,9 +136,9 @@ pub fn random_matrix(
     // Uniform(−s, s) with s = sqrt(3/cols): unit-variance outputs for unit-variance inputs.
     let s = (3.0 / cols as f32).sqrt();
     match dtype {
-        DType::F32 => fill(ctx, &t, 0, words, seed, 0, 0, 0, s)?,
-        DType::BF16 => fill(ctx, &t, 0, words, seed, 1, 0, 0, s)?,
-        DType::F16 => fill(ctx, &t, 0, words, seed, 2, 0, 0, s)?,
+        DType::F32 => fill(ctx, &t, (0, words), FillKind::F32, seed, (0, 0), s)?,
+        DType::BF16 => fill(ctx, &t, (0, words), FillKind::BF16, seed, (0, 0), s)?,
+        DType::F16 => fill(ctx, &t, (0, words), FillKind::F16, seed, (0, 0), s)?,
         q if q.is_quantized() => {
             let nb = rows * cols / q.block_len();
             let sec = quant::gpu_sections(q, nb);
@@ -207,28 +149,21 @@ pub fn random_matrix(
                     // Whole GGUF blocks (Q4_K, Q5_K): word 0 of each block is (d, dmin).
                     let period = (q.block_bytes() / 4) as u32;
                     let header = f16_bits(d) | (f16_bits(d * 4.0) << 16);
-                    fill(ctx, &t, 0, words, seed, 3, period, header, 0.0)?;
+                    let bits = FillKind::Bits;
+                    fill(ctx, &t, (0, words), bits, seed, (period, header), 0.0)?;
                 }
                 Some(off) => {
                     let body_words = (off / 4) as u64;
-                    fill(ctx, &t, 0, body_words, seed, 3, 0, 0, 0.0)?;
+                    let body = (0, body_words);
+                    fill(ctx, &t, body, FillKind::Bits, seed, (0, 0), 0.0)?;
                     let header = match q {
                         // (d, m) per block
                         DType::Q4_1 => f16_bits(d) | (f16_bits(-s) << 16),
                         // two blocks' d per word
                         _ => f16_bits(d) | (f16_bits(d) << 16),
                     };
-                    fill(
-                        ctx,
-                        &t,
-                        body_words,
-                        words - body_words,
-                        seed,
-                        3,
-                        1,
-                        header,
-                        0.0,
-                    )?;
+                    let scales = (body_words, words - body_words);
+                    fill(ctx, &t, scales, FillKind::Bits, seed, (1, header), 0.0)?;
                 }
             }
         }
@@ -248,7 +183,7 @@ fn ones(ctx: &GpuContext, label: &str, n: usize) -> Result<Tensor> {
 /// Random weights for `cfg`, with every matrix in `dtype` (norms f32 ones; the embedding table
 /// too, bf16 when its rows are not whole blocks of `dtype`; tied, it is also the lm_head, as
 /// when loading a file). Returns the weights and their GPU bytes.
-pub fn weights(ctx: &GpuContext, cfg: &LlamaConfig, dtype: DType) -> Result<(Weights, u64)> {
+pub fn weights(ctx: &Arc<GpuContext>, cfg: &LlamaConfig, dtype: DType) -> Result<(Weights, u64)> {
     let mut bytes = 0u64;
     let mut seed = 1u32;
     let mut mat = |label: &str, d: DType, r: usize, c: usize| -> Result<Tensor> {

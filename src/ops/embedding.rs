@@ -8,7 +8,8 @@
 #![warn(missing_docs)]
 
 use super::{
-    expect_addressable, expect_dtype, expect_inputs, expect_rank, grid_2d, Arg, KernelCall, Op,
+    expect_addressable, expect_dtype, expect_inputs, expect_rank, format_define, grid_2d, Arg,
+    KernelCall, Op,
 };
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
@@ -29,20 +30,6 @@ pub const TABLE_DTYPES: &[DType] = &DType::WEIGHT_TYPES;
 /// there.
 #[derive(Clone, Debug)]
 pub struct Embedding;
-
-pub(crate) fn weight_define(d: DType) -> &'static str {
-    match d {
-        DType::F16 => "W_F16",
-        DType::BF16 => "W_BF16",
-        DType::Q8_0 => "Q8_0",
-        DType::Q4_0 => "Q4_0",
-        DType::Q4_1 => "Q4_1",
-        DType::Q4K => "Q4K",
-        DType::Q5K => "Q5K",
-        DType::Q6K => "Q6K",
-        _ => "W_F32",
-    }
-}
 
 impl Op for Embedding {
     fn name(&self) -> &'static str {
@@ -90,7 +77,7 @@ impl Op for Embedding {
             (0, 0)
         };
         let mut call = KernelCall::new("embedding.wgsl", "embedding")
-            .define(weight_define(table.dtype), 1)
+            .define(format_define(table.dtype), 1)
             .define("WG", WORKGROUP)
             .params(&[t, n, vocab, gx, nbr, scales_word, 0, 0])
             .args(&[Arg::In(0), Arg::In(1), Arg::Out(0)])

@@ -17,14 +17,12 @@ pub mod add;
 pub mod attention;
 pub mod concat;
 pub mod embedding;
+pub mod fill;
 pub mod matmul;
-pub mod matmul_quant;
-pub mod norm_matmul;
 pub mod rmsnorm;
 pub mod rope;
-pub mod rows;
-pub mod softmax;
 pub mod swiglu;
+pub mod take_last_row;
 pub mod topk;
 
 /// Values that change between executions of the same graph. Mirrors `struct Step` in
@@ -223,6 +221,23 @@ pub fn grid_2d(groups: u32, max_per_dim: u32) -> [u32; 3] {
     } else {
         let y = groups.div_ceil(max_per_dim);
         [groups.div_ceil(y), y, 1]
+    }
+}
+
+/// The preprocessor define that selects a weight format in the kernels that read weights
+/// (`W_F32`, `W_F16`, `W_BF16`, or the block format's name as `shaders/quant_blocks.wgsl`
+/// spells it).
+pub(crate) fn format_define(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "W_F16",
+        DType::BF16 => "W_BF16",
+        DType::Q8_0 => "Q8_0",
+        DType::Q4_0 => "Q4_0",
+        DType::Q4_1 => "Q4_1",
+        DType::Q4K => "Q4K",
+        DType::Q5K => "Q5K",
+        DType::Q6K => "Q6K",
+        DType::F32 | DType::U32 => "W_F32",
     }
 }
 

@@ -2,7 +2,7 @@
 //! `norm → qkv`, the MLP's `norm → gate|up` and the final `norm → lm_head` of a Llama block.
 //!
 //! Inputs: `x` f32 `[m, k]`, `g` f32 `[k]` (the norm weight), `w` `[n, k]` (any weight dtype of
-//! [`super::matmul::Matmul`]). Output: f32 `[m, n]`.
+//! [`super::Matmul`]). Output: f32 `[m, n]`.
 //!
 //! Decode on GPUs (m = 1, GPU-style kernels) is one dispatch: the GEMV's workgroups sum x²
 //! themselves (x is a few KiB, read from cache), read x·g in their dot products and scale the
@@ -12,11 +12,12 @@
 
 #![warn(missing_docs)]
 
-use super::matmul::{self, Plan};
-use super::rmsnorm::RmsNorm;
-use super::{expect_inputs, fbits, matmul_quant, Arg, KernelCall, Op};
+use super::{quant as matmul_quant, Plan};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
+use crate::ops::matmul;
+use crate::ops::rmsnorm::{self, RmsNorm};
+use crate::ops::{expect_inputs, fbits, Arg, KernelCall, Op};
 use crate::tensor::TensorDesc;
 
 /// `rmsnorm(x, g) · Wᵀ` (inputs `[x, g, w]`, one output).
@@ -115,6 +116,6 @@ fn rename(e: Error, op: &'static str) -> Error {
 /// CPU reference: RMSNorm then the product (f32 weights, `w` `[n, k]`).
 pub fn cpu(x: &[f32], g: &[f32], w: &[f32], eps: f32, n: usize) -> Vec<f32> {
     let k = g.len();
-    let h = super::rmsnorm::cpu(x, g, eps);
+    let h = rmsnorm::cpu(x, g, eps);
     matmul::cpu(&h, w, x.len() / k, n, k)
 }

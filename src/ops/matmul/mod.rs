@@ -9,12 +9,20 @@
 //! `shaders/gemv.wgsl` (several weight rows per workgroup, each weight load used for every row of
 //! x, one row's dot product reduced by a subgroup when the device has subgroups, by workgroup
 //! memory otherwise); longer prefills run the tiled, register-blocked matmul of
-//! `shaders/matmul.wgsl`. Block-quantized weights go to `matmul_quant`, which dequantizes
-//! them inside its kernels.
+//! `shaders/matmul.wgsl`. Block-quantized weights go to [`quant`], which dequantizes
+//! them inside its kernels. CPU devices take the CPU-style kernel of [`rows`] for every format.
+//!
+//! The family: this module (float weights, GPU-style kernels, the shape rules and the CPU
+//! reference), [`quant`] (block-quantized weights), [`norm`] (RMSNorm fused in front) and
+//! [`rows`] (the CPU-style kernel of every format).
 
-use super::{expect_dtype, expect_inputs, grid_2d, Arg, KernelCall, Op};
+pub mod norm;
+pub mod quant;
+pub mod rows;
+
 use crate::error::{Error, Result};
-use crate::gpu::{reads_texels, rows_fit, Caps};
+use crate::gpu::Caps;
+use crate::ops::{expect_dtype, expect_inputs, format_define, grid_2d, Arg, KernelCall, Op};
 use crate::tensor::{DType, TensorDesc};
 
 /// Threads per GEMV workgroup.
@@ -73,14 +81,14 @@ pub(crate) fn check(
             format!("x is {x}: expected at least one dimension [.., K]"),
         ));
     }
-    // Block-quantized weights are computed by `matmul_quant`'s kernels.
-    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) && !w.dtype.is_quantized() {
+    // Block-quantized weights are computed by [`quant`]'s kernels.
+    if !DType::WEIGHT_TYPES.contains(&w.dtype) {
         return Err(Error::op(
             op,
             format!(
-                "w is {w}: dtype {} is not supported for weights (expected one of f32, f16, bf16, \
-                 q8_0, q4_0, q4_1, q4_k, q5_k, q6_k)",
-                w.dtype
+                "w is {w}: dtype {} is not supported for weights (expected one of {})",
+                w.dtype,
+                DType::list(&DType::WEIGHT_TYPES)
             ),
         ));
     }
@@ -172,15 +180,10 @@ pub enum Plan {
     },
     /// `shaders/matmul.wgsl` with these tiles.
     Tiled(Tiles),
-    /// `shaders/rows.wgsl` (CPU devices): a thread per weight row, x uniform in windows of up
-    /// to [`ROWS_WINDOW`] rows; needs [`rows_fit`].
+    /// `shaders/matmul_rows.wgsl` (CPU devices): a thread per weight row, x uniform in
+    /// windows of up to [`rows::ROWS_WINDOW`] rows; needs [`rows::fits`].
     Rows,
 }
-
-/// Rows of x per `shaders/rows.wgsl` call.
-pub const ROWS_WINDOW: usize = 8;
-/// Threads (= weight rows) per `shaders/rows.wgsl` workgroup.
-pub const ROWS_WG: u32 = 64;
 
 /// How the GEMV reduces one row's partial sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +234,7 @@ pub fn kernels_for(
     y: Option<&TensorDesc>,
 ) -> Result<Vec<KernelCall>> {
     let (m, n, k, _) = check(op, x, w, y)?;
-    let plan = if caps.cpu && !w.dtype.is_quantized() && rows_fit(caps, k, w.dtype) {
+    let plan = if caps.cpu && !w.dtype.is_quantized() && rows::fits(caps, k, w.dtype) {
         Plan::Rows
     } else {
         plan(caps, m, n)
@@ -252,7 +255,7 @@ pub fn kernels_with(
     let (m, n, k, _) = check(op, x, w, y)?;
     let add_into = y.is_some();
     if w.dtype.is_quantized() {
-        return super::matmul_quant::kernels(caps, x, w, add_into);
+        return quant::kernels(caps, x, w, add_into);
     }
     let args = if add_into {
         [Arg::In(0), Arg::In(1), Arg::InOut(2)]
@@ -282,17 +285,9 @@ pub fn kernels_with(
             }
             matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, t)
         }
-        Plan::Rows => return rows_calls(op, caps, m, n, k, w, add_into),
+        Plan::Rows => return rows::calls(op, caps, (m, n, k), w, add_into),
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
-}
-
-fn weight_define(d: DType) -> &'static str {
-    match d {
-        DType::F16 => "W_F16",
-        DType::BF16 => "W_BF16",
-        _ => "W_F32",
-    }
 }
 
 fn gemv_call(
@@ -321,74 +316,13 @@ fn gemv_call(
         .define("MR", m)
         .define("VEC", vec)
         .define(&format!("V{vec}"), 1)
-        .define(weight_define(w), 1)
+        .define(format_define(w), 1)
         .define("X_VEC4", (vec >= 4) as u32)
         .define("U4", 1)
         .define("SUBGROUPS", (red != GemvReduction::Workgroup) as u32)
         .define("SG_ROW", (red == GemvReduction::SubgroupRow) as u32)
         .params(&[k, n, gx, m, 0, 0, 0, 0])
         .workgroups(gx, gy, 1)
-}
-
-/// `shaders/rows.wgsl`: one call per window of up to [`ROWS_WINDOW`] rows of x, each bound as
-/// a uniform at its offset (window sizes are multiples of the uniform offset alignment).
-fn rows_calls(
-    op: &'static str,
-    caps: &Caps,
-    m: usize,
-    n: usize,
-    k: usize,
-    wd: &TensorDesc,
-    add_into: bool,
-) -> Result<Vec<KernelCall>> {
-    let w = wd.dtype;
-    let texels = reads_texels(caps, wd);
-    if !rows_fit(caps, k, w) {
-        return Err(Error::op(
-            op,
-            format!(
-                "the CPU-device kernel needs K a multiple of {} and a row of x within {} bytes \
-                 (got K = {k}, {w} weights)",
-                if w == DType::F32 { 4 } else { 8 },
-                caps.uniform_window
-            ),
-        ));
-    }
-    let row_bytes = k as u64 * 4;
-    let align = caps.uniform_offset_align.max(1) as u64;
-    let mut window = ((caps.uniform_window / row_bytes) as usize).min(ROWS_WINDOW);
-    while window > 1 && !(window as u64 * row_bytes).is_multiple_of(align) {
-        window -= 1;
-    }
-    if m > window && !(window as u64 * row_bytes).is_multiple_of(align) {
-        return Err(Error::op(
-            op,
-            format!("rows of {row_bytes} bytes cannot start windows aligned to {align} bytes"),
-        ));
-    }
-    let [gx, gy, _] = grid_2d((n as u32).div_ceil(ROWS_WG), caps.max_workgroups_per_dim);
-    let out = if add_into { Arg::InOut(2) } else { Arg::Out(0) };
-    let mut calls = Vec::new();
-    for m0 in (0..m).step_by(window) {
-        let rows = window.min(m - m0);
-        calls.push(
-            KernelCall::new("rows.wgsl", "rows")
-                .define("WG", ROWS_WG)
-                .define("MR", if m == 1 { 1 } else { 8 })
-                .define("XU", caps.uniform_window / 16)
-                .define(weight_define(w), 1)
-                .define("ADD_INTO", add_into as u32)
-                .define("TEX", texels as u32)
-                .params(&[rows as u32, n as u32, k as u32, gx, m0 as u32, 0, 0, 0])
-                .args(&[
-                    Arg::UniformRange(0, m0 as u64 * row_bytes, rows as u64 * row_bytes),
-                    if texels { Arg::Texels(1) } else { Arg::In(1) },
-                    out,
-                ])
-                .workgroups(gx, gy, 1),
-        );
-    }
-    Ok(calls)
 }
 
 fn matmul_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType, t: Tiles) -> KernelCall {
@@ -400,8 +334,9 @@ fn matmul_call(caps: &Caps, m: u32, n: u32, k: u32, w: DType, t: Tiles) -> Kerne
         .define("S", t.s)
         .define("S2", (t.s == 2) as u32)
         .define("BK", t.bk)
-        .define(weight_define(w), 1)
-        .define("VEC4", k.is_multiple_of(4) as u32)
+        .define(format_define(w), 1)
+        .define("X_VEC4", k.is_multiple_of(4) as u32)
+        .define("V4", k.is_multiple_of(4) as u32)
         .params(&[m, n, k, gx, tiles_n, 0, 0, 0])
         .workgroups(gx, gy, 1)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use fado::gpu::GpuContext;
 use fado::graph::Graph;
-use fado::ops::matmul_quant::{self, QuantMatmul};
+use fado::ops::matmul::quant::{self as matmul_quant, QuantMatmul};
 use fado::ops::{embedding, Step};
 use fado::quant;
 use fado::tensor::{DType, Tensor, TensorDesc};
@@ -99,7 +99,8 @@ fn check_shapes(dtype: DType, ks: &[usize], ns: &[usize], ms: &[usize], seed: u6
         (calls[0].entry, calls[0].defines.clone())
     };
     let (e, d) = entry(&contexts[0].1);
-    assert_eq!(e, "gemv_rows");
+    assert_eq!(e, "matmul_rows");
+    assert_eq!(d["MR8"], "0", "one row of x");
     assert!(d.contains_key("XU"), "x is bound as a uniform");
     let (e, d) = entry(&contexts[1].1);
     assert_eq!(e, "gemv");
