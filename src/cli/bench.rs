@@ -79,15 +79,9 @@ fn bytes_per_token(m: &Model) -> u64 {
     b
 }
 
-/// `fado bench`: time a random prompt's prefill (pp) and single-token steps (tg) after a
-/// warm-up, `reps` times, and print mean ± stddev (text or `--json`).
-pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
-    if a.reps == 0 || a.tg == 0 || a.pp == 0 {
-        return Err(Error::Request(
-            "--prompt-tokens, --gen-tokens and --reps must be at least 1".into(),
-        ));
-    }
-    let model: Arc<Model> = match &a.synthetic {
+/// The model `a` names, or synthetic weights of its preset.
+fn bench_model(a: &BenchArgs, adapter: Option<String>) -> Result<Arc<Model>> {
+    Ok(match &a.synthetic {
         Some(name) => {
             let cfg = synthetic::config_by_name(name)?;
             let dtype = parse_dtype(a.dtype.as_deref().unwrap_or("bf16"))?;
@@ -102,7 +96,18 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
             Model::synthetic(ctx, name, cfg, dtype)?
         }
         None => super::load::load(&a.model, adapter)?,
-    };
+    })
+}
+
+/// `fado bench`: time a random prompt's prefill (pp) and single-token steps (tg) after a
+/// warm-up, `reps` times, and print mean ± stddev (text or `--json`).
+pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
+    if a.reps == 0 || a.tg == 0 || a.pp == 0 {
+        return Err(Error::Request(
+            "--prompt-tokens, --gen-tokens and --reps must be at least 1".into(),
+        ));
+    }
+    let model = bench_model(&a, adapter)?;
     let vocab = model.config.vocab_size as u32;
     let mut rng = Rng::new(7);
     let prompt: Vec<u32> = (0..a.pp).map(|_| rng.below(vocab)).collect();
@@ -181,40 +186,44 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         println!("effective bandwidth in tg: {gbps:.1} GB/s");
     }
     if a.profile {
-        let p = session.profile_decode()?;
-        let total: f64 = p.entries.iter().map(|e| e.2).sum();
-        eprintln!(
-            "decode step profile ({} dispatches, {:.3} ms GPU time):",
-            p.entries.len(),
-            total * 1e3
-        );
-        for (kind, s) in p.by_kind() {
-            eprintln!(
-                "  {kind:<20} {:>9.3} ms  {:>5.1} %",
-                s * 1e3,
-                100.0 * s / total.max(1e-12)
-            );
-        }
-        // The same time by kernel entry point (an op may run several kernels).
-        let mut by_entry: Vec<(String, f64, usize)> = Vec::new();
-        for (_, entry, s) in &p.entries {
-            match by_entry.iter_mut().find(|e| &e.0 == entry) {
-                Some(e) => {
-                    e.1 += s;
-                    e.2 += 1;
-                }
-                None => by_entry.push((entry.clone(), *s, 1)),
-            }
-        }
-        by_entry.sort_by(|a, b| b.1.total_cmp(&a.1));
-        eprintln!("by kernel:");
-        for (entry, s, n) in by_entry {
-            eprintln!(
-                "  {entry:<20} {:>9.3} ms  {n:>4} dispatches  {:>8.1} µs each",
-                s * 1e3,
-                s * 1e6 / n as f64
-            );
-        }
+        print_profile(&session.profile_decode()?);
     }
     Ok(())
+}
+
+/// The time of one decode step by op kind and by kernel entry point (`--profile`).
+fn print_profile(p: &fado::model::Profile) {
+    let total: f64 = p.entries.iter().map(|e| e.2).sum();
+    eprintln!(
+        "decode step profile ({} dispatches, {:.3} ms GPU time):",
+        p.entries.len(),
+        total * 1e3
+    );
+    for (kind, s) in p.by_kind() {
+        eprintln!(
+            "  {kind:<20} {:>9.3} ms  {:>5.1} %",
+            s * 1e3,
+            100.0 * s / total.max(1e-12)
+        );
+    }
+    // The same time by kernel entry point (an op may run several kernels).
+    let mut by_entry: Vec<(String, f64, usize)> = Vec::new();
+    for (_, entry, s) in &p.entries {
+        match by_entry.iter_mut().find(|e| &e.0 == entry) {
+            Some(e) => {
+                e.1 += s;
+                e.2 += 1;
+            }
+            None => by_entry.push((entry.clone(), *s, 1)),
+        }
+    }
+    by_entry.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("by kernel:");
+    for (entry, s, n) in by_entry {
+        eprintln!(
+            "  {entry:<20} {:>9.3} ms  {n:>4} dispatches  {:>8.1} µs each",
+            s * 1e3,
+            s * 1e6 / n as f64
+        );
+    }
 }
