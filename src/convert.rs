@@ -60,26 +60,6 @@ fn file_type(d: DType) -> u32 {
     }
 }
 
-/// One line saying which matrices did not get `want` and what they got instead, e.g.
-/// `150 matrices are q4_0: their rows are not whole q4_k blocks of 256`; `None` if all did.
-pub fn fallback_summary(fallbacks: &[(String, DType)], want: DType) -> Option<String> {
-    let mut by_type: BTreeMap<DType, usize> = BTreeMap::new();
-    for (_, d) in fallbacks {
-        *by_type.entry(*d).or_default() += 1;
-    }
-    if by_type.is_empty() {
-        return None;
-    }
-    let parts: Vec<String> = by_type.iter().map(|(d, n)| format!("{n} {d}")).collect();
-    Some(format!(
-        "{} of the matrices fell back to another format ({}): their rows are not whole {want} \
-         blocks of {}",
-        fallbacks.len(),
-        parts.join(", "),
-        want.block_len()
-    ))
-}
-
 /// The type a tensor is written as: f32 for 1-D tensors, else the block format
 /// [`quant::block_format_for`] picks, else its own float type (lossless).
 fn target_for(e: &TensorEntry, want: DType) -> DType {

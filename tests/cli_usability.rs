@@ -134,3 +134,45 @@ fn a_ctx_beyond_the_trained_context_warns() {
     assert!(ok, "{err}");
     assert!(!err.contains("beyond"), "{err}");
 }
+
+/// Every weight type `fado bench --synthetic` lists works on the small preset, whose rows of
+/// 576 are not whole K-quant blocks: those matrices fall back as `fado quantize` does, said in
+/// one line.
+#[test]
+fn every_synthetic_dtype_benches_on_the_small_preset() {
+    for dtype in fado::tensor::DType::WEIGHT_TYPES {
+        let out = Command::new(FADO)
+            .args([
+                "bench",
+                "--synthetic",
+                "smollm2-135m",
+                "--dtype",
+                dtype.name(),
+            ])
+            .args([
+                "--prompt-tokens",
+                "3",
+                "--gen-tokens",
+                "2",
+                "--reps",
+                "1",
+                "--json",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run fado bench");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{dtype}: {err}");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("bench --json prints one object");
+        assert!(
+            v["tg_tokens_per_s"]["mean"]
+                .as_f64()
+                .is_some_and(|t| t > 0.0),
+            "{dtype}: {v}"
+        );
+        let fell_back = err.lines().filter(|l| l.contains("fell back")).count();
+        let expected = usize::from(dtype.block_len() == 256);
+        assert_eq!(fell_back, expected, "{dtype}: {err}");
+    }
+}

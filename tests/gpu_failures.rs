@@ -89,7 +89,7 @@ fn a_model_larger_than_the_device_is_an_error_with_the_numbers() {
         head_dim: 128,
         ..fado::model::synthetic::smollm2_135m()
     };
-    let e = Model::synthetic(ctx, "huge", cfg, DType::F32)
+    let e = Model::synthetic(ctx, "huge", cfg, DType::F32, None)
         .err()
         .expect("a model over max_buffer_size loaded");
     assert_oom(&e, "embed_tokens");

@@ -165,7 +165,9 @@ fn fado_quantize_command_writes_the_file_and_reports_fallbacks() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("14 q4_0") && err.contains("down_proj.weight: bf16"),
+        err.contains("14 q4_0")
+            && err.contains("fell back")
+            && err.contains("down_proj.weight: bf16"),
         "{err}"
     );
     assert_eq!(

@@ -93,7 +93,25 @@ fn bench_model(a: &BenchArgs, adapter: Option<String>) -> Result<Arc<Model>> {
                 "generating synthetic {name} weights ({dtype}) on {}…",
                 ctx.adapter_name()
             );
-            Model::synthetic(ctx, name, cfg, dtype)?
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "generating weights [{bar:30}] {pos}/{len} matrices ({eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            if a.json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let b = bar.clone();
+            let progress = move |done: u64, total: u64| {
+                b.set_length(total);
+                b.set_position(done);
+            };
+            let m = Model::synthetic(ctx, name, cfg, dtype, Some(&progress));
+            bar.finish_and_clear();
+            m?
         }
         None => super::load::load(&a.model, adapter)?,
     })

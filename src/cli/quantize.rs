@@ -44,7 +44,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         r.bytes_in as f64 / 1e6,
         counts.join(", ")
     );
-    if let Some(line) = convert::fallback_summary(&r.fallbacks, a.dtype) {
+    if let Some(line) = fado::quant::fallback_summary(&r.fallbacks, a.dtype) {
         eprintln!("  {line}");
     }
     if !r.requantized.is_empty() {

@@ -162,23 +162,29 @@ impl Model {
 
 impl Model {
     /// A model of `cfg`'s exact shapes with random weights of `dtype` generated on the GPU
-    /// (`fado bench --synthetic`). Its tokenizer is a 256-token byte tokenizer.
+    /// (`fado bench --synthetic`). Its tokenizer is a 256-token byte tokenizer. Matrices whose
+    /// rows are not whole blocks of `dtype` get the format `fado quantize` falls back to, said
+    /// in one warning. `progress` gets (matrices done, matrices in all).
     pub fn synthetic(
         ctx: Arc<GpuContext>,
         name: &str,
         cfg: LlamaConfig,
         dtype: DType,
+        progress: Option<&dyn Fn(u64, u64)>,
     ) -> Result<Arc<Model>> {
-        let (weights, weights_bytes) = synthetic::weights(&ctx, &cfg, dtype)?;
+        let w = synthetic::weights(&ctx, &cfg, dtype, progress)?;
+        if let Some(line) = crate::quant::fallback_summary(&w.fallbacks, dtype) {
+            tracing::warn!("synthetic {name}: {line}");
+        }
         Ok(Arc::new(Model {
             ctx,
             config: cfg,
-            weights,
+            weights: w.weights,
             tokenizer: synthetic::byte_tokenizer()?,
             chat_template: ChatTemplate::chatml(),
             name: format!("synthetic {name} ({dtype})"),
             path: PathBuf::new(),
-            weights_bytes,
+            weights_bytes: w.bytes,
         }))
     }
 }

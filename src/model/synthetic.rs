@@ -86,8 +86,10 @@ fn fill(
     (period, header): (u32, u32),
     scale: f32,
 ) -> Result<()> {
-    // One dispatch covers at most max_workgroups² · 256 words; chunk by binding size too.
-    let chunk_words = (ctx.caps.max_storage_binding / 4).min(1 << 28) / 256 * 256;
+    // One dispatch covers at most max_workgroups² · 256 words; chunk by binding size too, in
+    // whole block periods so that every chunk starts at a block header.
+    let unit = 256 * period.max(1) as u64;
+    let chunk_words = (ctx.caps.max_storage_binding / 4).min(1 << 28) / unit * unit;
     let (buffer, offset) = t
         .buffer()
         .ok_or_else(|| Error::gpu("filling synthetic weights", "the tensor is a texel image"))?;
@@ -180,17 +182,50 @@ fn ones(ctx: &GpuContext, label: &str, n: usize) -> Result<Tensor> {
     ctx.upload_f32(label, &[n], &vec![1.0; n])
 }
 
-/// Random weights for `cfg`, with every matrix in `dtype` (norms f32 ones; the embedding table
-/// too, bf16 when its rows are not whole blocks of `dtype`; tied, it is also the lm_head, as
-/// when loading a file). Returns the weights and their GPU bytes.
-pub fn weights(ctx: &Arc<GpuContext>, cfg: &LlamaConfig, dtype: DType) -> Result<(Weights, u64)> {
+/// Synthetic weights and what they hold.
+pub struct Synthetic {
+    /// The weights, on the GPU.
+    pub weights: Weights,
+    /// Their GPU bytes.
+    pub bytes: u64,
+    /// Matrices that are not in the requested block format, with the one they got
+    /// ([`quant::block_format_for`], as `fado quantize` picks; bf16 where no block format
+    /// fits).
+    pub fallbacks: Vec<(String, DType)>,
+}
+
+/// Random weights for `cfg`, with every matrix (and the embedding table; tied, it is also the
+/// lm_head, as when loading a file) in `dtype`, or — when its rows are not whole blocks of
+/// `dtype` — in the format `fado quantize` would fall back to; norms are f32 ones.
+/// `progress` gets (matrices done, matrices in all) after each one.
+pub fn weights(
+    ctx: &Arc<GpuContext>,
+    cfg: &LlamaConfig,
+    dtype: DType,
+    progress: Option<&dyn Fn(u64, u64)>,
+) -> Result<Synthetic> {
+    let n_mats = 2 + 4 * cfg.num_hidden_layers as u64 - u64::from(cfg.tie_word_embeddings);
+    let mut done = 0u64;
     let mut bytes = 0u64;
     let mut seed = 1u32;
-    let mut mat = |label: &str, d: DType, r: usize, c: usize| -> Result<Tensor> {
+    let mut fallbacks = Vec::new();
+    let mut mat = |label: &str, want: DType, r: usize, c: usize| -> Result<Tensor> {
         seed += 1;
+        let d = if want.is_quantized() {
+            quant::block_format_for(want, c).unwrap_or(DType::BF16)
+        } else {
+            want
+        };
+        if d != want {
+            fallbacks.push((label.to_string(), d));
+        }
         // Where kernels read weights as texels (CPU devices), they live as texels.
         let t = crate::gpu::place_weight(ctx, random_matrix(ctx, label, d, r, c, seed)?)?;
         bytes += t.size_bytes();
+        done += 1;
+        if let Some(p) = progress {
+            p(done, n_mats);
+        }
         Ok(t)
     };
     let (h, i_dim, qd, kvd) = (
@@ -199,12 +234,7 @@ pub fn weights(ctx: &Arc<GpuContext>, cfg: &LlamaConfig, dtype: DType) -> Result
         cfg.q_dim(),
         cfg.kv_dim(),
     );
-    let embed_dtype = if h.is_multiple_of(dtype.block_len()) {
-        dtype
-    } else {
-        DType::BF16
-    };
-    let embed = mat("embed_tokens", embed_dtype, cfg.vocab_size, h)?;
+    let embed = mat("embed_tokens", dtype, cfg.vocab_size, h)?;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
         layers.push(LayerWeights {
@@ -225,8 +255,8 @@ pub fn weights(ctx: &Arc<GpuContext>, cfg: &LlamaConfig, dtype: DType) -> Result
     let inv_freq = ctx.upload_f32("rope_inv_freq", &[inv.len()], &inv)?;
     bytes += (2 * cfg.num_hidden_layers + 1) as u64 * h as u64 * 4;
     ctx.sync()?;
-    Ok((
-        Weights {
+    Ok(Synthetic {
+        weights: Weights {
             embed,
             layers,
             norm: ones(ctx, "norm", h)?,
@@ -234,7 +264,8 @@ pub fn weights(ctx: &Arc<GpuContext>, cfg: &LlamaConfig, dtype: DType) -> Result
             inv_freq,
         },
         bytes,
-    ))
+        fallbacks,
+    })
 }
 
 /// A byte-level tokenizer (256 tokens, no merges) for synthetic models: benchmarks feed token

@@ -33,6 +33,8 @@
 
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
+
 use half::f16;
 
 use crate::error::{Error, Result};
@@ -118,6 +120,31 @@ pub fn block_format_for(want: DType, cols: usize) -> Option<DType> {
         _ => DType::Q8_0,
     };
     fits(fallback).then_some(fallback)
+}
+
+/// One line saying which matrices did not get `want` and what they got instead, e.g.
+/// `150 matrices are q4_0: their rows are not whole q4_k blocks of 256`; `None` if all did.
+pub fn fallback_summary(fallbacks: &[(String, DType)], want: DType) -> Option<String> {
+    let mut by_type: BTreeMap<DType, usize> = BTreeMap::new();
+    for (_, d) in fallbacks {
+        *by_type.entry(*d).or_default() += 1;
+    }
+    if by_type.is_empty() {
+        return None;
+    }
+    // A few are named (a small model's odd layers); many are only counted.
+    let parts: Vec<String> = if fallbacks.len() <= 4 {
+        fallbacks.iter().map(|(n, d)| format!("{n}: {d}")).collect()
+    } else {
+        by_type.iter().map(|(d, n)| format!("{n} {d}")).collect()
+    };
+    Some(format!(
+        "{} of the matrices fell back to another format ({}): their rows are not whole {want} \
+         blocks of {}",
+        fallbacks.len(),
+        parts.join(", "),
+        want.block_len()
+    ))
 }
 
 /// Quantize `values` into GGUF blocks of `dtype` (Q8_0, Q4_0 and Q4_K; the length must be a
@@ -243,6 +270,36 @@ pub(crate) fn round(x: f32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_format_for_falls_back_as_llama_quantize_does() {
+        assert_eq!(block_format_for(DType::Q4K, 4096), Some(DType::Q4K));
+        assert_eq!(block_format_for(DType::Q4K, 576), Some(DType::Q4_0));
+        assert_eq!(block_format_for(DType::Q5K, 576), Some(DType::Q4_1));
+        assert_eq!(block_format_for(DType::Q6K, 576), Some(DType::Q8_0));
+        assert_eq!(block_format_for(DType::Q4_0, 576), Some(DType::Q4_0));
+        assert_eq!(block_format_for(DType::Q4K, 50), None);
+        assert_eq!(block_format_for(DType::BF16, 576), None);
+        // Never larger than Q8_0.
+        for want in DType::BLOCK_FORMATS {
+            let got = block_format_for(want, 96).expect("96 is whole 32-blocks");
+            assert!(got.block_bytes() * 32 <= DType::Q8_0.block_bytes() * got.block_len());
+        }
+    }
+
+    #[test]
+    fn fallback_summary_is_one_line_naming_few_and_counting_many() {
+        assert_eq!(fallback_summary(&[], DType::Q4K), None);
+        let few = vec![("a.weight".to_string(), DType::Q4_0)];
+        let line = fallback_summary(&few, DType::Q4K).expect("a line");
+        assert!(
+            line.contains("a.weight: q4_0") && !line.contains('\n'),
+            "{line}"
+        );
+        let many: Vec<_> = (0..9).map(|i| (format!("m{i}"), DType::Q8_0)).collect();
+        let line = fallback_summary(&many, DType::Q6K).expect("a line");
+        assert!(line.contains("9 q8_0") && !line.contains("m3"), "{line}");
+    }
 
     #[test]
     fn gpu_layout_keeps_the_file_size() {
