@@ -68,6 +68,16 @@ impl PipelineCache {
         self.map.lock().expect("pipeline cache").len()
     }
 
+    /// The variants built so far (tests translate each one for the other backends).
+    pub fn keys(&self) -> Vec<PipelineKey> {
+        self.map
+            .lock()
+            .expect("pipeline cache")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// No pipeline built yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
