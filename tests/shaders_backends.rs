@@ -81,7 +81,7 @@ fn translate(key: &PipelineKey) -> Result<(), String> {
 }
 
 fn translate_source(src: &str, entry: &str) -> Result<(), String> {
-    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(src))?;
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
