@@ -176,3 +176,24 @@ fn every_synthetic_dtype_benches_on_the_small_preset() {
         assert_eq!(fell_back, expected, "{dtype}: {err}");
     }
 }
+
+#[test]
+fn quant_on_an_already_quantized_model_says_it_is_not_applied() {
+    let q8 =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-fado-q8_0.gguf");
+    let out = Command::new(FADO)
+        .arg("run")
+        .arg("--model")
+        .arg(&q8)
+        .args(["--quant", "q4_0", "--prompt", "hi", "--max-tokens", "1"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run fado");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("already block-quantized"), "{err}");
+    // A float model is quantized as asked, without that note.
+    let (ok, err) = run(&["--quant", "q8_0"]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("already block-quantized"), "{err}");
+}

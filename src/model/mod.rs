@@ -126,6 +126,18 @@ impl Model {
                     "--quant {q} is not supported (use q8_0, q4_0 or q4_k)"
                 )));
             }
+            // Only float matrices are quantized at load; say so rather than ignore the option.
+            let tensors = src.tensors();
+            let float_matrices = tensors
+                .iter()
+                .filter(|e| e.shape.len() == 2 && e.dtype.is_float())
+                .count();
+            if float_matrices == 0 {
+                tracing::warn!(
+                    "--quant {q}: the model's matrices are already block-quantized; they are \
+                     used as stored (re-quantize with `fado quantize` instead)"
+                );
+            }
         }
         let progress = opts.progress.as_deref().map(|p| p as &dyn Fn(u64, u64));
         let (weights, weights_bytes) = weights::upload(
