@@ -179,12 +179,13 @@ fn every_synthetic_dtype_benches_on_the_small_preset() {
 
 #[test]
 fn quant_on_an_already_quantized_model_says_it_is_not_applied() {
-    let q8 =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-fado-q8_0.gguf");
+    // The default model: every matrix Q4_1 (scripts/test.sh fetches it).
+    let default = std::env::var("FADO_DEFAULT_MODEL")
+        .expect("FADO_DEFAULT_MODEL (scripts/test.sh sets it after fetching the default model)");
     let out = Command::new(FADO)
         .arg("run")
         .arg("--model")
-        .arg(&q8)
+        .arg(&default)
         .args(["--quant", "q4_0", "--prompt", "hi", "--max-tokens", "1"])
         .env_remove("RUST_LOG")
         .output()
@@ -196,4 +197,89 @@ fn quant_on_an_already_quantized_model_says_it_is_not_applied() {
     let (ok, err) = run(&["--quant", "q8_0"]);
     assert!(ok, "{err}");
     assert!(!err.contains("already block-quantized"), "{err}");
+}
+
+#[test]
+fn small_cli_rules_hold() {
+    // -n 0 is refused as the server refuses max_tokens 0.
+    let (ok, err) = run(&["--max-tokens", "0"]);
+    assert!(!ok && err.contains("--max-tokens"), "{err}");
+    // A negative value reaches validation, which names the range.
+    let (ok, err) = run(&["--min-p", "-0.5"]);
+    assert!(!ok && err.contains("min_p = -0.5"), "{err}");
+    // bench --dtype without --synthetic is an error, not ignored.
+    let out = Command::new(FADO)
+        .args(["bench", "--dtype", "q4_k"])
+        .output()
+        .expect("run fado bench");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--synthetic"),
+        "{err}"
+    );
+    // The prompt on stdin loses its final line break.
+    let mut child = Command::new(FADO)
+        .arg("run")
+        .arg("--model")
+        .arg(tiny_llama())
+        .args(["--max-tokens", "1", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fado run");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("fado run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let with_newline = v["prompt_tokens"].as_array().expect("prompt ids").len();
+    let out = Command::new(FADO)
+        .arg("run")
+        .arg("--model")
+        .arg(tiny_llama())
+        .args(["--max-tokens", "1", "--json", "--prompt", "hello"])
+        .output()
+        .expect("fado run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(
+        v["prompt_tokens"].as_array().expect("prompt ids").len(),
+        with_newline
+    );
+}
+
+#[test]
+fn quantize_names_the_missing_folder_and_input() {
+    let out = Command::new(FADO)
+        .arg("quantize")
+        .arg(tiny_llama())
+        .arg("/nonexistent-fado-dir/out.gguf")
+        .args(["--type", "q8_0"])
+        .output()
+        .expect("run fado quantize");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("output folder /nonexistent-fado-dir does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains(".part"), "{err}");
+    let out = Command::new(FADO)
+        .args([
+            "quantize",
+            "/nonexistent-fado-model",
+            "/tmp/x.gguf",
+            "--type",
+            "q8_0",
+        ])
+        .output()
+        .expect("run fado quantize");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("check the input path") && !err.contains("--model"),
+        "{err}"
+    );
 }

@@ -641,3 +641,36 @@ async fn presence_and_frequency_penalties_reach_generation() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_model_names_are_answered_to_and_reported() {
+    let (h, base) = start(ServerConfig {
+        served_model_names: vec!["gpt-4o-mini".into(), "amalia".into()],
+        ..cfg(1)
+    })
+    .await;
+    let c = client();
+    let ask = |name: &str| {
+        json!({"model": name, "messages": [{"role": "user", "content": "hi"}],
+               "temperature": 0, "max_tokens": 2})
+    };
+    let url = format!("{base}/v1/chat/completions");
+    for name in ["gpt-4o-mini", "amalia", "default"] {
+        let v = post_json(&c, &url, &ask(name), name).await;
+        assert_eq!(v["object"], "chat.completion", "{name}: {v}");
+        assert_eq!(v["model"], "gpt-4o-mini", "the first name is reported: {v}");
+    }
+    // Names not served stay a 404, the file name included once others are given.
+    let r = post(&c, &url, &ask(&model().name), "file name").await;
+    assert_eq!(r.status(), 404);
+    let m: Value = c
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["data"][0]["id"], "gpt-4o-mini");
+    h.shutdown().await;
+}
