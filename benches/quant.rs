@@ -103,15 +103,7 @@ fn main() {
         "dtype", "MiB", "gemv µs", "GB/s", "matmul64 GF/s"
     );
     let only = std::env::var("FADO_BENCH_DTYPES").unwrap_or_default();
-    for dtype in [
-        DType::F16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q4K,
-        DType::Q5K,
-        DType::Q6K,
-    ] {
+    for dtype in std::iter::once(DType::F16).chain(DType::BLOCK_FORMATS) {
         if !only.is_empty() && !only.split(',').any(|d| d == dtype.name()) {
             continue;
         }

@@ -47,17 +47,19 @@ impl DType {
     /// The float formats a weight can have.
     pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     /// Every format a weight can have: the floats, then the block formats.
-    pub const WEIGHT_TYPES: [DType; 9] = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q4K,
-        DType::Q5K,
-        DType::Q6K,
-    ];
+    pub const WEIGHT_TYPES: [DType; 9] = {
+        let mut all = [DType::F32; 9];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < 3 {
+                Self::FLOATS[i]
+            } else {
+                Self::BLOCK_FORMATS[i - 3]
+            };
+            i += 1;
+        }
+        all
+    };
 
     /// Whether this is one of [`DType::BLOCK_FORMATS`].
     pub fn is_quantized(self) -> bool {

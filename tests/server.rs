@@ -117,14 +117,7 @@ async fn completions_models_and_health_answer() {
     assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
     assert_eq!(stream_text(&ev), want);
 
-    let m: Value = c
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = get_json(&c, format!("{base}/v1/models")).await;
     assert_eq!(m["object"], "list");
     assert_eq!(m["data"][0]["id"], model().name);
     let hv = health(&c, &base).await;
@@ -663,14 +656,7 @@ async fn served_model_names_are_answered_to_and_reported() {
     // Names not served stay a 404, the file name included once others are given.
     let r = post(&c, &url, &ask(&model().name), "file name").await;
     assert_eq!(r.status(), 404);
-    let m: Value = c
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = get_json(&c, format!("{base}/v1/models")).await;
     assert_eq!(m["data"][0]["id"], "gpt-4o-mini");
     h.shutdown().await;
 }

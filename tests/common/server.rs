@@ -85,6 +85,17 @@ pub async fn post_json(
         .unwrap_or_else(|e| panic!("{what}: not JSON ({e})"))
 }
 
+/// GET `url` and its body as JSON; a transport error or a body that is not JSON fails the test.
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    c.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 pub fn user(text: &str) -> Vec<Message> {
     vec![Message::new("user", text)]
 }
