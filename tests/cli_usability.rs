@@ -13,27 +13,35 @@ fn tiny_llama() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
 }
 
-/// Run `fado chat` on the tiny model with `input` on stdin; returns (exit ok, stdout, stderr).
-fn chat(input: &str, extra: &[&str]) -> (bool, String, String) {
-    let mut child = Command::new(FADO)
-        .arg("chat")
-        .arg("--model")
-        .arg(tiny_llama())
-        .args(["--temperature", "0", "--max-tokens", "6"])
-        .args(extra)
+/// Run `fado` with `cmd` (arguments after the binary) and `input` on stdin.
+fn fado_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn fado chat");
+        .expect("spawn fado");
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(input.as_bytes())
+        .write_all(input)
         .expect("write stdin");
-    let out = child.wait_with_output().expect("wait for fado chat");
+    child.wait_with_output().expect("wait for fado")
+}
+
+/// Run `fado chat` on the tiny model with `input` on stdin; returns (exit ok, stdout, stderr).
+fn chat(input: &str, extra: &[&str]) -> (bool, String, String) {
+    let out = fado_with_stdin(
+        Command::new(FADO)
+            .arg("chat")
+            .arg("--model")
+            .arg(tiny_llama())
+            .args(["--temperature", "0", "--max-tokens", "6"])
+            .args(extra),
+        input.as_bytes(),
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -218,23 +226,14 @@ fn small_cli_rules_hold() {
         "{err}"
     );
     // The prompt on stdin loses its final line break.
-    let mut child = Command::new(FADO)
-        .arg("run")
-        .arg("--model")
-        .arg(tiny_llama())
-        .args(["--max-tokens", "1", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fado run");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"hello\n")
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("fado run");
+    let out = fado_with_stdin(
+        Command::new(FADO)
+            .arg("run")
+            .arg("--model")
+            .arg(tiny_llama())
+            .args(["--max-tokens", "1", "--json"]),
+        b"hello\n",
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let with_newline = v["prompt_tokens"].as_array().expect("prompt ids").len();
     let out = Command::new(FADO)
