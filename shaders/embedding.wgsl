@@ -2,7 +2,8 @@
 // dequantized (GGUF block tables) to f32.
 //
 // Bindings: 0 params {tokens, n, vocab, gx, nbr (blocks per table row), scales_word, _, _};
-//           1 step (unused); 2 ids: u32[tokens];
+//           1 step; 2 ids: u32[tokens], or with AT_POS the sequence's token history u32[C]
+//             read at positions step.pos .. step.pos + tokens (a position ≥ C yields zeros);
 //           3 table: f32[vocab*n] (W_F32), u32[vocab*n/2] packed f16 (W_F16) / bf16 (W_BF16),
 //             or u32[] block-quantized in the GPU layout of src/quant/mod.rs (QUANT plus one of
 //             Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K, decoded by quant_blocks.wgsl; BL = values per block);
@@ -22,6 +23,19 @@ struct Params { tokens: u32, n: u32, vocab: u32, gx: u32, nbr: u32, scales_word:
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
+// The id of the step's token t (an out-of-range position reads as an invalid id).
+fn token_id(t: u32) -> u32 {
+#if AT_POS
+    let at = step.pos + t;
+    if (at >= arrayLength(&ids)) {
+        return 0xffffffffu;
+    }
+    return ids[at];
+#else
+    return ids[t];
+#endif
+}
+
 #if QUANT
 #if TEX
 @group(0) @binding(3) var wt: texture_2d<u32>;
@@ -39,7 +53,7 @@ fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     let t = i / n4;
     let e = 4u * (i % n4);
-    let id = ids[t];
+    let id = token_id(t);
     var v = vec4<f32>(0.0);
     if (id < p.vocab) {
         let in_blk = e % {{BL}}u;
@@ -91,7 +105,7 @@ fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     let t = i / p.n;
     let j = i % p.n;
-    let id = ids[t];
+    let id = token_id(t);
     var v = 0.0;
     if (id < p.vocab) {
         v = load(id * p.n + j);

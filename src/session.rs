@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::model::{Model, Profile, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN};
+
+pub use crate::model::KvType;
 use crate::rng::Rng;
 use crate::sampling::{sample, SamplingParams, MAX_TOP_LOGPROBS};
 
@@ -186,11 +188,35 @@ pub struct Session {
     last: Option<StepSpec>,
 }
 
+/// How a [`Session`] is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Context capacity in tokens (the KV cache's rows).
+    pub ctx: usize,
+    /// How the KV cache stores keys and values (default f16).
+    pub kv_type: KvType,
+}
+
+impl SessionOptions {
+    /// `ctx` tokens with the default KV type.
+    pub fn new(ctx: usize) -> Self {
+        SessionOptions {
+            ctx,
+            kv_type: KvType::default(),
+        }
+    }
+}
+
 impl Session {
-    /// A session with room for `ctx` tokens.
+    /// A session with room for `ctx` tokens and the default options (an f16 KV cache).
     pub fn new(model: Arc<Model>, ctx: usize) -> Result<Session> {
+        Session::with_options(model, SessionOptions::new(ctx))
+    }
+
+    /// A session set up as `opts` says.
+    pub fn with_options(model: Arc<Model>, opts: SessionOptions) -> Result<Session> {
         Ok(Session {
-            seq: Sequence::new(&model, ctx)?,
+            seq: Sequence::new(&model, opts.ctx, opts.kv_type)?,
             graphs: HashMap::new(),
             history: Vec::new(),
             last: None,
@@ -206,6 +232,11 @@ impl Session {
     /// Context capacity in tokens.
     pub fn capacity(&self) -> usize {
         self.seq.capacity()
+    }
+
+    /// Bytes of the KV cache.
+    pub fn kv_bytes(&self) -> u64 {
+        self.seq.kv_bytes()
     }
 
     /// Tokens currently in the cache.
@@ -305,7 +336,7 @@ impl Session {
             penalty: (n > 0).then(|| (n, params.repeat_penalty.to_bits())),
             logsumexp,
         };
-        self.seq.write_tokens(&self.model, tokens)?;
+        self.seq.write_tokens(&self.model, pos, tokens)?;
         if n > 0 {
             self.write_penalty_window(tokens, n, params)?;
         }
@@ -322,6 +353,17 @@ impl Session {
             .and_then(|k| self.graphs.get(&k))
             .ok_or_else(|| Error::Request("no step has run yet".into()))?
             .logits()
+    }
+
+    /// Compute dispatches of one plain decode step (compiling its graph if needed).
+    pub fn decode_dispatches(&mut self) -> Result<usize> {
+        let spec = StepSpec {
+            tokens: 1,
+            k: 1,
+            penalty: None,
+            logsumexp: false,
+        };
+        Ok(self.graph(spec)?.num_dispatches())
     }
 
     /// Time every dispatch of one decode step at the current position (timestamp queries).

@@ -216,3 +216,25 @@ fn quantized_tied_embedding_is_one_gpu_buffer_and_matches_its_dequantized_twin()
         }
     }
 }
+
+/// An f16 KV cache holds half the bytes of an f32 one (the cache is every layer's keys and
+/// values: layers × 2 × ctx × kv_heads × head_dim values), and `--kv-type` names parse.
+#[test]
+fn f16_kv_cache_is_half_the_bytes_of_f32() {
+    use fado::session::{KvType, SessionOptions};
+    let m = tiny_model();
+    let c = &m.config;
+    let ctx = 96;
+    let values = (c.num_hidden_layers * 2 * ctx * c.num_key_value_heads * c.head_dim) as u64;
+    let bytes = |kv_type| {
+        Session::with_options(m.clone(), SessionOptions { ctx, kv_type })
+            .unwrap()
+            .kv_bytes()
+    };
+    assert_eq!(bytes(KvType::F32), values * 4);
+    assert_eq!(bytes(KvType::F16), values * 2);
+    assert_eq!(Session::new(m.clone(), ctx).unwrap().kv_bytes(), values * 2);
+    assert_eq!(KvType::parse("F32"), Ok(KvType::F32));
+    let e = KvType::parse("q4").unwrap_err();
+    assert!(e.contains("q4") && e.contains("f16"), "{e}");
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use fado::sampling::SamplingParams;
+use fado::session::{KvType, SessionOptions};
 use fado::tensor::DType;
 use fado::{Error, Result};
 
@@ -19,6 +20,9 @@ pub struct ModelArgs {
     /// Quantize float weights while loading: q8_0, q4_0 or q4_k.
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<DType>,
+    /// KV-cache storage: f16 (half the memory and attention reads) or f32.
+    #[arg(long, value_parser = KvType::parse, default_value = "f16")]
+    pub kv_type: KvType,
 }
 
 /// `--quant`/`--type` values: `q8_0`, `q4_0` or `q4_k` (any case).
@@ -72,6 +76,14 @@ impl ModelArgs {
     /// `--ctx`, else the model's maximum clamped to 1..=4096.
     pub fn ctx_for(&self, max_positions: usize) -> usize {
         self.ctx.unwrap_or(max_positions.clamp(1, 4096))
+    }
+
+    /// Session options from `--ctx` (see [`ModelArgs::ctx_for`]) and `--kv-type`.
+    pub fn session_for(&self, max_positions: usize) -> SessionOptions {
+        SessionOptions {
+            ctx: self.ctx_for(max_positions),
+            kv_type: self.kv_type,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use clap::Args;
 use fado::gpu::{GpuContext, GpuOptions};
 use fado::model::{synthetic, Model};
 use fado::rng::Rng;
-use fado::session::Session;
+use fado::session::{Session, SessionOptions};
 use fado::tensor::DType;
 use fado::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -129,7 +129,11 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     let vocab = model.config.vocab_size as u32;
     let mut rng = Rng::new(7);
     let prompt: Vec<u32> = (0..a.pp).map(|_| rng.below(vocab)).collect();
-    let mut session = Session::new(model.clone(), a.pp + a.tg + 1)?;
+    let opts = SessionOptions {
+        ctx: a.pp + a.tg + 1,
+        kv_type: a.model.kv_type,
+    };
+    let mut session = Session::with_options(model.clone(), opts)?;
 
     // Progress in tokens over the warm-up and every repetition; on a terminal only, never
     // with --json (the bar draws on standard error, which indicatif hides when redirected).
@@ -173,14 +177,26 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     bar.finish_and_clear();
     let (ppm, pps) = mean_std(&pp);
     let (tgm, tgs) = mean_std(&tg);
-    let bpt = bytes_per_token(&model);
+    let weight_bpt = bytes_per_token(&model);
+    // Attention reads every cached row of every layer once per token: on average over the tg
+    // run, pp + (tg + 1) / 2 of the session's rows.
+    let kv_bytes = session.kv_bytes();
+    let mean_rows = a.pp as f64 + (a.tg as f64 + 1.0) / 2.0;
+    let kv_bpt = (kv_bytes as f64 * mean_rows / session.capacity() as f64) as u64;
+    let bpt = weight_bpt + kv_bpt;
     let gbps = bpt as f64 * tgm / 1e9;
+    let dispatches = session.decode_dispatches()?;
     if a.json {
         let v = serde_json::json!({
             "model": model.name,
             "adapter": model.ctx.adapter_name(),
             "weights_bytes": model.weights_bytes,
             "bytes_per_decode_token": bpt,
+            "weight_bytes_per_decode_token": weight_bpt,
+            "kv_bytes_per_decode_token": kv_bpt,
+            "kv_type": a.model.kv_type.name(),
+            "kv_bytes": kv_bytes,
+            "dispatches_per_token": dispatches,
             "prompt_tokens": a.pp,
             "gen_tokens": a.tg,
             "reps": a.reps,
@@ -193,9 +209,13 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         println!("model:    {}", model.name);
         println!("adapter:  {}", model.ctx.adapter_name());
         println!(
-            "weights:  {:.2} GB on the GPU; a decode step reads {:.2} GB",
+            "weights:  {:.2} GB on the GPU; KV cache {:.1} MB ({}); a decode step reads {:.3} GB \
+             (KV {:.1} MB) in {dispatches} dispatches",
             model.weights_bytes as f64 / 1e9,
-            bpt as f64 / 1e9
+            kv_bytes as f64 / 1e6,
+            a.model.kv_type,
+            bpt as f64 / 1e9,
+            kv_bpt as f64 / 1e6
         );
         println!("| test   |           t/s |");
         println!("|--------|---------------|");

@@ -99,8 +99,8 @@ pub fn run(a: RunArgs, adapter: Option<String>) -> Result<()> {
         }
         encode_raw(&model, &prompt)?
     };
-    let ctx = a.model.ctx_for(model.config.max_position_embeddings);
-    let mut session = Session::new(model.clone(), ctx)?;
+    let opts = a.model.session_for(model.config.max_position_embeddings);
+    let mut session = Session::with_options(model.clone(), opts)?;
     let req = TextRequest {
         params,
         max_tokens: a.sampling.max_tokens as usize,
@@ -231,8 +231,9 @@ fn fit_conversation(
 pub fn chat(a: ChatArgs, adapter: Option<String>) -> Result<()> {
     let params = a.sampling.params()?;
     let model = super::load::load(&a.model, adapter)?;
-    let ctx = a.model.ctx_for(model.config.max_position_embeddings);
-    let mut session = Session::new(model.clone(), ctx)?;
+    let opts = a.model.session_for(model.config.max_position_embeddings);
+    let ctx = opts.ctx;
+    let mut session = Session::with_options(model.clone(), opts)?;
     let mut msgs = Vec::new();
     if let Some(s) = &a.system {
         msgs.push(Message::new("system", s.clone()));

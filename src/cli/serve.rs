@@ -55,6 +55,7 @@ pub fn serve_cmd(a: ServeArgs, adapter: Option<String>) -> Result<()> {
         max_body: a.max_body,
         max_tokens_cap: a.max_tokens_cap,
         ctx,
+        kv_type: a.model.kv_type,
         prefix_cache: !a.no_prefix_cache,
         served_model_names: a.served_model_name.clone(),
     };

@@ -129,6 +129,45 @@ impl Executable {
         Ok(())
     }
 
+    /// Run once and, in the same submission, copy a few bytes of external tensors into
+    /// buffers the caller maps later (`copies`: source tensor, its byte offset, destination,
+    /// its byte offset, length; offsets and lengths multiples of 4). Nothing waits: the
+    /// returned index lets the caller wait for this submission alone, while later ones run.
+    pub fn submit_with_copies(
+        &self,
+        step: Step,
+        copies: &[(&Tensor, u64, &wgpu::Buffer, u64, u64)],
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.ctx
+            .queue
+            .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.encode(&mut enc);
+        for &(t, at, dst, dst_at, len) in copies {
+            let Some((src, offset)) = t.buffer() else {
+                return Err(Error::op(
+                    "read",
+                    format!("{} lives in a texel image: it cannot be copied", t.desc),
+                ));
+            };
+            if at + len > t.size_bytes() {
+                return Err(Error::op(
+                    "read",
+                    format!(
+                        "bytes {at}..{} of {}: past its {} bytes",
+                        at + len,
+                        t.desc,
+                        t.size_bytes()
+                    ),
+                ));
+            }
+            enc.copy_buffer_to_buffer(src, offset + at, dst, dst_at, len);
+        }
+        let idx = self.ctx.queue.submit(Some(enc.finish()));
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        Ok(idx)
+    }
+
     /// Run once and read back the first `len` bytes of `id`, in the same submission.
     pub fn run_read(&self, step: Step, id: TensorId, len: u64) -> Result<Vec<u8>> {
         let mut out = self.run_read_many(step, &[(id, len)])?;

@@ -15,7 +15,7 @@ use crate::graph::{Graph, TensorId};
 use crate::ops::{
     attention::Attention,
     concat::ConcatCols,
-    embedding::Embedding,
+    embedding::EmbeddingAt,
     matmul,
     matmul::norm::NormMatmul,
     rmsnorm::RmsNorm,
@@ -96,20 +96,22 @@ pub struct Head {
     pub logsumexp: bool,
 }
 
-/// Build the forward pass for `tokens` token ids (read from `ids`, u32 `[tokens]`) starting at
-/// the position given at run time by the step uniform.
+/// Build the forward pass for `tokens` tokens starting at the position `pos` given at run time
+/// by the step uniform; their ids are read from `history` (u32 `[C]`, the sequence's tokens by
+/// position) at `pos ..`.
 pub fn forward(
     cfg: &LlamaConfig,
     w: &Weights,
     cache: &KvCache,
-    ids: &Tensor,
+    history: &Tensor,
+    tokens: usize,
     topk: Option<usize>,
 ) -> Result<Forward> {
     let head = Head {
         topk,
         ..Head::default()
     };
-    forward_with(cfg, w, cache, ids, &head)
+    forward_with(cfg, w, cache, history, tokens, &head)
 }
 
 /// [`forward`] with penalties and the log-softmax normaliser on the logits ([`Head`]).
@@ -117,20 +119,20 @@ pub fn forward_with(
     cfg: &LlamaConfig,
     w: &Weights,
     cache: &KvCache,
-    ids: &Tensor,
+    history: &Tensor,
+    tokens: usize,
     head: &Head,
 ) -> Result<Forward> {
-    let tokens = ids.shape()[0];
     if tokens == 0 {
         return Err(Error::Request("nothing to run: zero tokens".into()));
     }
     let mut g = Graph::new();
-    let ids = g.external("ids", ids);
+    let ids = g.external("history", history);
     let embed = g.external("embed_tokens", &w.embed);
     let inv_freq = g.external("rope_inv_freq", &w.inv_freq);
     let eps = cfg.rms_norm_eps;
 
-    let x = g.add1(Embedding, &[ids, embed])?;
+    let x = g.add1(EmbeddingAt { tokens }, &[ids, embed])?;
     for (i, l) in w.layers.iter().enumerate() {
         g.set_prefix(format!("blk.{i}."));
         let attn_norm = g.external("attn_norm", &l.attn_norm);

@@ -22,12 +22,65 @@ pub use crate::ops::topk::NO_TOKEN;
 /// Prompt tokens per prefill chunk (the largest step a [`Sequence`] runs at once).
 pub const PREFILL_CHUNK: usize = 256;
 
-/// The GPU buffers of one sequence: its KV cache, the token ids of the step being run and the
+/// How the KV cache stores keys and values. f16 (the default) halves the cache's memory and
+/// the bytes attention reads per token; the kernels widen to f32 before any arithmetic, so
+/// only the storage rounds (to 11 significant bits, as llama.cpp and vLLM store theirs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// Half precision, packed two per 32-bit word.
+    #[default]
+    F16,
+    /// Single precision.
+    F32,
+}
+
+impl KvType {
+    /// Every KV type, in the order help texts list them.
+    pub const ALL: [KvType; 2] = [KvType::F16, KvType::F32];
+
+    /// The tensor dtype of the cache.
+    pub fn dtype(self) -> DType {
+        match self {
+            KvType::F16 => DType::F16,
+            KvType::F32 => DType::F32,
+        }
+    }
+
+    /// Bytes per stored value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+
+    /// The name `--kv-type` takes (`f16`, `f32`).
+    pub fn name(self) -> &'static str {
+        self.dtype().name()
+    }
+
+    /// Parse `--kv-type` (any case); the error lists the accepted names.
+    pub fn parse(s: &str) -> std::result::Result<KvType, String> {
+        KvType::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown KV-cache type `{s}` (use f16 or f32)"))
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The GPU buffers of one sequence: its KV cache, its tokens by position (the steps' embedding
+/// reads its ids there, and a sampler in the graph writes the next one there) and the
 /// penalty window (distinct token ids, unused slots [`NO_TOKEN`], and what to subtract from
 /// each one's logit) — room for a whole context, so any window fits without a reallocation.
 pub struct Sequence {
     cache: KvCache,
-    ids: Tensor,
+    history: Tensor,
     pen_ids: Tensor,
     pen_counts: Tensor,
 }
@@ -36,14 +89,14 @@ impl Sequence {
     /// Buffers for a sequence of up to `ctx` tokens of `model`. The KV cache's size is checked
     /// before the device is touched, with overflow-safe arithmetic, so a huge context is an
     /// error naming the numbers, not an overflow or a driver abort.
-    pub fn new(model: &Model, ctx: usize) -> Result<Sequence> {
+    pub fn new(model: &Model, ctx: usize, kv: KvType) -> Result<Sequence> {
         let cfg = &model.config;
         if ctx == 0 {
             return Err(Error::Request("the context size must be at least 1".into()));
         }
         let gpu = &model.ctx;
         gpu.check_alive("creating a session")?;
-        let row = (cfg.num_key_value_heads * cfg.head_dim * 4) as u64;
+        let row = (cfg.num_key_value_heads * cfg.head_dim) as u64 * kv.bytes();
         let buffers = 2 * cfg.num_hidden_layers as u64; // keys and values per layer
         let per_buffer = (ctx as u64).checked_mul(row);
         let total = per_buffer.and_then(|b| b.checked_mul(buffers));
@@ -93,11 +146,11 @@ impl Sequence {
             );
         }
         tracing::debug!(
-            "KV cache: {ctx} tokens × {} layers, {} bytes",
+            "KV cache: {ctx} tokens × {} layers, {kv}, {} bytes",
             cfg.num_hidden_layers,
             total.unwrap_or(u64::MAX)
         );
-        let kv_desc = TensorDesc::f32([ctx, cfg.num_key_value_heads, cfg.head_dim]);
+        let kv_desc = TensorDesc::new(kv.dtype(), [ctx, cfg.num_key_value_heads, cfg.head_dim]);
         let mut k = Vec::new();
         let mut v = Vec::new();
         for i in 0..cfg.num_hidden_layers {
@@ -110,7 +163,7 @@ impl Sequence {
                 v,
                 capacity: ctx,
             },
-            ids: gpu.empty("ids", TensorDesc::new(DType::U32, [PREFILL_CHUNK]))?,
+            history: gpu.empty("history", TensorDesc::new(DType::U32, [ctx]))?,
             pen_ids: gpu.empty("penalty_ids", TensorDesc::new(DType::U32, [ctx]))?,
             pen_counts: gpu.empty("penalty_counts", TensorDesc::f32([ctx]))?,
         })
@@ -121,9 +174,34 @@ impl Sequence {
         self.cache.capacity
     }
 
-    /// Write the token ids of the next step.
-    pub fn write_tokens(&self, model: &Model, tokens: &[u32]) -> Result<()> {
-        model.ctx.write(&self.ids, 0, bytemuck::cast_slice(tokens))
+    /// Bytes of the KV cache (keys and values of every layer).
+    pub fn kv_bytes(&self) -> u64 {
+        self.cache
+            .k
+            .iter()
+            .chain(&self.cache.v)
+            .map(|t| t.size_bytes())
+            .sum()
+    }
+
+    /// Write the token ids of the step at `pos` into the history (`pos + tokens.len()` must
+    /// not pass the capacity).
+    pub fn write_tokens(&self, model: &Model, pos: usize, tokens: &[u32]) -> Result<()> {
+        if pos + tokens.len() > self.capacity() {
+            return Err(Error::Request(format!(
+                "{} tokens at position {pos} do not fit the context of {} tokens",
+                tokens.len(),
+                self.capacity()
+            )));
+        }
+        model
+            .ctx
+            .write(&self.history, (pos * 4) as u64, bytemuck::cast_slice(tokens))
+    }
+
+    /// The token history buffer (u32 `[capacity]`).
+    pub fn history(&self) -> &Tensor {
+        &self.history
     }
 
     /// Write the penalty window: `ids` and their `amounts`, both as long as the window the
@@ -139,10 +217,6 @@ impl Sequence {
 
     /// Build and compile the forward pass of `spec` against this sequence's buffers.
     pub fn compile(&self, model: &Model, spec: StepSpec) -> Result<StepGraph> {
-        let ids = Tensor {
-            desc: TensorDesc::new(DType::U32, [spec.tokens]),
-            ..self.ids.clone()
-        };
         // Presence and frequency penalties are folded into the per-step amounts (the op runs
         // with presence 0 and frequency 1), so requests differing only in those share a graph.
         let penalize = spec.penalty.map(|(n, repeat_bits)| {
@@ -167,7 +241,14 @@ impl Sequence {
             penalize,
             logsumexp: spec.logsumexp,
         };
-        let fwd = llama::forward_with(&model.config, &model.weights, &self.cache, &ids, &head)?;
+        let fwd = llama::forward_with(
+            &model.config,
+            &model.weights,
+            &self.cache,
+            &self.history,
+            spec.tokens,
+            &head,
+        )?;
         let topk = fwd
             .topk
             .ok_or_else(|| Error::op("forward", "the head was asked for top-k but built none"))?;
@@ -246,6 +327,11 @@ impl StepGraph {
                 .collect(),
             logsumexp,
         })
+    }
+
+    /// Compute dispatches one run records.
+    pub fn num_dispatches(&self) -> usize {
+        self.exe.num_dispatches()
     }
 
     /// The full logits of the last token of the most recent run.

@@ -31,6 +31,44 @@ pub const TABLE_DTYPES: &[DType] = &DType::WEIGHT_TYPES;
 #[derive(Clone, Debug)]
 pub struct Embedding;
 
+/// [`Embedding`] of the `tokens` tokens at positions `step.pos ..` of a sequence's token
+/// history (inputs `[history u32 [C], table]`, output f32 `[tokens, n]`): the ids are read on
+/// the GPU where the previous step's sampler wrote them, so the host need not see them first.
+#[derive(Clone, Debug)]
+pub struct EmbeddingAt {
+    /// Tokens the step runs.
+    pub tokens: usize,
+}
+
+impl Op for EmbeddingAt {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let mut out = Embedding.infer(inputs)?;
+        let history = inputs[0];
+        if self.tokens == 0 || self.tokens > history.shape[0] {
+            return Err(Error::op(
+                self.name(),
+                format!(
+                    "{} tokens from a history of {history}: expected 1 ..= {}",
+                    self.tokens, history.shape[0]
+                ),
+            ));
+        }
+        out[0].shape[0] = self.tokens;
+        Ok(out)
+    }
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let ids = TensorDesc::new(DType::U32, [self.tokens]);
+        let mut calls = Embedding.kernels(caps, &[&ids, inputs[1]])?;
+        for c in &mut calls {
+            c.defines.insert("AT_POS".into(), "1".into());
+        }
+        Ok(calls)
+    }
+}
+
 impl Op for Embedding {
     fn name(&self) -> &'static str {
         "embedding"

@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::generate::{encode_chat, encode_raw};
 use crate::model::Model;
-use crate::session::TokenLogprobs;
+use crate::session::{KvType, SessionOptions, TokenLogprobs};
 use api::{text_request, ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
 use scheduler::{Event, Finished, Job, Rejected, Scheduler, Stats};
 
@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub max_tokens_cap: usize,
     /// Context (KV cache) of each slot in tokens.
     pub ctx: usize,
+    /// How each slot's KV cache stores keys and values.
+    pub kv_type: KvType,
     /// Reuse a slot's cached prompt prefix for the next request.
     pub prefix_cache: bool,
     /// Names the server answers to (vLLM's `--served-model-name`): the first is the one it
@@ -83,6 +85,7 @@ impl Default for ServerConfig {
             max_body: 1 << 20,
             max_tokens_cap: 4096,
             ctx: 4096,
+            kv_type: KvType::default(),
             prefix_cache: true,
             served_model_names: Vec::new(),
         }
@@ -146,7 +149,10 @@ impl Server {
         let sched = Scheduler::start(
             model.clone(),
             cfg.parallel,
-            cfg.ctx,
+            SessionOptions {
+                ctx: cfg.ctx,
+                kv_type: cfg.kv_type,
+            },
             cfg.queue,
             cfg.prefix_cache,
         )?;

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::generate::{generate_text_with_logprobs, TextRequest};
 use crate::model::Model;
-use crate::session::{FinishReason, Session, TokenLogprobs};
+use crate::session::{FinishReason, Session, SessionOptions, TokenLogprobs};
 
 /// What a job sends back.
 #[derive(Debug)]
@@ -139,12 +139,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Create `slots` sessions of `ctx` tokens each (KV caches are allocated now, so a server
+    /// Create `slots` sessions set up as `opts` says (KV caches are allocated now, so a server
     /// that starts has the memory it needs) and start one worker thread per slot.
     pub fn start(
         model: Arc<Model>,
         slots: usize,
-        ctx: usize,
+        opts: SessionOptions,
         queue_capacity: usize,
         prefix_cache: bool,
     ) -> Result<Scheduler> {
@@ -167,7 +167,7 @@ impl Scheduler {
         });
         let mut sessions = Vec::with_capacity(slots);
         for _ in 0..slots {
-            sessions.push(Session::new(model.clone(), ctx)?);
+            sessions.push(Session::with_options(model.clone(), opts)?);
         }
         let mut workers = Vec::with_capacity(slots);
         for (i, session) in sessions.into_iter().enumerate() {

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use fado::gpu::GpuContext;
 use fado::model::{Model, ModelOptions};
-use fado::session::Session;
+use fado::session::{KvType, Session, SessionOptions};
 use serde_json::Value;
 
 use super::{assert_close_rel_max, ctx, fixture, json_f32s, json_f64s, json_ids};
@@ -30,9 +30,22 @@ pub fn tiny_model() -> Arc<Model> {
     M.get_or_init(|| load(fixture("tiny-llama"))).clone()
 }
 
-/// Last-position logits of `prompt` from a fresh session of `ctx_len` tokens.
+/// How much an f16 KV cache may add to the relative logit error of [`assert_reference_logits`]
+/// (the tiny fixture measured 2.3e-4: keys and values round to 11 significant bits).
+pub const KV_F16_RTOL: f32 = 1e-3;
+
+/// Last-position logits of `prompt` from a fresh session of `ctx_len` tokens (default KV type).
 pub fn last_logits(m: &Arc<Model>, prompt: &[u32], ctx_len: usize) -> Vec<f32> {
-    let mut s = Session::new(m.clone(), ctx_len).expect("session");
+    last_logits_kv(m, prompt, ctx_len, KvType::default())
+}
+
+/// [`last_logits`] with a KV cache of type `kv`.
+pub fn last_logits_kv(m: &Arc<Model>, prompt: &[u32], ctx_len: usize, kv: KvType) -> Vec<f32> {
+    let opts = SessionOptions {
+        ctx: ctx_len,
+        kv_type: kv,
+    };
+    let mut s = Session::with_options(m.clone(), opts).expect("session");
     s.prefill(prompt, 1).expect("prefill");
     s.last_logits().expect("last logits")
 }
@@ -52,17 +65,20 @@ pub fn greedy_by_prefill(m: &Arc<Model>, prompt: &[u32], n: usize, ctx_len: usiz
 }
 
 /// A reference prompt's `last_logits` against Fado's: max |g − w| ≤ rtol · max |w| (printing
-/// the measured ratio).
+/// the measured ratio) with an f32 KV cache, and within `rtol` or [`KV_F16_RTOL`], whichever is
+/// larger, with the default f16 one.
 pub fn assert_reference_logits(m: &Arc<Model>, prompt: &[u32], p: &Value, rtol: f32, what: &str) {
-    let got = last_logits(m, prompt, 128);
     let want = json_f32s(&p["last_logits"]);
     let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(&want)
-        .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
-    eprintln!("{what}: max |Δlogit| / max |logit| = {:.2e}", err / scale);
-    assert_close_rel_max(&format!("{what}: last logits"), &got, &want, rtol);
+    for (kv, tol) in [(KvType::F32, rtol), (KvType::F16, rtol.max(KV_F16_RTOL))] {
+        let got = last_logits_kv(m, prompt, 128, kv);
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+        eprintln!("{what} ({kv} KV): max |Δlogit| / max |logit| = {:.2e}", err / scale);
+        assert_close_rel_max(&format!("{what}: last logits, {kv} KV"), &got, &want, tol);
+    }
 }
 
 /// A reference prompt's `greedy_tokens`, compared up to and including the first step whose
