@@ -143,6 +143,17 @@ fn a_ctx_beyond_the_trained_context_warns() {
     assert!(!err.contains("beyond"), "{err}");
 }
 
+#[test]
+fn kv_type_takes_f16_or_f32_and_names_them_when_wrong() {
+    for kv in ["f16", "f32", "F32"] {
+        let (ok, err) = run(&["--kv-type", kv]);
+        assert!(ok, "--kv-type {kv}: {err}");
+    }
+    let (ok, err) = run(&["--kv-type", "q4"]);
+    assert!(!ok);
+    assert!(err.contains("`q4`") && err.contains("f16 or f32"), "{err}");
+}
+
 /// Every weight type `fado bench --synthetic` lists works on the small preset, whose rows of
 /// 576 are not whole K-quant blocks: those matrices fall back as `fado quantize` does, said in
 /// one line.

@@ -22,7 +22,8 @@ use crate::ops::{
     rope::RopeKv,
     swiglu::SwiGluCat,
     take_last_row::TakeLastRow,
-    topk::{LogSumExp, Penalize, TopK},
+    sample::Sample,
+    topk::{LogSumExp, Penalize, PenalizeHistory, TopK},
 };
 use crate::tensor::Tensor;
 
@@ -94,6 +95,15 @@ pub struct Head {
     pub penalize: Option<(Penalize, Tensor, Tensor)>,
     /// Also reduce the (penalized) logits to their log-sum-exp.
     pub logsumexp: bool,
+    /// The sampler's parameters (u32 `[16]`, [`crate::ops::sample::SamplerParams`]), read by
+    /// `penalize_history` and `sample`.
+    pub sampler: Option<Tensor>,
+    /// Apply penalties to the logits first, from the token history and the sampler's amounts
+    /// ([`PenalizeHistory`]).
+    pub penalize_history: bool,
+    /// Choose the next token from the top-k candidates ([`Sample`]) and write it into the
+    /// history at `pos + tokens`.
+    pub sample: bool,
 }
 
 /// Build the forward pass for `tokens` tokens starting at the position `pos` given at run time
@@ -185,6 +195,13 @@ pub fn forward_with(
         let pen_counts = g.external("penalty_counts", pen_counts);
         g.add0(op.clone(), &[logits, pen_ids, pen_counts])?;
     }
+    let sampler = head.sampler.as_ref().map(|t| g.external("sampler", t));
+    let need_sampler = || {
+        sampler.ok_or_else(|| Error::op("forward", "the head samples but has no sampler parameters"))
+    };
+    if head.penalize_history {
+        g.add0(PenalizeHistory, &[logits, need_sampler()?, ids])?;
+    }
     let topk = match head.topk {
         Some(k) => Some(g.add1(TopK { k }, &[logits])?),
         None => None,
@@ -194,6 +211,10 @@ pub fn forward_with(
     } else {
         None
     };
+    if head.sample {
+        let cands = topk.ok_or_else(|| Error::op("forward", "sampling needs the top-k"))?;
+        g.add0(Sample, &[cands, need_sampler()?, ids])?;
+    }
     Ok(Forward {
         graph: g,
         logits,

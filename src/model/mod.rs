@@ -20,7 +20,7 @@ use crate::tokenizer::Tokenizer;
 pub use crate::config::LlamaConfig;
 /// Per-dispatch timings of one step ([`StepGraph::profile`]).
 pub use crate::graph::Profile;
-pub use step::{KvType, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN, PREFILL_CHUNK};
+pub use step::{KvType, Penalty, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN, PREFILL_CHUNK};
 pub use weights::WeightPolicy;
 
 /// How to load a model.

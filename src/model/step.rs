@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Executable, Profile, TensorId};
+use crate::ops::sample::{SamplerParams, SAMPLER_PARAMS_WORDS};
 use crate::ops::topk::Penalize;
 use crate::ops::Step;
 use crate::tensor::{DType, Tensor, TensorDesc};
@@ -81,6 +82,7 @@ impl std::fmt::Display for KvType {
 pub struct Sequence {
     cache: KvCache,
     history: Tensor,
+    sampler: Tensor,
     pen_ids: Tensor,
     pen_counts: Tensor,
 }
@@ -163,7 +165,12 @@ impl Sequence {
                 v,
                 capacity: ctx,
             },
-            history: gpu.empty("history", TensorDesc::new(DType::U32, [ctx]))?,
+            // One row past the context: the step at the last position still samples a token.
+            history: gpu.empty("history", TensorDesc::new(DType::U32, [ctx + 1]))?,
+            sampler: gpu.empty(
+                "sampler",
+                TensorDesc::new(DType::U32, [SAMPLER_PARAMS_WORDS]),
+            )?,
             pen_ids: gpu.empty("penalty_ids", TensorDesc::new(DType::U32, [ctx]))?,
             pen_counts: gpu.empty("penalty_counts", TensorDesc::f32([ctx]))?,
         })
@@ -199,9 +206,17 @@ impl Sequence {
             .write(&self.history, (pos * 4) as u64, bytemuck::cast_slice(tokens))
     }
 
-    /// The token history buffer (u32 `[capacity]`).
+    /// The token history buffer (u32 `[capacity + 1]`).
     pub fn history(&self) -> &Tensor {
         &self.history
+    }
+
+    /// Write the parameters the sampling steps' head reads ([`StepSpec::sample`],
+    /// [`Penalty::History`]).
+    pub fn write_sampler(&self, model: &Model, p: &SamplerParams) -> Result<()> {
+        model
+            .ctx
+            .write(&self.sampler, 0, bytemuck::cast_slice(&p.words()))
     }
 
     /// Write the penalty window: `ids` and their `amounts`, both as long as the window the
@@ -219,8 +234,8 @@ impl Sequence {
     pub fn compile(&self, model: &Model, spec: StepSpec) -> Result<StepGraph> {
         // Presence and frequency penalties are folded into the per-step amounts (the op runs
         // with presence 0 and frequency 1), so requests differing only in those share a graph.
-        let penalize = spec.penalty.map(|(n, repeat_bits)| {
-            (
+        let penalize = match spec.penalty {
+            Some(Penalty::Window { n, repeat_bits }) => Some((
                 Penalize {
                     repeat: f32::from_bits(repeat_bits),
                     presence: 0.0,
@@ -234,12 +249,17 @@ impl Sequence {
                     desc: TensorDesc::f32([n]),
                     ..self.pen_counts.clone()
                 },
-            )
-        });
+            )),
+            _ => None,
+        };
+        let penalize_history = spec.penalty == Some(Penalty::History);
         let head = Head {
             topk: Some(spec.k),
             penalize,
             logsumexp: spec.logsumexp,
+            sampler: (spec.sample || penalize_history).then(|| self.sampler.clone()),
+            penalize_history,
+            sample: spec.sample,
         };
         let fwd = llama::forward_with(
             &model.config,
@@ -277,16 +297,49 @@ pub struct StepSpec {
     pub tokens: usize,
     /// Top-k candidates returned.
     pub k: usize,
-    /// Penalty window length and the repetition penalty's bits, when penalties run.
-    pub penalty: Option<(usize, u32)>,
+    /// Penalties applied to the logits before the top-k, when any.
+    pub penalty: Option<Penalty>,
     /// Also return the log-sum-exp of the logits (for log-probabilities).
     pub logsumexp: bool,
+    /// Choose the next token in the graph ([`crate::ops::sample::Sample`], parameters from
+    /// [`Sequence::write_sampler`]) and write it into the history at `pos + tokens`, where the
+    /// next step's embedding reads it: steps can then be queued without the host in between.
+    pub sample: bool,
+}
+
+/// Where a step's penalties come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Penalty {
+    /// A window the host writes before the step ([`Sequence::write_penalty_window`]): `n`
+    /// slots and the repetition penalty's bits.
+    Window {
+        /// Slots of the window.
+        n: usize,
+        /// `repeat_penalty.to_bits()`.
+        repeat_bits: u32,
+    },
+    /// The last tokens of the history on the GPU, with the amounts of the sampler parameters
+    /// (for steps queued before the host knows the tokens before them).
+    History,
 }
 
 impl StepSpec {
-    /// Whether this step's head is the plain top-k one (no penalties, no log-sum-exp).
+    /// A plain step of `tokens` tokens returning `k` candidates: no penalties, no
+    /// log-sum-exp, no sampler.
+    pub fn plain(tokens: usize, k: usize) -> Self {
+        StepSpec {
+            tokens,
+            k,
+            penalty: None,
+            logsumexp: false,
+            sample: false,
+        }
+    }
+
+    /// Whether this step's head is the plain top-k one (no penalties, no log-sum-exp, no
+    /// sampler).
     pub fn plain_head(&self) -> bool {
-        self.penalty.is_none() && !self.logsumexp
+        self.penalty.is_none() && !self.logsumexp && !self.sample
     }
 }
 
@@ -327,6 +380,28 @@ impl StepGraph {
                 .collect(),
             logsumexp,
         })
+    }
+
+    /// Queue one run of `tokens` tokens at `pos` followed by `copies` (see
+    /// [`Executable::submit_with_copies`]); nothing waits.
+    pub fn submit(
+        &self,
+        pos: usize,
+        tokens: usize,
+        copies: &[(&Tensor, u64, &wgpu::Buffer, u64, u64)],
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.exe
+            .submit_with_copies(Step::new(pos as u32, tokens as u32), copies)
+    }
+
+    /// The top-k output (u32 `[2k]`: ids, then logits as f32 bits).
+    pub fn topk_tensor(&self) -> &Tensor {
+        self.exe.tensor(self.topk)
+    }
+
+    /// The log-sum-exp output (f32 `[1]`), when the step computes it.
+    pub fn logsumexp_tensor(&self) -> Option<&Tensor> {
+        self.logsumexp.map(|l| self.exe.tensor(l))
     }
 
     /// Compute dispatches one run records.

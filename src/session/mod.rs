@@ -88,92 +88,6 @@ pub struct TokenLogprobs {
     pub top: Vec<(u32, f32)>,
 }
 
-/// Why a prompt cannot run: the checks every caller (CLI, server, library) gets from
-/// [`check_prompt`], so each says the same thing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PromptProblem {
-    /// No tokens at all.
-    Empty,
-    /// A token id the model's vocabulary does not have.
-    OutOfVocabulary {
-        /// The offending id.
-        id: u32,
-        /// The vocabulary size.
-        vocab: usize,
-    },
-    /// The prompt and what the session already holds exceed the context.
-    TooLong {
-        /// New tokens.
-        new: usize,
-        /// Tokens already in the session.
-        held: usize,
-        /// Context capacity.
-        capacity: usize,
-    },
-}
-
-impl fmt::Display for PromptProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            PromptProblem::Empty => f.write_str("the prompt is empty: nothing to generate from"),
-            PromptProblem::OutOfVocabulary { id, vocab } => {
-                write!(f, "token id {id} is outside the vocabulary (size {vocab})")
-            }
-            PromptProblem::TooLong {
-                new,
-                held: 0,
-                capacity,
-            } => write!(
-                f,
-                "the prompt is {new} tokens but the context holds {capacity}; shorten the \
-                 prompt or raise the context size (--ctx)"
-            ),
-            PromptProblem::TooLong {
-                new,
-                held,
-                capacity,
-            } => write!(
-                f,
-                "the prompt needs {} tokens of context ({new} new + {held} already in the \
-                 session) but the context holds {capacity}; shorten the prompt or raise the \
-                 context size (--ctx)",
-                new + held
-            ),
-        }
-    }
-}
-
-/// Check `tokens` as a prompt for a model of `vocab` tokens, appended to `held` tokens in a
-/// context of `capacity`: not empty, every id in the vocabulary, and room for all of them.
-pub fn check_prompt(
-    tokens: &[u32],
-    vocab: usize,
-    held: usize,
-    capacity: usize,
-) -> std::result::Result<(), PromptProblem> {
-    if tokens.is_empty() {
-        return Err(PromptProblem::Empty);
-    }
-    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(PromptProblem::OutOfVocabulary { id, vocab });
-    }
-    if held + tokens.len() > capacity {
-        return Err(PromptProblem::TooLong {
-            new: tokens.len(),
-            held,
-            capacity,
-        });
-    }
-    Ok(())
-}
-
-/// The most new tokens a prompt of `prompt_len` tokens leaves room for in a context of
-/// `capacity` (generation also stops there with `length`): every generated token but the
-/// last is written to the cache.
-pub fn room_for_generation(capacity: usize, prompt_len: usize) -> usize {
-    (capacity + 1).saturating_sub(prompt_len)
-}
-
 /// One sequence's generation state on the GPU: a KV cache of a fixed number of tokens, the
 /// tokens it holds, and the compiled graphs of the step shapes run so far (their number is
 /// bounded). Steps take `&mut self`, one at a time; several sequences need several sessions
@@ -186,6 +100,8 @@ pub struct Session {
     history: Vec<u32>,
     /// The graph that ran last (its logits can be read back).
     last: Option<StepSpec>,
+    /// Counters of pipelined decoding.
+    stats: DecodeStats,
 }
 
 /// How a [`Session`] is set up.
@@ -220,6 +136,7 @@ impl Session {
             graphs: HashMap::new(),
             history: Vec::new(),
             last: None,
+            stats: DecodeStats::default(),
             model,
         })
     }
@@ -333,8 +250,12 @@ impl Session {
         let spec = StepSpec {
             tokens: tokens.len(),
             k,
-            penalty: (n > 0).then(|| (n, params.repeat_penalty.to_bits())),
+            penalty: (n > 0).then(|| Penalty::Window {
+                n,
+                repeat_bits: params.repeat_penalty.to_bits(),
+            }),
             logsumexp,
+            sample: false,
         };
         self.seq.write_tokens(&self.model, pos, tokens)?;
         if n > 0 {
@@ -355,13 +276,11 @@ impl Session {
             .logits()
     }
 
-    /// Compute dispatches of one plain decode step (compiling its graph if needed).
+    /// Compute dispatches of one greedy pipelined decode step (compiling its graph if needed).
     pub fn decode_dispatches(&mut self) -> Result<usize> {
         let spec = StepSpec {
-            tokens: 1,
-            k: 1,
-            penalty: None,
-            logsumexp: false,
+            sample: true,
+            ..StepSpec::plain(1, 1)
         };
         Ok(self.graph(spec)?.num_dispatches())
     }
@@ -379,12 +298,7 @@ impl Session {
                 self.seq.capacity()
             )));
         }
-        let spec = StepSpec {
-            tokens: 1,
-            k: 1,
-            penalty: None,
-            logsumexp: false,
-        };
+        let spec = StepSpec::plain(1, 1);
         self.graph(spec)?.profile(pos)
     }
 
@@ -428,8 +342,9 @@ impl Session {
 
     /// [`Session::generate`], also reporting each token's log-probability and the
     /// `top_logprobs` (≤ [`MAX_TOP_LOGPROBS`]) most likely alternatives when `top_logprobs` is
-    /// given. The GPU computes the log-softmax normaliser; only the top candidates and one
-    /// float come back per step.
+    /// given. Steps are pipelined (see [`pipeline`]): the sampler runs on the GPU and the host
+    /// reads tokens back while later steps run; only the chosen token (and, for
+    /// log-probabilities, the top candidates and one float) comes back per step.
     pub fn generate_with_logprobs(
         &mut self,
         prompt: &[u32],
@@ -438,76 +353,19 @@ impl Session {
         top_logprobs: Option<usize>,
         on_token: &mut dyn FnMut(u32, Option<&TokenLogprobs>) -> bool,
     ) -> Result<Generation> {
-        params.validate().map_err(Error::Request)?;
-        if let Some(n) = top_logprobs {
-            if n > MAX_TOP_LOGPROBS {
-                return Err(Error::Request(format!(
-                    "top_logprobs = {n}: at most {MAX_TOP_LOGPROBS} are supported"
-                )));
-            }
-        }
-        let want_lp = top_logprobs.is_some();
-        // The candidates serve both sampling and the top log-probabilities.
-        let k = params.candidates().max(top_logprobs.unwrap_or(0)).max(1);
-        let mut rng = Rng::new(params.seed);
-        let t0 = Instant::now();
-        let mut out = self.prefill_with(prompt, k, params, want_lp)?;
-        self.model.ctx.sync()?;
-        let prefill_seconds = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let eos = self.model.config.eos_token_ids.clone();
-        let mut tokens = Vec::new();
-        let mut finish = FinishReason::Length;
-        while tokens.len() < max_tokens {
-            // Sampling sees only the candidates it asked for; extra ones are for top_logprobs.
-            let t = sample(&out.cands[..params.candidates().min(k)], params, &mut rng);
-            tokens.push(t);
-            if eos.contains(&t) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            let lp = match (top_logprobs, out.logsumexp) {
-                (Some(n), Some(lse)) => Some(token_logprobs(t, &out.cands, n, lse)),
-                _ => None,
-            };
-            if !on_token(t, lp.as_ref()) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if tokens.len() >= max_tokens {
-                break;
-            }
-            if self.history.len() >= self.seq.capacity() {
-                finish = FinishReason::Length;
-                break;
-            }
-            out = self.step(&[t], k, params, want_lp)?;
-        }
-        Ok(Generation {
-            tokens,
-            finish_reason: finish,
-            prompt_tokens: prompt.len(),
-            prefill_seconds,
-            decode_seconds: t1.elapsed().as_secs_f64(),
-        })
+        self.generate_pipelined(prompt, params, max_tokens, top_logprobs, on_token)
     }
 }
 
-/// Log-probabilities of `token` and of the `n` best candidates, given `lse = log Σ exp(logits)`.
-/// The sampled token is always among the candidates (it was sampled from them).
-fn token_logprobs(token: u32, cands: &[(u32, f32)], n: usize, lse: f32) -> TokenLogprobs {
-    let logprob = cands
-        .iter()
-        .find(|c| c.0 == token)
-        .map_or(f32::NEG_INFINITY, |c| c.1 - lse);
-    TokenLogprobs {
-        token,
-        logprob,
-        top: cands
-            .iter()
-            .filter(|c| c.0 != NO_TOKEN)
-            .take(n)
-            .map(|&(id, l)| (id, l - lse))
-            .collect(),
+/// The checks of a generation request's parameters, for both paths.
+fn check_request(params: &SamplingParams, top_logprobs: Option<usize>) -> Result<()> {
+    params.validate().map_err(Error::Request)?;
+    if let Some(n) = top_logprobs {
+        if n > MAX_TOP_LOGPROBS {
+            return Err(Error::Request(format!(
+                "top_logprobs = {n}: at most {MAX_TOP_LOGPROBS} are supported"
+            )));
+        }
     }
+    Ok(())
 }
