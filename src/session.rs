@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::model::{Model, Profile, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN};
-use crate::rng::Rng;
+use crate::rng::uniform_at;
 use crate::sampling::{sample, SamplingParams, MAX_TOP_LOGPROBS};
 
 pub use crate::model::PREFILL_CHUNK;
@@ -407,7 +407,6 @@ impl Session {
         let want_lp = top_logprobs.is_some();
         // The candidates serve both sampling and the top log-probabilities.
         let k = params.candidates().max(top_logprobs.unwrap_or(0)).max(1);
-        let mut rng = Rng::new(params.seed);
         let t0 = Instant::now();
         let mut out = self.prefill_with(prompt, k, params, want_lp)?;
         self.model.ctx.sync()?;
@@ -418,7 +417,8 @@ impl Session {
         let mut finish = FinishReason::Length;
         while tokens.len() < max_tokens {
             // Sampling sees only the candidates it asked for; extra ones are for top_logprobs.
-            let t = sample(&out.cands[..params.candidates().min(k)], params, &mut rng);
+            let u = uniform_at(params.seed, self.history.len() as u32); // this token's position
+            let t = sample(&out.cands[..params.candidates().min(k)], params, u);
             tokens.push(t);
             if eos.contains(&t) {
                 finish = FinishReason::Stop;
