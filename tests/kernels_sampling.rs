@@ -1,5 +1,5 @@
-//! Top-k/argmax, log-sum-exp, the logit penalties and the GPU sampler against their CPU
-//! references.
+//! Top-k/argmax, log-sum-exp, the logit penalties (from a host window and from the token
+//! history) and the GPU sampler against their CPU references.
 
 mod common;
 use common::*;
@@ -9,7 +9,10 @@ use std::sync::Arc;
 use fado::gpu::{GpuContext, GpuOptions};
 use fado::graph::Graph;
 use fado::ops::sample::{sample_cpu, Sample, SamplerParams, SAMPLER_PARAMS_WORDS};
-use fado::ops::topk::{logsumexp_cpu, penalize_cpu, topk_cpu, LogSumExp, Penalize, TopK, NO_TOKEN};
+use fado::ops::topk::{
+    logsumexp_cpu, penalize_cpu, penalize_history_cpu, topk_cpu, LogSumExp, Penalize,
+    PenalizeHistory, TopK, NO_TOKEN,
+};
 use fado::ops::{Op, Step};
 use fado::tensor::{DType, Tensor, TensorDesc};
 
@@ -383,7 +386,77 @@ fn sample_after_topk_in_one_graph_matches_reference() {
 }
 
 #[test]
-fn sample_rejects_bad_shapes() {
+fn penalize_history_matches_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(49);
+    let capacity = 300usize;
+    for &v in &[7usize, 1000, 4099] {
+        // Few distinct ids, so repeats are common; some past the vocabulary.
+        let history: Vec<u32> = (0..capacity)
+            .map(|_| match rng.below(10) {
+                0 => v as u32 + rng.below(5),
+                _ => rng.below(v.min(40) as u32),
+            })
+            .collect();
+        let mut logits = rng.vec(v, 5.0);
+        logits[0] = 0.0; // the l > 0 branch boundary
+        let lt = ctx.upload_f32("logits", &[1, v], &logits).unwrap();
+        let params = upload_u32(&ctx, "params", &[0; SAMPLER_PARAMS_WORDS]);
+        let ht = upload_u32(&ctx, "history", &history);
+        let mut g = Graph::new();
+        let ins = [
+            g.external("logits", &lt),
+            g.external("params", &params),
+            g.external("history", &ht),
+        ];
+        g.add0(PenalizeHistory, &ins)
+            .expect("penalize_history rejected valid inputs");
+        let exe = g.compile(&ctx, &[]).expect("compile");
+        // (window, kv_len): one token, long windows, a window longer than kv_len, an empty
+        // window, a full history and kv_len past the capacity (clamped).
+        let cases = [
+            (1u32, 1u32),
+            (1, 150),
+            (16, 150),
+            (64, 300),
+            (1000, 120),
+            (300, 300),
+            (5, 0),
+            (0, 100),
+            (50, 305),
+        ];
+        for (window, kv_len) in cases {
+            for (repeat, presence, frequency) in [(1.3f32, 0.4f32, 0.25f32), (0.8, -0.5, 1.5)] {
+                let sp = SamplerParams {
+                    repeat_penalty: repeat,
+                    presence,
+                    frequency,
+                    window,
+                    ..Default::default()
+                };
+                ctx.write(&params, 0, bytemuck::cast_slice(&sp.words()))
+                    .unwrap();
+                ctx.write(&lt, 0, bytemuck::cast_slice(&logits)).unwrap();
+                exe.run(step_at(kv_len)).expect("run");
+                let got = ctx.read_f32(&lt).unwrap();
+                let mut want = logits.clone();
+                penalize_history_cpu(&mut want, &history, kv_len, &sp);
+                let what = format!("v {v} window {window} kv_len {kv_len} {sp:?}");
+                assert_close(&what, &got, &want, 1e-6, 1e-6);
+                let end = (kv_len as usize).min(capacity);
+                let seen = &history[end - end.min(window as usize)..end];
+                for (i, (g, l)) in got.iter().zip(&logits).enumerate() {
+                    if !seen.contains(&(i as u32)) {
+                        assert_eq!(g.to_bits(), l.to_bits(), "{what}: logit {i} changed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sample_and_penalize_history_reject_bad_shapes() {
     let u32s = |n: usize| TensorDesc::new(DType::U32, [n]);
     let (c, p, h) = (u32s(8), u32s(SAMPLER_PARAMS_WORDS), u32s(10));
     assert!(Sample.infer(&[&c, &p, &h]).is_ok());
@@ -397,4 +470,19 @@ fn sample_rejects_bad_shapes() {
         let err = Sample.infer(&bad).unwrap_err().to_string();
         assert!(err.contains("sample") && err.contains(what), "{err}");
     }
+    let l = TensorDesc::f32([1, 100]);
+    assert!(PenalizeHistory.infer(&[&l, &p, &h]).is_ok());
+    let err = PenalizeHistory
+        .infer(&[&TensorDesc::f32([2, 100]), &p, &h])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("penalize_history") && err.contains("logits"),
+        "{err}"
+    );
+    let err = PenalizeHistory
+        .infer(&[&l, &p, &TensorDesc::f32([10])])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("history"), "{err}");
 }
