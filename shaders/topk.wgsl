@@ -16,6 +16,12 @@
 //   Dispatch (1, 1, 1).
 // Entry `penalize` (PENALIZE) — bindings 2 logits f32 [V] (in place); 3 ids u32 [P]; 4 counts
 //   f32 [P]. One thread per entry; id 0xFFFFFFFF (or ≥ V) is an unused slot. Ids must be distinct.
+// Entry `penalize_history` (PENALIZE_HISTORY) — bindings 2 logits f32 [V] (in place); 3 sp
+//   SamplerParams (u32 [16], src/ops/sample.rs); 4 history u32 [C] (C in p.n). The same rule as
+//   `penalize` for each distinct id of history[max(0, end − window) .. end), end = min(kv_len, C),
+//   with its count there; ids ≥ V are skipped. Dispatch (1, 1, 1): WG threads stride over the
+//   window (its length is a run-time value, the grid is static); the thread at the last
+//   occurrence of an id applies it, so each id is penalised once and no two threads write one logit.
 // Entry `logsumexp` (LOGSUMEXP) — bindings 2 logits f32 [V]; 3 out f32 [1] = log Σ exp(logits),
 //   NaN skipped, -inf when nothing but -inf/NaN, +inf when any logit is +inf. Dispatch (1, 1, 1).
 // Features: SUBGROUPS reduces each round with subgroupMax/Min, else through workgroup memory.
@@ -46,6 +52,47 @@ fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
     var l = logits[id];
     l = select(l * p.repeat, l / p.repeat, l > 0.0);
     logits[id] = l - (p.presence + p.frequency * counts[i]);
+}
+#else
+#if PENALIZE_HISTORY
+// Mirrors ops::sample::SamplerParams.
+struct SamplerParams {
+    temperature: f32, top_k: u32, top_p: f32, min_p: f32,
+    seed_lo: u32, seed_hi: u32, repeat_penalty: f32, presence: f32,
+    frequency: f32, window: u32, inv_temperature: f32, _r0: u32,
+    _r1: u32, _r2: u32, _r3: u32, _r4: u32,
+}
+
+@group(0) @binding(2) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(3) var<storage, read> sp: SamplerParams;
+@group(0) @binding(4) var<storage, read> history: array<u32>;
+
+@compute @workgroup_size({{WG}})
+fn penalize_history(@builtin(local_invocation_index) li: u32) {
+    let end = min(step.kv_len, p.n);
+    let start = end - min(end, sp.window);
+    for (var i = start + li; i < end; i += {{WG}}u) {
+        let id = history[i];
+        if (id >= p.v) {
+            continue;
+        }
+        var count = 0u;
+        var last = true;
+        for (var j = start; j < end; j++) {
+            if (history[j] == id) {
+                if (j > i) {
+                    last = false;
+                    break;
+                }
+                count += 1u;
+            }
+        }
+        if (last) {
+            var l = logits[id];
+            l = select(l * sp.repeat_penalty, l / sp.repeat_penalty, l > 0.0);
+            logits[id] = l - (sp.presence + sp.frequency * f32(count));
+        }
+    }
 }
 #else
 #if LOGSUMEXP
@@ -242,5 +289,6 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         workgroupBarrier();
     }
 }
+#endif
 #endif
 #endif

@@ -7,7 +7,7 @@
 
 #![warn(missing_docs)]
 
-use crate::rng::Rng;
+use crate::ops::sample::{choose, SamplerParams};
 
 /// The most candidates a decode step reads back.
 pub const MAX_CANDIDATES: usize = 64;
@@ -36,8 +36,12 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// The penalty window in tokens; 0 disables all three penalties.
     pub repeat_last_n: usize,
-    /// Seed of the sampler's [`Rng`], restarted at each generation: the same seed, parameters
-    /// and prompt give the same tokens on the same adapter. Unused when greedy.
+    /// Keep generating past end-of-sequence tokens (vLLM's `ignore_eos`): benchmarks and tests
+    /// that need a fixed number of tokens.
+    pub ignore_eos: bool,
+    /// Seed of the sampler: the token at position `p` is drawn with
+    /// [`crate::rng::uniform_at`]`(seed, p)`, so the same seed, parameters and prompt give the
+    /// same tokens on the same adapter. Unused when greedy.
     pub seed: u64,
 }
 
@@ -52,6 +56,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             repeat_last_n: 64,
+            ignore_eos: false,
             seed: 0,
         }
     }
@@ -115,68 +120,78 @@ impl SamplingParams {
     }
 }
 
-/// Pick a token from candidates sorted by logit, descending: the first one when greedy (or
-/// when there is only one), else a draw after top-k, temperature, min-p and top-p, in that
-/// order. Returns 0 when `cands` is empty.
-pub fn sample(cands: &[(u32, f32)], p: &SamplingParams, rng: &mut Rng) -> u32 {
-    if cands.is_empty() {
-        return 0;
-    }
-    if p.temperature <= 0.0 || cands.len() == 1 {
-        return cands[0].0;
-    }
-    let k = if p.top_k == 0 {
-        cands.len()
-    } else {
-        p.top_k.min(cands.len())
-    };
-    let cands = &cands[..k];
-    let max = cands[0].1;
-    let mut probs: Vec<f64> = cands
-        .iter()
-        .map(|(_, l)| (((l - max) / p.temperature) as f64).exp())
-        .collect();
-    let sum: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|x| *x /= sum);
-    // min-p: relative to the most likely token.
-    let mut keep = probs.len();
-    if p.min_p > 0.0 {
-        let thr = probs[0] * p.min_p as f64;
-        keep = probs.iter().take_while(|&&x| x >= thr).count().max(1);
-    }
-    // top-p: smallest prefix with mass ≥ top_p.
-    if p.top_p < 1.0 {
-        let mut acc = 0.0;
-        for (i, x) in probs[..keep].iter().enumerate() {
-            acc += x;
-            if acc >= p.top_p as f64 {
-                keep = i + 1;
-                break;
-            }
+/// Pick a token from candidates sorted by logit, descending (a [`crate::ops::topk::NO_TOKEN`] id ends the list):
+/// the first one when greedy (or when there is only one), else a draw after top-k,
+/// temperature, min-p and top-p, in that order, with `u` uniform in [0, 1). Returns 0 when
+/// `cands` is empty.
+///
+/// Callers pass `u = uniform_at(seed, position)`, `position` being the sequence position the
+/// chosen token will occupy: a token depends on (seed, position) and the candidates only, not
+/// on how many draws came before, so the GPU sampler (`ops::sample::Sample`) draws the same
+/// number without state. The same seed, parameters and prompt give the same tokens. (Before,
+/// draws came one after another from a seeded [`crate::rng::Rng`], so seeded outputs differ
+/// from those of earlier versions.) The arithmetic is `ops::sample::choose`, in f32: this
+/// function is the GPU kernel's reference, and the two agree token for token.
+pub fn sample(cands: &[(u32, f32)], p: &SamplingParams, u: f32) -> u32 {
+    choose(cands, &SamplerParams::from(p), u)
+}
+
+impl From<&SamplingParams> for SamplerParams {
+    /// The kernels' view of `p`. A temperature below the smallest normal f32 counts as 0
+    /// (greedy): GPUs may flush it to 0, and its reciprocal would overflow. The penalty window
+    /// is 0 unless [`SamplingParams::has_penalties`].
+    fn from(p: &SamplingParams) -> Self {
+        let temperature = if p.temperature >= f32::MIN_POSITIVE {
+            p.temperature
+        } else {
+            0.0
+        };
+        let inv_temperature = if temperature > 0.0 {
+            (1.0 / temperature).min(f32::MAX)
+        } else {
+            0.0
+        };
+        let window = if p.has_penalties() {
+            u32::try_from(p.repeat_last_n).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        SamplerParams {
+            temperature,
+            top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+            top_p: p.top_p,
+            min_p: p.min_p,
+            seed_lo: p.seed as u32,
+            seed_hi: (p.seed >> 32) as u32,
+            repeat_penalty: p.repeat_penalty,
+            presence: p.presence_penalty,
+            frequency: p.frequency_penalty,
+            window,
+            inv_temperature,
+            reserved: [0; 5],
         }
     }
-    let total: f64 = probs[..keep].iter().sum();
-    let mut r = rng.f32() as f64 * total;
-    for (i, x) in probs[..keep].iter().enumerate() {
-        r -= x;
-        if r <= 0.0 {
-            return cands[i].0;
-        }
-    }
-    cands[keep - 1].0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::uniform_at;
 
     fn c() -> Vec<(u32, f32)> {
         vec![(7, 5.0), (3, 4.0), (9, 1.0), (1, -3.0)]
     }
 
+    /// The tokens at positions `from .. from + n` for `seed`.
+    fn draws(p: &SamplingParams, seed: u64, from: u32, n: u32) -> Vec<u32> {
+        (from..from + n)
+            .map(|pos| sample(&c(), p, uniform_at(seed, pos)))
+            .collect()
+    }
+
     #[test]
     fn greedy_takes_the_first_candidate() {
-        assert_eq!(sample(&c(), &SamplingParams::greedy(), &mut Rng::new(1)), 7);
+        assert_eq!(sample(&c(), &SamplingParams::greedy(), 0.99), 7);
     }
 
     #[test]
@@ -188,19 +203,14 @@ mod tests {
             min_p: 0.0,
             ..Default::default()
         };
-        let a: Vec<u32> = {
-            let mut r = Rng::new(42);
-            (0..50).map(|_| sample(&c(), &p, &mut r)).collect()
-        };
-        let b: Vec<u32> = {
-            let mut r = Rng::new(42);
-            (0..50).map(|_| sample(&c(), &p, &mut r)).collect()
-        };
-        assert_eq!(a, b);
+        let a = draws(&p, 42, 0, 50);
+        assert_eq!(a, draws(&p, 42, 0, 50));
+        assert_ne!(a, draws(&p, 43, 0, 50), "another seed, other tokens");
+        // A token depends on (seed, position) only: starting later gives the same tail.
+        assert_eq!(a[20..], draws(&p, 42, 20, 30));
         assert!(a.iter().any(|&t| t != 7), "temperature 1.5 should explore");
         let p1 = SamplingParams { top_k: 1, ..p };
-        let mut r = Rng::new(3);
-        assert!((0..20).all(|_| sample(&c(), &p1, &mut r) == 7));
+        assert!(draws(&p1, 3, 0, 20).iter().all(|&t| t == 7));
     }
 
     #[test]
@@ -212,17 +222,63 @@ mod tests {
             min_p: 0.0,
             ..Default::default()
         };
-        let mut r = Rng::new(9);
         // p(7) = e^5/(e^5+e^4+e^1+e^-3) ≈ 0.72 ≥ 0.5: only token 7 survives.
-        assert!((0..50).all(|_| sample(&c(), &p, &mut r) == 7));
+        assert!(draws(&p, 9, 0, 50).iter().all(|&t| t == 7));
         let p = SamplingParams {
             top_p: 1.0,
             min_p: 0.2,
             ..p
         };
         // p(3)/p(7) = e^-1 ≈ 0.37 ≥ 0.2 survives; p(9)/p(7) = e^-4 does not.
-        let picks: Vec<u32> = (0..200).map(|_| sample(&c(), &p, &mut r)).collect();
+        let picks = draws(&p, 9, 0, 200);
         assert!(picks.contains(&3) && !picks.contains(&9) && !picks.contains(&1));
+    }
+
+    #[test]
+    fn frequencies_follow_the_probabilities() {
+        // Temperature 2 over logits 5, 4, 1, -3: p ∝ e^(l/2).
+        let p = SamplingParams {
+            temperature: 2.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
+        let n = 20_000;
+        let picks = draws(&p, 5, 0, n);
+        let w: Vec<f64> = c().iter().map(|x| (x.1 as f64 / 2.0).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        for (i, (id, _)) in c().iter().enumerate() {
+            let f = picks.iter().filter(|&&t| t == *id).count() as f64 / n as f64;
+            let want = w[i] / sum;
+            let sd = (want * (1.0 - want) / n as f64).sqrt();
+            assert!(
+                (f - want).abs() < 5.0 * sd + 1e-9,
+                "token {id}: {f} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn sampler_params_carry_the_settings() {
+        let p = SamplingParams {
+            temperature: 0.5,
+            top_k: 7,
+            seed: 0x1234_5678_9abc_def0,
+            repeat_penalty: 1.1,
+            repeat_last_n: 32,
+            ..Default::default()
+        };
+        let s = SamplerParams::from(&p);
+        assert_eq!((s.inv_temperature, s.top_k, s.window), (2.0, 7, 32));
+        assert_eq!(s.seed(), p.seed);
+        // No active penalty: no window; a denormal temperature is greedy.
+        let q = SamplingParams {
+            temperature: 1e-40,
+            ..Default::default()
+        };
+        let s = SamplerParams::from(&q);
+        assert_eq!((s.temperature, s.inv_temperature, s.window), (0.0, 0.0, 0));
     }
 
     #[test]

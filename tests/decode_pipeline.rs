@@ -101,7 +101,10 @@ fn pipelined_tokens_equal_step_by_step_on_every_kernel_style() {
         assert_eq!(la.len(), 12);
         for (x, y) in la.iter().zip(&lb) {
             assert_eq!((x.token, x.top.len()), (y.token, y.top.len()));
-            assert!((x.logprob - y.logprob).abs() < 1e-5, "{label}: {x:?} vs {y:?}");
+            assert!(
+                (x.logprob - y.logprob).abs() < 1e-5,
+                "{label}: {x:?} vs {y:?}"
+            );
         }
     }
 }
@@ -152,7 +155,10 @@ fn smollm2_gpu_style_pipeline_dispatches_and_host_waits() {
     let tokens = (st.tokens - before.tokens) as f64;
     let idle = (st.idle_waits - before.idle_waits) as f64;
     eprintln!("{st:?}");
-    assert!(idle / tokens <= 0.05, "{idle} idle waits for {tokens} tokens");
+    assert!(
+        idle / tokens <= 0.05,
+        "{idle} idle waits for {tokens} tokens"
+    );
     let layers = m.config.num_hidden_layers;
     let d = s.decode_dispatches().unwrap();
     eprintln!("{d} dispatches per token, {layers} layers");

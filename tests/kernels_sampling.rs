@@ -1,4 +1,5 @@
-//! Top-k/argmax, log-sum-exp and the logit penalties against their CPU references.
+//! Top-k/argmax, log-sum-exp, the logit penalties (from a host window and from the token
+//! history) and the GPU sampler against their CPU references.
 
 mod common;
 use common::*;
@@ -7,9 +8,13 @@ use std::sync::Arc;
 
 use fado::gpu::{GpuContext, GpuOptions};
 use fado::graph::Graph;
-use fado::ops::topk::{logsumexp_cpu, penalize_cpu, topk_cpu, LogSumExp, Penalize, TopK, NO_TOKEN};
-use fado::ops::Step;
-use fado::tensor::{DType, TensorDesc};
+use fado::ops::sample::{sample_cpu, Sample, SamplerParams, SAMPLER_PARAMS_WORDS};
+use fado::ops::topk::{
+    logsumexp_cpu, penalize_cpu, penalize_history_cpu, topk_cpu, LogSumExp, Penalize,
+    PenalizeHistory, TopK, NO_TOKEN,
+};
+use fado::ops::{Op, Step};
+use fado::tensor::{DType, Tensor, TensorDesc};
 
 /// Run TopK on `ctx`, output poisoned first; returns (ids, values).
 fn gpu_topk(ctx: &Arc<GpuContext>, logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
@@ -115,7 +120,6 @@ fn topk_pads_when_k_exceeds_the_candidates() {
 
 #[test]
 fn topk_rejects_bad_k_and_shapes() {
-    use fado::ops::Op;
     let l = TensorDesc::f32([1, 100]);
     assert!(TopK { k: 0 }.infer(&[&l]).is_err());
     let err = TopK { k: 65 }.infer(&[&l]).unwrap_err().to_string();
@@ -217,4 +221,268 @@ fn logsumexp_matches_reference_on_ragged_vocabularies_with_nan_and_infinities() 
     // log(600 · e) for 600 equal logits of 1.
     let got = edge(vec![1.0; 600]);
     assert!((got - (1.0 + 600f32.ln())).abs() < 1e-5, "{got}");
+}
+
+fn upload_u32(ctx: &Arc<GpuContext>, name: &str, words: &[u32]) -> Tensor {
+    ctx.upload(
+        name,
+        TensorDesc::new(DType::U32, [words.len()]),
+        bytemuck::cast_slice(words),
+    )
+    .expect("upload")
+}
+
+fn read_u32(ctx: &Arc<GpuContext>, t: &Tensor) -> Vec<u32> {
+    let bytes = ctx.read_bytes(t, 0, t.size_bytes()).expect("read");
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+/// The step whose last token sits at `kv_len − 1`: `kv_len` is what Sample and
+/// PenalizeHistory read.
+fn step_at(kv_len: u32) -> Step {
+    Step {
+        pos: kv_len.saturating_sub(1),
+        kv_len,
+        _pad: [0; 2],
+    }
+}
+
+/// A TopK-style candidate list of `k` slots: `valid` distinct ids with logits descending
+/// (on a coarse grid when `tied`), then padding (NO_TOKEN, -inf).
+fn candidate_words(rng: &mut Rng, k: usize, valid: usize, tied: bool) -> Vec<u32> {
+    let mut ids: Vec<u32> = Vec::new();
+    while ids.len() < valid {
+        let id = rng.below(100_000);
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let mut logits: Vec<f32> = (0..valid)
+        .map(|_| {
+            let x = rng.uniform(-4.0, 4.0);
+            if tied {
+                (x * 2.0).round() / 2.0
+            } else {
+                x
+            }
+        })
+        .collect();
+    logits.sort_by(|a, b| b.total_cmp(a));
+    ids.resize(k, NO_TOKEN);
+    logits.resize(k, f32::NEG_INFINITY);
+    ids.extend(logits.iter().map(|l| l.to_bits()));
+    ids
+}
+
+fn sampler(temperature: f32, top_k: u32, top_p: f32, min_p: f32, seed: u64) -> SamplerParams {
+    SamplerParams {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        seed_lo: seed as u32,
+        seed_hi: (seed >> 32) as u32,
+        inv_temperature: if temperature > 0.0 {
+            1.0 / temperature
+        } else {
+            0.0
+        },
+        repeat_penalty: 1.0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sample_matches_reference_on_ragged_candidate_lists() {
+    let ctx = ctx();
+    let mut rng = Rng::new(47);
+    let capacity = 40u32;
+    // (temperature, top_k, top_p, min_p): greedy, plain, the defaults, and mixed cuts.
+    let settings = [
+        (0.0f32, 0u32, 1.0f32, 0.0f32),
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 40, 0.95, 0.05),
+        (1.5, 5, 1.0, 0.0),
+        (0.3, 0, 0.9, 0.0),
+        (4.0, 0, 0.5, 0.1),
+        (1.0, 1, 1.0, 0.0),
+        (2.0, 17, 0.8, 0.3),
+        (3.0, 0, 1.0, 0.01),
+    ];
+    let (mut runs, mut explored) = (0, 0);
+    for k in [1usize, 3, 17, 40, 64] {
+        let cands = upload_u32(&ctx, "cands", &vec![0; 2 * k]);
+        let params = upload_u32(&ctx, "params", &[0; SAMPLER_PARAMS_WORDS]);
+        let history = upload_u32(&ctx, "history", &vec![0; capacity as usize]);
+        let mut g = Graph::new();
+        let ins = [
+            g.external("cands", &cands),
+            g.external("params", &params),
+            g.external("history", &history),
+        ];
+        g.add0(Sample, &ins).expect("sample rejected valid inputs");
+        let exe = g.compile(&ctx, &[]).expect("compile");
+        for list in 0..3 {
+            let valid = if list == 2 { (k * 2 / 3).max(1) } else { k };
+            let words = candidate_words(&mut rng, k, valid, list == 1);
+            ctx.write(&cands, 0, bytemuck::cast_slice(&words)).unwrap();
+            for &(t, top_k, top_p, min_p) in &settings {
+                let sp = sampler(t, top_k, top_p, min_p, rng.next_u64());
+                ctx.write(&params, 0, bytemuck::cast_slice(&sp.words()))
+                    .unwrap();
+                for kv_len in [0u32, 1, 7, 38, 39, capacity] {
+                    ctx.poison(&history).unwrap();
+                    let before = read_u32(&ctx, &history);
+                    exe.run(step_at(kv_len)).expect("run");
+                    let got = read_u32(&ctx, &history);
+                    let what = format!("k {k} list {list} {sp:?} kv_len {kv_len}");
+                    let mut want = before.clone();
+                    if kv_len < capacity {
+                        want[kv_len as usize] = sample_cpu(&words, &sp, kv_len);
+                        runs += 1;
+                        explored += (want[kv_len as usize] != words[0]) as usize;
+                    }
+                    assert_eq!(got, want, "{what}");
+                }
+            }
+        }
+    }
+    // The draws reached past the first candidate often enough to test the cuts and the draw.
+    assert!(
+        explored * 4 > runs,
+        "{explored} of {runs} draws left the best"
+    );
+}
+
+#[test]
+fn sample_after_topk_in_one_graph_matches_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(48);
+    let v = 5003;
+    let k = 40;
+    let logits = rng.vec(v, 3.0);
+    let lt = ctx.upload_f32("logits", &[1, v], &logits).unwrap();
+    let sp = sampler(1.2, 0, 0.95, 0.02, 77);
+    let params = upload_u32(&ctx, "params", &sp.words());
+    let history = upload_u32(&ctx, "history", &[0; 16]);
+    let mut g = Graph::new();
+    let l = g.external("logits", &lt);
+    let c = g.add1(TopK { k }, &[l]).unwrap();
+    let ins = [
+        c,
+        g.external("params", &params),
+        g.external("history", &history),
+    ];
+    g.add0(Sample, &ins).unwrap();
+    let exe = g.compile(&ctx, &[]).expect("compile");
+    let (ids, vals) = topk_cpu(&logits, k);
+    let mut words = ids;
+    words.extend(vals.iter().map(|x| x.to_bits()));
+    for kv_len in 0..16 {
+        exe.run(step_at(kv_len)).expect("run");
+    }
+    let want: Vec<u32> = (0..16).map(|p| sample_cpu(&words, &sp, p)).collect();
+    assert_eq!(read_u32(&ctx, &history), want);
+}
+
+#[test]
+fn penalize_history_matches_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(49);
+    let capacity = 300usize;
+    for &v in &[7usize, 1000, 4099] {
+        // Few distinct ids, so repeats are common; some past the vocabulary.
+        let history: Vec<u32> = (0..capacity)
+            .map(|_| match rng.below(10) {
+                0 => v as u32 + rng.below(5),
+                _ => rng.below(v.min(40) as u32),
+            })
+            .collect();
+        let mut logits = rng.vec(v, 5.0);
+        logits[0] = 0.0; // the l > 0 branch boundary
+        let lt = ctx.upload_f32("logits", &[1, v], &logits).unwrap();
+        let params = upload_u32(&ctx, "params", &[0; SAMPLER_PARAMS_WORDS]);
+        let ht = upload_u32(&ctx, "history", &history);
+        let mut g = Graph::new();
+        let ins = [
+            g.external("logits", &lt),
+            g.external("params", &params),
+            g.external("history", &ht),
+        ];
+        g.add0(PenalizeHistory, &ins)
+            .expect("penalize_history rejected valid inputs");
+        let exe = g.compile(&ctx, &[]).expect("compile");
+        // (window, kv_len): one token, long windows, a window longer than kv_len, an empty
+        // window, a full history and kv_len past the capacity (clamped).
+        let cases = [
+            (1u32, 1u32),
+            (1, 150),
+            (16, 150),
+            (64, 300),
+            (1000, 120),
+            (300, 300),
+            (5, 0),
+            (0, 100),
+            (50, 305),
+        ];
+        for (window, kv_len) in cases {
+            for (repeat, presence, frequency) in [(1.3f32, 0.4f32, 0.25f32), (0.8, -0.5, 1.5)] {
+                let sp = SamplerParams {
+                    repeat_penalty: repeat,
+                    presence,
+                    frequency,
+                    window,
+                    ..Default::default()
+                };
+                ctx.write(&params, 0, bytemuck::cast_slice(&sp.words()))
+                    .unwrap();
+                ctx.write(&lt, 0, bytemuck::cast_slice(&logits)).unwrap();
+                exe.run(step_at(kv_len)).expect("run");
+                let got = ctx.read_f32(&lt).unwrap();
+                let mut want = logits.clone();
+                penalize_history_cpu(&mut want, &history, kv_len, &sp);
+                let what = format!("v {v} window {window} kv_len {kv_len} {sp:?}");
+                assert_close(&what, &got, &want, 1e-6, 1e-6);
+                let end = (kv_len as usize).min(capacity);
+                let seen = &history[end - end.min(window as usize)..end];
+                for (i, (g, l)) in got.iter().zip(&logits).enumerate() {
+                    if !seen.contains(&(i as u32)) {
+                        assert_eq!(g.to_bits(), l.to_bits(), "{what}: logit {i} changed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sample_and_penalize_history_reject_bad_shapes() {
+    let u32s = |n: usize| TensorDesc::new(DType::U32, [n]);
+    let (c, p, h) = (u32s(8), u32s(SAMPLER_PARAMS_WORDS), u32s(10));
+    assert!(Sample.infer(&[&c, &p, &h]).is_ok());
+    for (bad, what) in [
+        ([&u32s(7), &p, &h], "candidates"),
+        ([&u32s(130), &p, &h], "candidates"),
+        ([&c, &u32s(15), &h], "sampler params"),
+        ([&c, &p, &u32s(0)], "history"),
+        ([&c, &TensorDesc::f32([16]), &h], "sampler params"),
+    ] {
+        let err = Sample.infer(&bad).unwrap_err().to_string();
+        assert!(err.contains("sample") && err.contains(what), "{err}");
+    }
+    let l = TensorDesc::f32([1, 100]);
+    assert!(PenalizeHistory.infer(&[&l, &p, &h]).is_ok());
+    let err = PenalizeHistory
+        .infer(&[&TensorDesc::f32([2, 100]), &p, &h])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("penalize_history") && err.contains("logits"),
+        "{err}"
+    );
+    let err = PenalizeHistory
+        .infer(&[&l, &p, &TensorDesc::f32([10])])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("history"), "{err}");
 }

@@ -20,9 +20,9 @@ use crate::ops::{
     matmul::norm::NormMatmul,
     rmsnorm::RmsNorm,
     rope::RopeKv,
+    sample::Sample,
     swiglu::SwiGluCat,
     take_last_row::TakeLastRow,
-    sample::Sample,
     topk::{LogSumExp, Penalize, PenalizeHistory, TopK},
 };
 use crate::tensor::Tensor;
@@ -197,7 +197,8 @@ pub fn forward_with(
     }
     let sampler = head.sampler.as_ref().map(|t| g.external("sampler", t));
     let need_sampler = || {
-        sampler.ok_or_else(|| Error::op("forward", "the head samples but has no sampler parameters"))
+        sampler
+            .ok_or_else(|| Error::op("forward", "the head samples but has no sampler parameters"))
     };
     if head.penalize_history {
         g.add0(PenalizeHistory, &[logits, need_sampler()?, ids])?;

@@ -201,9 +201,11 @@ impl Sequence {
                 self.capacity()
             )));
         }
-        model
-            .ctx
-            .write(&self.history, (pos * 4) as u64, bytemuck::cast_slice(tokens))
+        model.ctx.write(
+            &self.history,
+            (pos * 4) as u64,
+            bytemuck::cast_slice(tokens),
+        )
     }
 
     /// The token history buffer (u32 `[capacity + 1]`).

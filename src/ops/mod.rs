@@ -21,6 +21,7 @@ pub mod fill;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod swiglu;
 pub mod take_last_row;
 pub mod topk;

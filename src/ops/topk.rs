@@ -10,11 +10,15 @@
 //! [`Penalize`]: repetition, presence and frequency penalties applied in place to the logits
 //! of listed token ids.
 //!
+//! [`PenalizeHistory`]: the same penalties for the distinct tokens of the last `window` tokens
+//! of the token history, read on the GPU (no per-step window from the host).
+//!
 //! [`LogSumExp`]: logits f32 `[1, V]` → f32 `[1]`, `log Σ exp(l)`: with it the log-probability of
 //! any returned candidate is `logit − lse`, so log-probs need 4 more bytes of readback, not `4V`.
 
 #![warn(missing_docs)]
 
+use super::sample::{expect_history, expect_params, SamplerParams};
 use super::{expect_dtype, expect_inputs, expect_rank, fbits, grid_2d, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
@@ -217,6 +221,63 @@ pub fn penalize_cpu(
             *l = x - (presence + frequency * c);
         }
     }
+}
+
+/// [`Penalize`] with its window taken from the token history on the GPU: inputs (0) logits f32
+/// `[1, V]` (in place), (1) [`SamplerParams`] u32 `[16]` (`repeat_penalty`, `presence`,
+/// `frequency`, `window`), (2) history u32 `[capacity]`. Each distinct id among
+/// `history[max(0, end − window) .. end]`, `end = min(Step::kv_len, capacity)` (the window ends
+/// at the token just run), is penalised once with its count in the window; ids ≥ V are
+/// ignored. No outputs. One workgroup whose threads stride over the window.
+#[derive(Clone, Debug)]
+pub struct PenalizeHistory;
+
+impl Op for PenalizeHistory {
+    fn name(&self) -> &'static str {
+        "penalize_history"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let name = self.name();
+        expect_inputs(name, inputs, 3)?;
+        vocab(name, inputs[0])?;
+        expect_params(name, inputs[1])?;
+        expect_history(name, inputs[2])?;
+        Ok(Vec::new())
+    }
+
+    fn kernels(&self, _caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let v = vocab(self.name(), inputs[0])? as u32;
+        let capacity = inputs[2].numel() as u32;
+        Ok(vec![KernelCall::new("topk.wgsl", "penalize_history")
+            .define("PENALIZE_HISTORY", 1)
+            .define("WG", WORKGROUP)
+            .params(&[v, capacity, 0, 0, 0, 0, 0, 0])
+            .args(&[Arg::InOut(0), Arg::In(1), Arg::In(2)])
+            .workgroups(1, 1, 1)])
+    }
+}
+
+/// CPU reference of [`PenalizeHistory`]: the window's distinct ids and counts (as the session
+/// computes its penalty window), then [`penalize_cpu`].
+pub fn penalize_history_cpu(logits: &mut [f32], history: &[u32], kv_len: u32, p: &SamplerParams) {
+    let end = (kv_len as usize).min(history.len());
+    let start = end - end.min(p.window as usize);
+    let mut window = history[start..end].to_vec();
+    window.sort_unstable();
+    let (mut ids, mut counts) = (Vec::new(), Vec::new());
+    for run in window.chunk_by(|a, b| a == b) {
+        ids.push(run[0]);
+        counts.push(run.len() as f32);
+    }
+    penalize_cpu(
+        logits,
+        &ids,
+        &counts,
+        p.repeat_penalty,
+        p.presence,
+        p.frequency,
+    );
 }
 
 /// `log Σ_i exp(logits[i])` over one row, NaN skipped; `-inf` when no finite-or-`-inf` logit

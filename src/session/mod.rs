@@ -1,24 +1,29 @@
 //! A generation session: one sequence's KV cache plus the compiled prefill and decode graphs.
 //!
 //! The session keeps the tokens already in its cache, so a chat turn only prefills what is
-//! new. A decode step writes the token id and the step uniform (and, with penalties, the
-//! penalty window: the distinct ids among the last `repeat_last_n` tokens), submits one command
-//! buffer and reads back the top-k candidates (and, when log-probabilities are asked for, the
-//! log-sum-exp of the logits).
+//! new. Generation is pipelined ([`pipeline`]): the sampler runs in the graph and writes each
+//! token where the next step reads it, so steps are queued ahead of the host. The step-by-step
+//! path ([`Session::generate_step_by_step`], and [`Session::prefill`]) reads back the top-k
+//! candidates of each step (and, for log-probabilities, the log-sum-exp) and samples on the
+//! CPU; it is the reference the pipeline is tested against.
 
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::model::{Model, Profile, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN};
+use crate::model::{Model, Penalty, Profile, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN};
+use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
 
 pub use crate::model::KvType;
-use crate::rng::Rng;
-use crate::sampling::{sample, SamplingParams, MAX_TOP_LOGPROBS};
+
+mod pipeline;
+mod prompt;
+mod stepwise;
+
+pub use pipeline::{DecodeStats, DEPTH};
+pub use prompt::{check_prompt, room_for_generation, PromptProblem};
 
 pub use crate::model::PREFILL_CHUNK;
 

@@ -84,9 +84,11 @@ impl Readback {
     /// Start mapping slot `i` (after the submission that fills it).
     fn map(&mut self, i: usize) {
         let (tx, rx) = mpsc::channel();
-        self.slots[i].buf.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        self.slots[i]
+            .buf
+            .map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
         self.slots[i].mapped = Some(rx);
     }
 
@@ -154,7 +156,10 @@ impl Session {
         if rb.logprobs {
             copies.push((g.topk_tensor(), 0, buf, 4, 8 * k));
             let lse = g.logsumexp_tensor().ok_or_else(|| {
-                Error::op("generate", "log-probabilities asked of a graph without them")
+                Error::op(
+                    "generate",
+                    "log-probabilities asked of a graph without them",
+                )
             })?;
             copies.push((lse, 0, buf, 4 + 8 * k, 4));
         }

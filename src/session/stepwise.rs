@@ -71,11 +71,15 @@ impl Session {
         })
     }
 }
-}
 
 /// Log-probabilities of `token` and of the `n` best candidates, given `lse = log Σ exp(logits)`.
 /// The sampled token is always among the candidates (it was sampled from them).
-pub(super) fn token_logprobs(token: u32, cands: &[(u32, f32)], n: usize, lse: f32) -> TokenLogprobs {
+pub(super) fn token_logprobs(
+    token: u32,
+    cands: &[(u32, f32)],
+    n: usize,
+    lse: f32,
+) -> TokenLogprobs {
     let logprob = cands
         .iter()
         .find(|c| c.0 == token)

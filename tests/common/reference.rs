@@ -76,7 +76,10 @@ pub fn assert_reference_logits(m: &Arc<Model>, prompt: &[u32], p: &Value, rtol: 
             .iter()
             .zip(&want)
             .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
-        eprintln!("{what} ({kv} KV): max |Δlogit| / max |logit| = {:.2e}", err / scale);
+        eprintln!(
+            "{what} ({kv} KV): max |Δlogit| / max |logit| = {:.2e}",
+            err / scale
+        );
         assert_close_rel_max(&format!("{what}: last logits, {kv} KV"), &got, &want, tol);
     }
 }
