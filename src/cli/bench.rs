@@ -7,6 +7,7 @@ use clap::Args;
 use fado::gpu::{GpuContext, GpuOptions};
 use fado::model::{synthetic, Model};
 use fado::rng::Rng;
+use fado::sampling::SamplingParams;
 use fado::session::{Session, SessionOptions};
 use fado::tensor::DType;
 use fado::{Error, Result};
@@ -152,27 +153,45 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     // Warm-up: builds the graphs (pipelines, bind groups) outside the timed region.
     bar.set_message("warm-up (compiling)");
     session.prefill(&prompt, 1)?;
-    session.prefill(&[1], 1)?;
+    let warm = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    session.generate(&[1], &warm, 2, &mut |_| true)?;
     model.ctx.sync()?;
     bar.inc(per_rep);
 
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    let mut stats = Vec::new();
+    // tg runs the pipelined generation (the sampler in the graph, steps queued ahead), greedy
+    // and past any EOS, so every repetition decodes exactly `tg` tokens.
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
     for r in 0..a.reps {
         session.reset();
         bar.set_message(format!("pp{} rep {}/{}", a.pp, r + 1, a.reps));
         let t0 = Instant::now();
-        let mut c = session.prefill(&prompt, 1)?;
+        let c = session.prefill(&prompt, 1)?;
         model.ctx.sync()?;
         pp.push(a.pp as f64 / t0.elapsed().as_secs_f64());
         bar.inc(a.pp as u64);
         bar.set_message(format!("tg{} rep {}/{}", a.tg, r + 1, a.reps));
-        let t1 = Instant::now();
-        for _ in 0..a.tg {
-            c = session.prefill(&[c[0].0.min(vocab - 1)], 1)?;
+        let before = session.decode_stats();
+        let first = c.first().map_or(0, |c| c.0.min(vocab - 1));
+        let g = session.generate(&[first], &params, a.tg + 1, &mut |_| {
             bar.inc(1);
-        }
-        tg.push(a.tg as f64 / t1.elapsed().as_secs_f64());
+            true
+        })?;
+        tg.push(g.decode_tokens_per_s());
+        let after = session.decode_stats();
+        stats.push((
+            after.tokens - before.tokens,
+            after.syncs - before.syncs,
+            after.idle_waits - before.idle_waits,
+        ));
     }
     bar.finish_and_clear();
     let (ppm, pps) = mean_std(&pp);
@@ -186,6 +205,13 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     let bpt = weight_bpt + kv_bpt;
     let gbps = bpt as f64 * tgm / 1e9;
     let dispatches = session.decode_dispatches()?;
+    // Per generated token, over every repetition: blocking waits that left the GPU without
+    // a queued step (the pipeline's point is to make none), and all blocking waits.
+    let (tokens, syncs, idle) = stats
+        .iter()
+        .fold((0, 0, 0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2));
+    let host_waits = idle as f64 / tokens.max(1) as f64;
+    let host_syncs = syncs as f64 / tokens.max(1) as f64;
     if a.json {
         let v = serde_json::json!({
             "model": model.name,
@@ -197,6 +223,9 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
             "kv_type": a.model.kv_type.name(),
             "kv_bytes": kv_bytes,
             "dispatches_per_token": dispatches,
+            "host_waits_per_token": host_waits,
+            "host_syncs_per_token": host_syncs,
+            "pipeline_depth": fado::session::DEPTH,
             "prompt_tokens": a.pp,
             "gen_tokens": a.tg,
             "reps": a.reps,
@@ -222,6 +251,11 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         println!("| pp{:<4} | {:>7.1} ± {:<4.1} |", a.pp, ppm, pps);
         println!("| tg{:<4} | {:>7.1} ± {:<4.1} |", a.tg, tgm, tgs);
         println!("effective bandwidth in tg: {gbps:.1} GB/s");
+        println!(
+            "tg host waits per token: {host_waits:.3} leaving the GPU idle, {host_syncs:.3} in \
+             all ({} steps in flight)",
+            fado::session::DEPTH
+        );
     }
     if a.profile {
         print_profile(&session.profile_decode()?);
