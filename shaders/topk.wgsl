@@ -55,13 +55,7 @@ fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 #else
 #if PENALIZE_HISTORY
-// Mirrors ops::sample::SamplerParams.
-struct SamplerParams {
-    temperature: f32, top_k: u32, top_p: f32, min_p: f32,
-    seed_lo: u32, seed_hi: u32, repeat_penalty: f32, presence: f32,
-    frequency: f32, window: u32, inv_temperature: f32, _r0: u32,
-    _r1: u32, _r2: u32, _r3: u32, _r4: u32,
-}
+#include "sampler_params.wgsl"
 
 @group(0) @binding(2) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> sp: SamplerParams;
@@ -146,6 +140,15 @@ const ITEMS: u32 = {{ITEMS}}u;
 #if FINAL
 @group(0) @binding(2) var<storage, read_write> cand: array<vec2<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
+#if SAMPLE
+// The sampler on the merged candidates (ops::sample::TopKSample): one dispatch fewer per step.
+#include "sampler_params.wgsl"
+@group(0) @binding(4) var<storage, read> sp: SamplerParams;
+@group(0) @binding(5) var<storage, read_write> history: array<u32>;
+fn cand_count() -> u32 { return K; }
+fn cand_word(i: u32) -> u32 { return out[i]; }
+#include "sampler_choose.wgsl"
+#endif
 #else
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read_write> cand: array<vec2<u32>>;
@@ -288,6 +291,13 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         }
         workgroupBarrier();
     }
+#if SAMPLE
+    // Thread 0 wrote every `out` word itself, so it reads them back without a barrier; the
+    // token at position kv_len goes where the next step's embedding reads it (p._a = C).
+    if (li == 0u && step.kv_len < p._a) {
+        history[step.kv_len] = choose(uniform_at(sp.seed_lo, sp.seed_hi, step.kv_len));
+    }
+#endif
 }
 #endif
 #endif

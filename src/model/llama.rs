@@ -20,7 +20,7 @@ use crate::ops::{
     matmul::norm::NormMatmul,
     rmsnorm::RmsNorm,
     rope::RopeKv,
-    sample::Sample,
+    sample::TopKSample,
     swiglu::SwiGluCat,
     take_last_row::TakeLastRow,
     topk::{LogSumExp, Penalize, PenalizeHistory, TopK},
@@ -101,7 +101,7 @@ pub struct Head {
     /// Apply penalties to the logits first, from the token history and the sampler's amounts
     /// ([`PenalizeHistory`]).
     pub penalize_history: bool,
-    /// Choose the next token from the top-k candidates ([`Sample`]) and write it into the
+    /// Choose the next token from the top-k candidates ([`TopKSample`]) and write it into the
     /// history at `pos + tokens`.
     pub sample: bool,
 }
@@ -203,19 +203,18 @@ pub fn forward_with(
     if head.penalize_history {
         g.add0(PenalizeHistory, &[logits, need_sampler()?, ids])?;
     }
-    let topk = match head.topk {
-        Some(k) => Some(g.add1(TopK { k }, &[logits])?),
-        None => None,
+    let topk = match (head.topk, head.sample) {
+        (Some(k), true) => Some(g.add1(TopKSample { k }, &[logits, need_sampler()?, ids])?),
+        (Some(k), false) => Some(g.add1(TopK { k }, &[logits])?),
+        (None, true) => return Err(Error::op("forward", "sampling needs the top-k")),
+        (None, false) => None,
     };
     let logsumexp = if head.logsumexp {
         Some(g.add1(LogSumExp, &[logits])?)
     } else {
         None
     };
-    if head.sample {
-        let cands = topk.ok_or_else(|| Error::op("forward", "sampling needs the top-k"))?;
-        g.add0(Sample, &[cands, need_sampler()?, ids])?;
-    }
+
     Ok(Forward {
         graph: g,
         logits,

@@ -1,5 +1,7 @@
 //! [`Sample`]: the next token chosen on the GPU from [`super::topk::TopK`]'s candidates and
 //! written into the token history, so a decode loop needs no host round trip between steps.
+//! The decode graph runs it folded into the top-k's final pass ([`TopKSample`]); the two share
+//! `shaders/sampler_choose.wgsl`.
 //!
 //! The sampler's settings live in a storage buffer ([`SamplerParams`], written by the host per
 //! request) rather than in compiled params, so one compiled graph serves every request. The
@@ -9,7 +11,7 @@
 
 #![warn(missing_docs)]
 
-use super::topk::{MAX_K, NO_TOKEN};
+use super::topk::{TopK, MAX_K, NO_TOKEN};
 use super::Arg;
 use super::{expect_dtype, expect_inputs, expect_rank, KernelCall, Op};
 use crate::error::{Error, Result};
@@ -189,6 +191,47 @@ impl Op for Sample {
             .params(&[k, capacity, 0, 0])
             .args(&[Arg::In(0), Arg::In(1), Arg::InOut(2)])
             .workgroups(1, 1, 1)])
+    }
+}
+
+/// [`super::topk::TopK`] with [`Sample`] folded into its final pass (one dispatch fewer per
+/// decode step): inputs (0) logits f32 `[1, V]`, (1) [`SamplerParams`] u32 `[16]`, (2) history
+/// u32 `[capacity]`, written in place at `Step::kv_len` when `kv_len < capacity`; output the
+/// top-k candidates u32 `[2k]` exactly as TopK's. The chosen token is [`sample_cpu`] of them.
+#[derive(Clone, Debug)]
+pub struct TopKSample {
+    /// Candidates kept (1 ..= [`MAX_K`]).
+    pub k: usize,
+}
+
+impl Op for TopKSample {
+    fn name(&self) -> &'static str {
+        "topk"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let name = self.name();
+        expect_inputs(name, inputs, 3)?;
+        expect_params(name, inputs[1])?;
+        expect_history(name, inputs[2])?;
+        TopK { k: self.k }.infer(&inputs[..1])
+    }
+
+    fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {
+        TopK { k: self.k }.scratch(&inputs[..1])
+    }
+
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let mut calls = TopK { k: self.k }.kernels(caps, &inputs[..1])?;
+        let last = calls
+            .last_mut()
+            .ok_or_else(|| Error::op(self.name(), "top-k built no final pass"))?;
+        // The final pass's last params word carries the history's capacity.
+        last.params[7] = inputs[2].numel() as u32;
+        last.defines.insert("SAMPLE".into(), "1".into());
+        last.defines.insert("MAX_K".into(), self.k.to_string());
+        last.args.extend([Arg::In(1), Arg::InOut(2)]);
+        Ok(calls)
     }
 }
 
