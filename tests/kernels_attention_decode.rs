@@ -106,15 +106,28 @@ impl Rig {
     fn new(ctx: &Arc<GpuContext>, l: Layer, split: Option<DecodeSplit>) -> Rig {
         let n = l.cap * l.hkv * l.d;
         let freqs = inv_freq(l.d, 10000.0);
-        let up = |name: &str, desc: TensorDesc, bytes: &[u8]| ctx.upload(name, desc, bytes).unwrap();
+        let up =
+            |name: &str, desc: TensorDesc, bytes: &[u8]| ctx.upload(name, desc, bytes).unwrap();
         let nan = vec![f32::NAN; n];
         let cdesc = TensorDesc::new(l.dtype, [l.cap, l.hkv, l.d]);
-        let qkv = up("qkv", TensorDesc::f32([1, l.width()]), &vec![0; l.width() * 4]);
-        let inv = up("inv_freq", TensorDesc::f32([l.d / 2]), bytemuck::cast_slice(&freqs));
+        let qkv = up(
+            "qkv",
+            TensorDesc::f32([1, l.width()]),
+            &vec![0; l.width() * 4],
+        );
+        let inv = up(
+            "inv_freq",
+            TensorDesc::f32([l.d / 2]),
+            bytemuck::cast_slice(&freqs),
+        );
         let kc = up("k", cdesc.clone(), &cache_bytes(&nan, l.dtype));
         let vc = up("v", cdesc, &cache_bytes(&nan, l.dtype));
         let words = sync_words(l.hkv);
-        let sync = up("sync", TensorDesc::new(DType::U32, [words]), &vec![0; words * 4]);
+        let sync = up(
+            "sync",
+            TensorDesc::new(DType::U32, [words]),
+            &vec![0; words * 4],
+        );
         let mut g = Graph::new();
         let ids: Vec<_> = [&qkv, &inv, &kc, &vc, &sync]
             .iter()
@@ -158,8 +171,12 @@ impl Rig {
             self.k = f16_round(&self.k);
             self.v = f16_round(&self.v);
         }
-        self.ctx.write(&self.kc, 0, &cache_bytes(&self.k, l.dtype)).unwrap();
-        self.ctx.write(&self.vc, 0, &cache_bytes(&self.v, l.dtype)).unwrap();
+        self.ctx
+            .write(&self.kc, 0, &cache_bytes(&self.k, l.dtype))
+            .unwrap();
+        self.ctx
+            .write(&self.vc, 0, &cache_bytes(&self.v, l.dtype))
+            .unwrap();
     }
 
     /// Run the token at `pos` with a random qkv row and check the output, both caches (row
@@ -201,8 +218,20 @@ impl Rig {
         );
         if written {
             let at = pos * kw..(pos + 1) * kw;
-            assert_close(&format!("{what}: k row"), &got_k[at.clone()], &k_row, rtol, atol);
-            assert_close(&format!("{what}: v row"), &got_v[at.clone()], v_row, rtol, atol);
+            assert_close(
+                &format!("{what}: k row"),
+                &got_k[at.clone()],
+                &k_row,
+                rtol,
+                atol,
+            );
+            assert_close(
+                &format!("{what}: v row"),
+                &got_v[at.clone()],
+                v_row,
+                rtol,
+                atol,
+            );
             // The reference reads what the kernel wrote (f16-rounded in place): the row's own
             // accuracy is checked above, the attention's here.
             self.k[at.clone()].copy_from_slice(&got_k[at.clone()]);
@@ -322,22 +351,29 @@ fn decode_equals_the_rope_kv_and_attention_ops_it_replaces() {
             let caches: Vec<Tensor> = (0..4)
                 .map(|i| {
                     let part = &kv[(i % 2) * half..(i % 2 + 1) * half];
-                    ctx.upload("c", desc.clone(), &cache_bytes(part, dtype)).unwrap()
+                    ctx.upload("c", desc.clone(), &cache_bytes(part, dtype))
+                        .unwrap()
                 })
                 .collect();
             let qkv = upload_on(&ctx, "qkv", &[1, width], &rng.vec(width, 1.5));
             let inv = upload_on(&ctx, "f", &[d / 2], &inv_freq(d, 500000.0));
             let sync = ctx
-                .upload("sync", TensorDesc::new(DType::U32, [hkv]), &vec![0; hkv * 4])
+                .upload(
+                    "sync",
+                    TensorDesc::new(DType::U32, [hkv]),
+                    &vec![0; hkv * 4],
+                )
                 .unwrap();
             let interleaved = dtype == DType::F16;
             let scale = 1.0 / (d as f32).sqrt();
             let mut g = Graph::new();
-            let x: Vec<_> = [&qkv, &inv, &caches[0], &caches[1], &caches[2], &caches[3], &sync]
-                .iter()
-                .enumerate()
-                .map(|(i, t)| g.external(format!("in{i}"), t))
-                .collect();
+            let x: Vec<_> = [
+                &qkv, &inv, &caches[0], &caches[1], &caches[2], &caches[3], &sync,
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| g.external(format!("in{i}"), t))
+            .collect();
             let rope = RopeKv {
                 n_heads: hq,
                 n_kv_heads: hkv,
@@ -379,7 +415,13 @@ fn decode_equals_the_rope_kv_and_attention_ops_it_replaces() {
                 b_rest.drain(row.clone());
                 assert!(a_rest == b_rest, "{what}: {name} rows other than pos");
                 let tol = if dtype == DType::F16 { 1e-3 } else { ROPE_ATOL };
-                assert_close(&format!("{what}: {name} row"), &b[row.clone()], &a[row], 0.0, tol);
+                assert_close(
+                    &format!("{what}: {name} row"),
+                    &b[row.clone()],
+                    &a[row],
+                    0.0,
+                    tol,
+                );
             }
         }
     }
@@ -473,7 +515,10 @@ fn decode_rejects_bad_inputs_with_named_errors() {
     assert!(op.infer(&d.iter().collect::<Vec<_>>()).is_ok());
     d[0] = TensorDesc::f32([2, 16 * 64]);
     let e = err(&d);
-    assert!(e.contains("attention_decode") && e.contains("one token"), "{e}");
+    assert!(
+        e.contains("attention_decode") && e.contains("one token"),
+        "{e}"
+    );
     d[0] = TensorDesc::f32([1, 16 * 64]);
     d[4] = TensorDesc::new(DType::U32, [3]);
     let e = err(&d);
