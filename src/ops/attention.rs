@@ -72,7 +72,8 @@ pub struct AttentionSplit {
 /// Most query heads per kv head (one workgroup thread per head in the softmax step).
 pub const MAX_GROUP: usize = DECODE_WG as usize;
 const PREFILL_WG: u32 = 128;
-const DECODE_WG: u32 = 64;
+/// Threads of a decode (split) workgroup.
+pub(crate) const DECODE_WG: u32 = 64;
 const REDUCE_WG: u32 = 64;
 /// Query rows (token × head pairs) a prefill workgroup aims for.
 const PREFILL_ROWS: usize = 16;
@@ -81,18 +82,20 @@ const STORAGE_BUDGET: u32 = 32 * 1024;
 
 /// Tile sizes of one attention variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Tiles {
-    bq: usize,
-    bk: usize,
+pub(crate) struct Tiles {
+    /// Query tokens per workgroup.
+    pub(crate) bq: usize,
+    /// Keys per K/V tile.
+    pub(crate) bk: usize,
 }
 
-fn storage_bytes(r: usize, bk: usize, d4: usize) -> usize {
+pub(crate) fn storage_bytes(r: usize, bk: usize, d4: usize) -> usize {
     16 * (r * (d4 + 1) + bk * (d4 + 1) + bk * d4) + 4 * (r * bk + 3 * r)
 }
 
 /// Largest tiles that fit the workgroup storage: keys per tile first (fewer barriers), then
 /// tokens per block.
-fn choose_tiles(g: usize, d: usize, decode: bool, limit: u32) -> Option<Tiles> {
+pub(crate) fn choose_tiles(g: usize, d: usize, decode: bool, limit: u32) -> Option<Tiles> {
     let d4 = d / 4;
     let limit = limit.min(STORAGE_BUDGET) as usize;
     let mut bq = if decode { 1 } else { (PREFILL_ROWS / g).max(1) };
@@ -160,7 +163,8 @@ impl Attention {
         vec![slots * self.head_dim as u64 * 4, slots * 8]
     }
 
-    fn kernels_with(
+    /// The kernel calls with an explicit decode split.
+    pub(crate) fn kernels_with(
         &self,
         split: DecodeSplit,
         caps: &Caps,

@@ -15,6 +15,7 @@ use crate::tensor::{DType, TensorDesc};
 
 pub mod add;
 pub mod attention;
+pub mod attention_decode;
 pub mod concat;
 pub mod embedding;
 pub mod fill;
