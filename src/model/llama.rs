@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::{
     attention::Attention,
+    attention_decode::AttentionDecode,
     concat::ConcatCols,
     embedding::EmbeddingAt,
     matmul,
@@ -71,6 +72,10 @@ pub struct KvCache {
     pub v: Vec<Tensor>,
     /// Rows (token positions) each layer's cache holds.
     pub capacity: usize,
+    /// u32 `[kv_heads]`, zero between dispatches: the counters with which the fused decode
+    /// attention's last workgroup per kv head finds it is last ([`AttentionDecode`]); one buffer
+    /// serves every layer, since the kernel leaves it zero.
+    pub sync: Tensor,
 }
 
 /// What a built forward pass exposes.
@@ -140,6 +145,7 @@ pub fn forward_with(
     let ids = g.external("history", history);
     let embed = g.external("embed_tokens", &w.embed);
     let inv_freq = g.external("rope_inv_freq", &w.inv_freq);
+    let sync = g.external("attention_sync", &cache.sync);
     let eps = cfg.rms_norm_eps;
 
     let x = g.add1(EmbeddingAt { tokens }, &[ids, embed])?;
@@ -156,24 +162,39 @@ pub fn forward_with(
 
         // Attention.
         let qkv = norm_project(&mut g, eps, x, attn_norm, &qkv_w)?;
-        let q = g.add1(
-            RopeKv {
-                n_heads: cfg.num_attention_heads,
-                n_kv_heads: cfg.num_key_value_heads,
-                head_dim: cfg.head_dim,
-                interleaved: false,
-            },
-            &[qkv, inv_freq, k_cache, v_cache],
-        )?;
-        let a = g.add1(
-            Attention {
-                n_heads: cfg.num_attention_heads,
-                n_kv_heads: cfg.num_key_value_heads,
-                head_dim: cfg.head_dim,
-                scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-            },
-            &[q, k_cache, v_cache],
-        )?;
+        let a = if tokens == 1 {
+            // Decode: RoPE, the cache write and split attention in one op (one dispatch with
+            // GPU-style kernels).
+            g.add1(
+                AttentionDecode {
+                    n_heads: cfg.num_attention_heads,
+                    n_kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim,
+                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                    interleaved: false,
+                },
+                &[qkv, inv_freq, k_cache, v_cache, sync],
+            )?
+        } else {
+            let q = g.add1(
+                RopeKv {
+                    n_heads: cfg.num_attention_heads,
+                    n_kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim,
+                    interleaved: false,
+                },
+                &[qkv, inv_freq, k_cache, v_cache],
+            )?;
+            g.add1(
+                Attention {
+                    n_heads: cfg.num_attention_heads,
+                    n_kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim,
+                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                },
+                &[q, k_cache, v_cache],
+            )?
+        };
         g.add0(matmul::MatmulAddInto, &[a, o_w, x])?;
 
         // MLP.

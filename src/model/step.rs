@@ -164,6 +164,11 @@ impl Sequence {
                 k,
                 v,
                 capacity: ctx,
+                // wgpu zero-fills new buffers: the counters start at zero.
+                sync: gpu.empty(
+                    "attention_sync",
+                    TensorDesc::new(DType::U32, [cfg.num_key_value_heads]),
+                )?,
             },
             // One row past the context: the step at the last position still samples a token.
             history: gpu.empty("history", TensorDesc::new(DType::U32, [ctx + 1]))?,
