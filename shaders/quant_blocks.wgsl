@@ -3,26 +3,33 @@
 // Not a kernel family of its own: it defines `chunk_at` and `chunk_vec4`.
 //
 // Needs, from the including file: `w: array<u32>` (the weight in the GPU layout of
-// src/quant/mod.rs), or with TEX `wt: texture_2d<u32>` (the same words as a texel image), and `p.scales_word` (u32 word offset of the scale section; unused for Q4_K
-// and Q5_K). Exactly one dtype define: Q8_0, Q4_0, Q4_1, Q4K, Q5K or Q6K.
+// src/quant/gpu_layout.rs), or with W4 `w: array<vec4<u32>>` (the same words), or with TEX
+// `wt: texture_2d<u32>` (the same words as a texel image), and `p.scales_word` (u32 word offset
+// of the scale section). Exactly one dtype define: Q8_0, Q4_0, Q4_1, Q4K, Q5K or Q6K.
 //
 // `chunk_at(blk, sub)` reads the scales of the 32 values `sub*32 .. sub*32+32` of global block
 // `blk` (`row * blocks_per_row + block`; `sub` is 0 for the 32-value formats and 0..8 for the
 // 256-value K-quants) into a small `Chunk`; `chunk_vec4(c, i)` then decodes values 4i .. 4i+4
 // (i < 8) from one or two words. No private arrays: kernels keep 8 vec4 products in flight
-// without spilling. Layouts (byte-exact with GGUF where the block is 4-byte aligned):
-//   Q8_0: quants at words blk*8 .. +8 (4 i8 per word), f16 d at scales_word + blk/2 (half blk&1)
+// without spilling. Layouts (quants first, block after block, then the scales; the quant bytes
+// of a block in GGUF's order; S = scales_word):
+//   Q8_0: quants at words blk*8 .. +8 (4 i8 per word), f16 d at S + blk/2 (half blk&1)
 //   Q4_0: quants at words blk*4 .. +4 (word i: elems 4i.. low nibbles, 16+4i.. high), d as Q8_0
-//   Q4_1: quants as Q4_0, (d, m) packed in word scales_word + blk
-//   Q4_K: 36-word GGUF block at blk*36: [d|dmin] [scales 12 B] [qs 128 B]
-//   Q5_K: 44-word GGUF block at blk*44: [d|dmin] [scales 12 B] [qh 32 B] [qs 128 B]
-//   Q6_K: 52 words at blk*52: [ql 128 B] [qh 64 B] [scales 16 i8]; f16 d as Q8_0
+//   Q4_1: quants as Q4_0, (d, m) packed in word S + blk
+//   Q4_K: qs[128] at words blk*32 ..; record at S + 4*blk: [d|dmin] [A] [B] [C] (scale_min_k)
+//   Q5_K: qh[32] qs[128] at words blk*40 ..; record as Q4_K
+//   Q6_K: ql[128] qh[64] at words blk*48 ..; i8 scales[16] at S + 4*blk; f16 d at
+//         S + S/12 + blk/2 (half blk&1)
 
 #if TEX
 // Word i of the weight's texel image (`wt`, binding 3 on CPU devices).
 fn wq(i: u32) -> u32 { return texel(wt, i >> 2u)[i & 3u]; }
 #else
+#if W4
+fn wq(i: u32) -> u32 { return w[i >> 2u][i & 3u]; }
+#else
 fn wq(i: u32) -> u32 { return w[i]; }
+#endif
 #endif
 
 // 4 signed bytes of a word, as f32.
@@ -41,19 +48,11 @@ fn scale_f16(i: u32) -> f32 {
     return unpack2x16float(wq(p.scales_word + i / 2u))[i & 1u];
 }
 
-// Byte `j` of the words starting at `base`.
-fn byte_at(base: u32, j: u32) -> u32 {
-    return (wq(base + j / 4u) >> (8u * (j & 3u))) & 0xffu;
-}
-
-// 6-bit scale and min of sub-block s from the 12 packed bytes at word `base` (Q4_K, Q5_K).
-fn scale_min_k4(base: u32, s: u32) -> vec2<f32> {
-    if (s < 4u) {
-        return vec2<f32>(f32(byte_at(base, s) & 63u), f32(byte_at(base, s + 4u) & 63u));
-    }
-    let lo = byte_at(base, s + 4u);
-    let sc = (lo & 0xfu) | ((byte_at(base, s - 4u) >> 6u) << 4u);
-    let m = (lo >> 4u) | ((byte_at(base, s) >> 6u) << 4u);
+// 6-bit scale and min of sub-block s from a K-quant scale record's words A, B, C: the low
+// nibbles in A (scales) and B (mins), the top two bits in C (scales at 2s, mins at 16 + 2s).
+fn scale_min_k(a: u32, b: u32, c: u32, s: u32) -> vec2<f32> {
+    let sc = ((a >> (4u * s)) & 15u) | (((c >> (2u * s)) & 3u) << 4u);
+    let m = ((b >> (4u * s)) & 15u) | (((c >> (16u + 2u * s)) & 3u) << 4u);
     return vec2<f32>(f32(sc), f32(m));
 }
 
@@ -80,37 +79,37 @@ fn chunk_at(blk: u32, sub: u32) -> Chunk {
     c.b = dm.y;
 #endif
 #if Q4K
-    let base = blk * 36u;
-    let dd = unpack2x16float(wq(base));
-    let sm = scale_min_k4(base + 1u, sub);
+    let rec = p.scales_word + 4u * blk;
+    let dd = unpack2x16float(wq(rec));
+    let sm = scale_min_k(wq(rec + 1u), wq(rec + 2u), wq(rec + 3u), sub);
     c.a = dd.x * sm.x;
     c.b = -(dd.y * sm.y);
-    c.qs = base + 4u + 8u * (sub / 2u);
+    c.qs = blk * 32u + 8u * (sub / 2u);
     c.sh = 4u * (sub & 1u);
 #endif
 #if Q5K
-    let base = blk * 44u;
-    let dd = unpack2x16float(wq(base));
-    let sm = scale_min_k4(base + 1u, sub);
+    let rec = p.scales_word + 4u * blk;
+    let dd = unpack2x16float(wq(rec));
+    let sm = scale_min_k(wq(rec + 1u), wq(rec + 2u), wq(rec + 3u), sub);
     c.a = dd.x * sm.x;
     c.b = -(dd.y * sm.y);
-    c.qs = base + 12u + 8u * (sub / 2u);
+    c.qh = blk * 40u;
+    c.qs = c.qh + 8u + 8u * (sub / 2u);
     c.sh = 4u * (sub & 1u);
-    c.qh = base + 4u;
     c.hsh = sub;
 #endif
 #if Q6K
-    let base = blk * 52u;
-    let d = scale_f16(blk);
+    let base = blk * 48u;
+    let d = unpack2x16float(wq(p.scales_word + p.scales_word / 12u + blk / 2u))[blk & 1u];
     let h = sub / 4u;
     let t = sub & 3u;
     c.qs = base + 16u * h + 8u * (t & 1u);
     c.qh = base + 32u + 8u * h;
     c.sh = 4u * (t >> 1u);
     c.hsh = 2u * t;
-    // i8 scales 8h + 2t (values 0..16) and 8h + 2t + 1 (16..32), in words 48..52
+    // i8 scales 8h + 2t (values 0..16) and 8h + 2t + 1 (16..32)
     let si = 8u * h + 2u * t;
-    let sw = wq(base + 48u + si / 4u) >> (8u * (si & 3u));
+    let sw = wq(p.scales_word + 4u * blk + si / 4u) >> (8u * (si & 3u));
     c.a = d * f32(bitcast<i32>(sw << 24u) >> 24u);
     c.a2 = d * f32(bitcast<i32>(sw << 16u) >> 24u);
 #endif

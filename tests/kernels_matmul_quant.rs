@@ -1,6 +1,8 @@
 //! Quantized GEMV / matmul kernels against "dequantize on the CPU, then f32 matmul", for every
-//! block format, with and without subgroups, on ragged N and several M and K; and the embedding
-//! gather from a quantized table against the CPU dequantizer (bit-exact).
+//! block format, with and without subgroups, on ragged N and several M and K; the streaming
+//! GEMV on model-like K, with and without its vec4 view of the weight, and with a corrupted scale
+//! word (caught); and the embedding gather from a quantized table against the CPU dequantizer
+//! (bit-exact).
 
 mod common;
 use common::*;
@@ -172,6 +174,102 @@ fn rows_longer_than_a_workgroup_of_chunks_use_every_thread() {
             256 * 9
         };
         check_shapes(*dtype, &[k], &[3, 6], &[1, 2], 20 + i as u64);
+    }
+}
+
+/// The GPU-style GEMV's call for a `[n, k]` weight of `dtype` (entry, defines).
+fn gemv_defines(c: &GpuContext, dtype: DType, n: usize, k: usize) -> Vec<(String, String)> {
+    let calls = matmul_quant::kernels(
+        &c.caps,
+        &TensorDesc::f32([1, k]),
+        &TensorDesc::new(dtype, [n, k]),
+        false,
+    )
+    .expect("kernels");
+    assert_eq!(calls[0].entry, "gemv");
+    calls[0]
+        .defines
+        .iter()
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect()
+}
+
+#[test]
+fn streaming_gemv_matches_reference_on_model_like_rows_for_every_format() {
+    // Rows not a multiple of the rows per workgroup; K of one to many units per thread, past
+    // a whole workgroup of units (256 · 9 for the K-quants, 32 · 67 for the 32-blocks).
+    for (i, &dtype) in matmul_quant::QUANTIZED.iter().enumerate() {
+        let ks: &[usize] = if dtype.block_len() == 32 {
+            &[32, 160, 32 * 67, 4096]
+        } else {
+            &[256, 512, 2816]
+        };
+        check_shapes(dtype, ks, &[1, 6, 37], &[1], 40 + i as u64);
+    }
+}
+
+#[test]
+fn streaming_gemv_reads_whole_tensors_as_vec4_and_ragged_ones_as_words() {
+    // Both views run in the shape tests above: 8 × 9 blocks is a whole number of 16-byte words
+    // in every format, one block is not (but for Q4_K and Q5_K, whose blocks are 144 and 176).
+    let c = ctx_variant(false, true);
+    let w4 = |d: &[(String, String)]| d.contains(&("W4".into(), "1".into()));
+    for &dtype in matmul_quant::QUANTIZED {
+        let bl = dtype.block_len();
+        assert!(
+            w4(&gemv_defines(&c, dtype, 8, 9 * bl)),
+            "{dtype} 8 × 9 blocks"
+        );
+        let kquant16 = matches!(dtype, DType::Q4K | DType::Q5K);
+        assert_eq!(
+            w4(&gemv_defines(&c, dtype, 1, bl)),
+            kquant16,
+            "{dtype} one block"
+        );
+    }
+}
+
+#[test]
+fn a_corrupted_scale_word_is_read_where_the_layout_says_and_is_caught() {
+    // Flip the top exponent bits of the first word of the scale section (a block's d, or Q6_K's
+    // first four i8 scales): the GEMV must follow the corrupted layout's own dequantization
+    // and miss the clean reference by far more than the tolerance.
+    let mut rng = Rng::new(50);
+    for &dtype in matmul_quant::QUANTIZED {
+        let (n, k) = (5, 2 * dtype.block_len());
+        let gguf = random_blocks(&mut rng, dtype, n, k);
+        let clean = quant::dequantize(dtype, &gguf, n * k).expect("dequantize");
+        let mut gpu = quant::gpu_layout(dtype, n, k, &gguf).expect("layout");
+        let at = quant::gpu_sections(dtype, n * k / dtype.block_len())
+            .scales_offset
+            .expect("scale section");
+        for (b, f) in gpu[at..at + 4].iter_mut().zip(0x4000_4000u32.to_le_bytes()) {
+            *b ^= f;
+        }
+        let bad = quant::gpu_layout_inverse(dtype, n, k, &gpu).expect("inverse");
+        let broken = quant::dequantize(dtype, &bad, n * k).expect("dequantize");
+        let x = rng.vec(k, 1.0);
+        let (want, want_broken) = (
+            matmul_quant::cpu(&x, &clean, k),
+            matmul_quant::cpu(&x, &broken, k),
+        );
+        for (label, c) in variant_contexts() {
+            let desc = TensorDesc::new(dtype, [n, k]);
+            let w = c.upload("w", desc, &gpu).expect("upload");
+            let got = run(&c, &c.upload_f32("x", &[1, k], &x).expect("x"), &w, None);
+            let what = format!("{dtype} corrupted {label}");
+            assert_close_rel_max(&what, &got, &want_broken, QUANT_RTOL);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let off = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                off > 10.0 * QUANT_RTOL * scale,
+                "{what}: off by {off:e} of {scale:e}"
+            );
+        }
     }
 }
 

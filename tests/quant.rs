@@ -400,3 +400,61 @@ fn quantize_rejects_unsupported_formats_and_ragged_lengths() {
         "{e}"
     );
 }
+
+#[test]
+fn gpu_layout_round_trips_bit_for_bit_and_keeps_the_file_size() {
+    // Random bytes in every field (scales included): the repack and its inverse give back the
+    // file's bytes, so both dequantize to the same bits; the layout is the GGUF size (0 % over
+    // the 5 % budget), as `BYTES_PER_256` states.
+    let mut rng = Rng::new(15);
+    for (dtype, per_256) in quant::BYTES_PER_256 {
+        assert!(per_256 * 100 <= dtype.bytes_for(256) * 105, "{dtype}");
+        for (rows, blocks) in [(1usize, 1usize), (3, 5), (7, 11)] {
+            let cols = blocks * dtype.block_len();
+            let gguf: Vec<u8> = (0..dtype.bytes_for(rows * cols))
+                .map(|_| rng.below(256) as u8)
+                .collect();
+            let gpu = quant::gpu_layout(dtype, rows, cols, &gguf).expect("layout");
+            assert_eq!(gpu.len(), gguf.len().div_ceil(4) * 4, "{dtype}");
+            let back = quant::gpu_layout_inverse(dtype, rows, cols, &gpu).expect("inverse");
+            assert!(back == gguf, "{dtype}[{rows}, {cols}]: bytes differ");
+            let a = quant::dequantize(dtype, &gguf, rows * cols).expect("dequantize");
+            let b = quant::dequantize(dtype, &back, rows * cols).expect("dequantize");
+            let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{dtype}[{rows}, {cols}]: values differ");
+        }
+    }
+}
+
+#[test]
+fn gpu_layout_moves_every_scale_out_of_the_quant_section() {
+    // Changing a block's scale bytes in the file changes only the scale section of the layout
+    // (so the kernels' quant loads never straddle a scale), and the inverse sees the change.
+    let mut rng = Rng::new(16);
+    for dtype in DType::BLOCK_FORMATS {
+        let (rows, cols) = (2, 2 * dtype.block_len());
+        let gguf: Vec<u8> = (0..dtype.bytes_for(rows * cols))
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let nb = rows * cols / dtype.block_len();
+        let q = quant::gpu_sections(dtype, nb)
+            .scales_offset
+            .expect("scales");
+        let scale_bytes: &[usize] = match dtype {
+            DType::Q6K => &[208, 192],
+            DType::Q4K | DType::Q5K => &[0, 5, 15],
+            DType::Q4_1 => &[0, 3],
+            _ => &[1],
+        };
+        let base = quant::gpu_layout(dtype, rows, cols, &gguf).expect("layout");
+        for &b in scale_bytes {
+            let mut g2 = gguf.clone();
+            g2[dtype.block_bytes() + b] ^= 0x21;
+            let l2 = quant::gpu_layout(dtype, rows, cols, &g2).expect("layout");
+            assert_eq!(l2[..q], base[..q], "{dtype}: byte {b} moved a quant");
+            assert_ne!(l2[q..], base[q..], "{dtype}: byte {b} lost");
+            let back = quant::gpu_layout_inverse(dtype, rows, cols, &l2).expect("inverse");
+            assert!(back == g2, "{dtype}: byte {b}");
+        }
+    }
+}

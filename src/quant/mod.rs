@@ -14,22 +14,9 @@
 //!
 //! # GPU layout
 //!
-//! WGSL reads storage buffers as `array<u32>`, so every field a kernel reads must sit at a
-//! 4-byte-aligned offset. [`gpu_layout`] rearranges a tensor's GGUF bytes (rows of blocks, blocks
-//! in row-major order, `nb` blocks in all) without changing their total size — the GPU copy is
-//! exactly the file size rounded up to 4 bytes, the same as [`TensorDesc::size_bytes`]:
-//!
-//! - **Q4_K, Q5_K** (144 and 176 bytes, every field aligned): unchanged, byte-exact GGUF blocks.
-//! - **Q8_0, Q4_0, Q6_K** (34, 18, 210 bytes): two sections. First the blocks without their
-//!   trailing/leading f16 scale, back to back (`nb × 32`, `nb × 16` or `nb × 208` bytes — the
-//!   quants, and for Q6_K `ql, qh, scales` exactly as in GGUF); then the `nb` f16 scales `d`
-//!   packed two per `u32` (block `2i` in the low half).
-//! - **Q4_1** (20 bytes): first `nb × 16` bytes of quants, then `nb` words `(d, m)` (d low half).
-//!
-//! Splitting the scales out keeps adjacent threads' loads adjacent (thread `i` reads quants of
-//! block `i`, 4-byte aligned) without the cross-word shifting that in-place 34-byte blocks need.
-//!
-//! [`TensorDesc::size_bytes`]: crate::tensor::TensorDesc::size_bytes
+//! [`gpu_layout()`] splits a tensor's GGUF blocks into a section of quant words (16-byte aligned
+//! per block, a row's contiguous) and a section of scales decoded into whole words, in exactly
+//! the file's size; `src/quant/gpu_layout.rs` has the table of layouts.
 
 #![warn(missing_docs)]
 
@@ -40,11 +27,15 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
+mod gpu_layout;
 pub mod kquants;
 pub mod q4;
 pub mod q8_0;
 mod widen;
 
+pub use gpu_layout::{
+    gpu_layout, gpu_layout_bytes, gpu_layout_inverse, gpu_sections, GpuSections, BYTES_PER_256,
+};
 pub use widen::widen;
 
 fn check_len(what: &'static str, dtype: DType, bytes: usize, n: usize) -> Result<()> {
@@ -178,82 +169,6 @@ pub fn quantize(dtype: DType, values: &[f32]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Bytes the GPU copy of a `[rows, cols]` tensor of `dtype` takes: the GGUF size rounded up to 4
-/// (equal to `TensorDesc::size_bytes`).
-pub fn gpu_layout_bytes(dtype: DType, rows: usize, cols: usize) -> u64 {
-    (dtype.bytes_for(rows * cols).div_ceil(4) * 4) as u64
-}
-
-/// Where the quants and the scales of a tensor live in its GPU layout (in bytes), see the module
-/// docs. `scales` is `None` for the formats kept as whole GGUF blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GpuSections {
-    /// Bytes per block in the first section.
-    pub body_bytes: usize,
-    /// Byte offset of the scale section (`nb × body_bytes`).
-    pub scales_offset: Option<usize>,
-}
-
-/// The section geometry of `dtype`'s GPU layout for `blocks` blocks.
-pub fn gpu_sections(dtype: DType, blocks: usize) -> GpuSections {
-    let (body, split) = match dtype {
-        DType::Q8_0 => (32, true),
-        DType::Q4_0 => (16, true),
-        DType::Q4_1 => (16, true),
-        DType::Q6K => (208, true),
-        d => (d.block_bytes(), false),
-    };
-    GpuSections {
-        body_bytes: body,
-        scales_offset: split.then_some(blocks * body),
-    }
-}
-
-/// Rearrange the GGUF bytes of a `[rows, cols]` tensor into the GPU layout (module docs).
-/// The result is [`gpu_layout_bytes`] long.
-pub fn gpu_layout(dtype: DType, rows: usize, cols: usize, gguf_bytes: &[u8]) -> Result<Vec<u8>> {
-    check_len("gpu_layout", dtype, gguf_bytes.len(), rows * cols)
-        .map_err(|e| Error::op("gpu_layout", format!("tensor {dtype}[{rows}, {cols}]: {e}")))?;
-    if !cols.is_multiple_of(dtype.block_len()) {
-        return Err(Error::op(
-            "gpu_layout",
-            format!(
-                "tensor {dtype}[{rows}, {cols}]: rows of {cols} elements are not whole blocks of {}",
-                dtype.block_len()
-            ),
-        ));
-    }
-    let bb = dtype.block_bytes();
-    let nb = gguf_bytes.len() / bb;
-    let total = gpu_layout_bytes(dtype, rows, cols) as usize;
-    let sec = gpu_sections(dtype, nb);
-    let Some(soff) = sec.scales_offset else {
-        let mut v = gguf_bytes.to_vec();
-        v.resize(total, 0);
-        return Ok(v);
-    };
-    let mut out = vec![0u8; total];
-    for (i, blk) in gguf_bytes.chunks_exact(bb).enumerate() {
-        let body = &mut out[i * sec.body_bytes..(i + 1) * sec.body_bytes];
-        match dtype {
-            DType::Q8_0 | DType::Q4_0 => {
-                body.copy_from_slice(&blk[2..]);
-                out[soff + 2 * i..soff + 2 * i + 2].copy_from_slice(&blk[..2]);
-            }
-            DType::Q4_1 => {
-                body.copy_from_slice(&blk[4..]);
-                out[soff + 4 * i..soff + 4 * i + 4].copy_from_slice(&blk[..4]);
-            }
-            DType::Q6K => {
-                body.copy_from_slice(&blk[..208]);
-                out[soff + 2 * i..soff + 2 * i + 2].copy_from_slice(&blk[208..]);
-            }
-            _ => unreachable!("only split formats have a scale section"),
-        }
-    }
-    Ok(out)
-}
-
 pub(crate) fn rd_f16(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
@@ -299,18 +214,6 @@ mod tests {
         let many: Vec<_> = (0..9).map(|i| (format!("m{i}"), DType::Q8_0)).collect();
         let line = fallback_summary(&many, DType::Q6K).expect("a line");
         assert!(line.contains("9 q8_0") && !line.contains("m3"), "{line}");
-    }
-
-    #[test]
-    fn gpu_layout_keeps_the_file_size() {
-        for dtype in DType::BLOCK_FORMATS {
-            let (rows, cols) = (3, 2 * dtype.block_len());
-            let n = dtype.bytes_for(rows * cols);
-            let bytes: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
-            let g = gpu_layout(dtype, rows, cols, &bytes).unwrap();
-            assert_eq!(g.len() as u64, gpu_layout_bytes(dtype, rows, cols));
-            assert!(g.len() < n + 4, "{dtype}: {} bytes for {n}", g.len());
-        }
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! (in the GPU layout of [`crate::quant`]), y f32 `[.., N]`.
 //!
 //! [`kernels`] is the entry the float matmul op calls for quantized weights; [`QuantMatmul`] is a
-//! standalone op over the same kernels. M = 1 uses the GEMV kernel (threads split K, workgroup
-//! reduction), M ≥ 2 the tiled kernel (each dequantized chunk reused for `MATMUL_BM` rows of x).
-//! See `shaders/matmul_quant.wgsl`; CPU devices take [`rows`] (`shaders/matmul_rows.wgsl`).
+//! standalone op over the same kernels. M = 1 uses the streaming GEMV ([`GEMV_ROWS`] W rows per
+//! workgroup, its threads all along K, 16-byte quant loads, x read once per workgroup, subgroup
+//! or workgroup-memory reduction), M ≥ 2 the tiled kernel (each dequantized chunk reused for
+//! `MATMUL_BM` rows of x). See `shaders/matmul_quant.wgsl`; CPU devices take [`rows`]
+//! (`shaders/matmul_rows.wgsl`).
 
 use super::rows;
 use crate::error::{Error, Result};
@@ -14,12 +16,14 @@ use crate::ops::{expect_dtype, expect_inputs, format_define, grid_2d, Arg, Kerne
 use crate::quant;
 use crate::tensor::{DType, TensorDesc};
 
-/// Threads per GEMV workgroup.
+/// Most threads per GEMV workgroup (all of them split K).
 pub const GEMV_WG: u32 = 256;
-/// GEMV threads per W row (`GEMV_WG / GEMV_TPR` rows per workgroup). A multiple of every common
-/// subgroup size, so a subgroup never spans two rows; devices whose subgroups can be larger
-/// take the workgroup-memory reduction.
-pub const GEMV_TPR: u32 = 64;
+/// Fewest threads per GEMV workgroup: a multiple of every common subgroup size; devices whose
+/// subgroups can be larger take the workgroup-memory reduction.
+pub const GEMV_WG_MIN: u32 = 64;
+/// W rows per GEMV workgroup: each x load serves this many rows, and each thread has this many
+/// 16-byte weight loads in flight. (Not yet tuned on a GPU.)
+pub const GEMV_ROWS: u32 = 4;
 /// Threads (= W rows) per matmul workgroup.
 pub const MATMUL_WG: u32 = 64;
 /// x rows per matmul workgroup.
@@ -113,23 +117,44 @@ fn call(
     let sections = quant::gpu_sections(dtype, n * nbr);
     let scales_word = sections.scales_offset.unwrap_or(0) / 4;
     let params = [m, n, k, nbr, scales_word, 0, k / 32, 0];
+    // Whole 16-byte words (every real model's tensors): w is bound as vec4<u32>, so quant loads
+    // are single 16-byte loads; otherwise the last words would be out of the vec4 view's reach.
+    let w4 = quant::gpu_layout_bytes(dtype, n, k).is_multiple_of(16);
     KernelCall::new("matmul_quant.wgsl", entry)
         .define(format_define(dtype), 1)
         .define("SUBS", dtype.block_len() / 32)
         .define("WG", wg)
+        .define("W4", w4 as u32)
+        .define("KREC", matches!(dtype, DType::Q4K | DType::Q5K) as u32)
         .params(&params.map(|v| v as u32))
 }
 
-/// The GEMV (m = 1): [`GEMV_TPR`] threads per W row, a subgroup reduction where every
-/// subgroup fits in a row.
+/// Threads of the streaming GEMV for rows of `units` work units: enough that few idle, a power
+/// of two from [`GEMV_WG_MIN`] to [`GEMV_WG`].
+pub fn gemv_threads(units: usize) -> u32 {
+    (units.next_power_of_two() as u32).clamp(GEMV_WG_MIN, GEMV_WG)
+}
+
+/// Values per GEMV work unit: a block of the 32-value formats, 64 values of the K-quants.
+pub fn gemv_unit(dtype: DType) -> usize {
+    dtype.block_len().min(64)
+}
+
+/// The streaming GEMV (m = 1): [`GEMV_ROWS`] rows per workgroup, a subgroup reduction where
+/// every subgroup fits in the workgroup.
 fn gemv_call(caps: &Caps, (n, k): (usize, usize), dtype: DType) -> KernelCall {
-    let groups = (n as u32).div_ceil(GEMV_WG / GEMV_TPR);
+    let units = k / gemv_unit(dtype);
+    let wg = gemv_threads(units);
+    let groups = (n as u32).div_ceil(GEMV_ROWS);
     let [gx, gy, _] = grid_2d(groups, caps.max_workgroups_per_dim);
-    let mut c = call("gemv", GEMV_WG, (1, n, k), dtype)
-        .define("TPR", GEMV_TPR)
+    let mut c = call("gemv", wg, (1, n, k), dtype)
+        .define("R", GEMV_ROWS)
+        .define("RED", wg * GEMV_ROWS)
         .workgroups(gx, gy, 1);
     c.params[5] = gx;
-    if caps.subgroups && caps.subgroup_max <= GEMV_TPR && caps.subgroup_min > 0 {
+    c.params[6] = units as u32;
+    let sizes_ok = caps.subgroup_min > 0 && caps.subgroup_max.is_power_of_two();
+    if caps.subgroups && sizes_ok && caps.subgroup_max <= wg {
         c = c.define("SUBGROUPS", 1);
     }
     c
