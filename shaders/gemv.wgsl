@@ -14,7 +14,8 @@
 //          workgroup), MR (rows of x), VEC and V{VEC} (elements per weight load: 1, 2, 4 or 8; the
 //          host picks the widest that divides K, so every row starts on a load boundary), one of
 //          W_F32 / W_F16 / W_BF16, X_VEC4 (x read as vec4, VEC >= 4), U4 (main loop unrolled by
-//          four: more loads in flight), ADD_INTO, NORM (RMSNorm of x fused in front: MR = 1,
+//          four: more loads in flight), ADD_INTO, X_SWIGLU (x is gate|up [1, 2K], MR = 1, and the
+//          product reads silu(gate)·up: SwiGLU fused into the down projection), NORM (RMSNorm of x fused in front: MR = 1,
 //          WG a power of two; y = (W · (g ∘ x)) / sqrt(mean(x²) + eps)), and the reduction:
 //          SUBGROUPS + SG_ROW  — TPR equals the (fixed) subgroup size: subgroupAdd, no barrier;
 //          SUBGROUPS           — subgroupAdd, then the TPR / sg_size subgroup sums of a row through
@@ -41,10 +42,20 @@ fn xat(i: u32) -> f32 { return x[i] * g[i]; }
 #endif
 var<workgroup> nrm: array<f32, {{WG}}>;
 #else
+#if X_SWIGLU
+// x holds gate|up ([1, 2K], MR = 1): the product reads silu(gate)·up, the MLP's activation
+// fused in (ops::matmul::swiglu), as elementwise.wgsl's swiglu computes it.
+#if X_VEC4
+fn xat(i: u32) -> vec4<f32> { let g = x[i]; return g / (1.0 + exp(-g)) * x[i + p.k / 4u]; }
+#else
+fn xat(i: u32) -> f32 { let g = x[i]; return g / (1.0 + exp(-g)) * x[i + p.k]; }
+#endif
+#else
 #if X_VEC4
 fn xat(i: u32) -> vec4<f32> { return x[i]; }
 #else
 fn xat(i: u32) -> f32 { return x[i]; }
+#endif
 #endif
 #endif
 

@@ -12,7 +12,9 @@
 //           gemv: R (W rows per workgroup), RED (WG * R), SUBGROUPS (subgroup reduction; WG a
 //           multiple of the subgroup size), NORM (RMSNorm of x fused in: params gain
 //           {eps, _, _, _}, binding 5 g: vec4<f32>[K/4] the norm weight;
-//           y = (W · (g ∘ x)) / sqrt(mean(x²) + eps); WG a power of two);
+//           y = (W · (g ∘ x)) / sqrt(mean(x²) + eps); WG a power of two), X_SWIGLU (x is
+//           gate|up f32 [1, 2K] and the product reads silu(gate)·up: the MLP's SwiGLU fused
+//           into the down projection);
 //           matmul: BM (x rows per workgroup).
 // Entries:
 //   gemv   (m == 1), streaming: a workgroup computes R outputs, its WG threads all along K.
@@ -72,7 +74,13 @@ var<workgroup> red: array<f32, {{RED}}>;
 @group(0) @binding(5) var<storage, read> g: array<vec4<f32>>;
 fn xat(i: u32) -> vec4<f32> { return x[i] * g[i]; }
 #else
+#if X_SWIGLU
+// x holds gate|up ([1, 2K]): the product reads silu(gate)·up, the MLP's activation fused in
+// (ops::matmul::swiglu), as elementwise.wgsl's swiglu computes it.
+fn xat(i: u32) -> vec4<f32> { let g = x[i]; return g / (1.0 + exp(-g)) * x[i + p.k / 4u]; }
+#else
 fn xat(i: u32) -> vec4<f32> { return x[i]; }
+#endif
 #endif
 
 // One unit of one W row: its quant words (q0 q1: words 0..8; h0 h1: high bits), what the

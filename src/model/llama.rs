@@ -1,6 +1,7 @@
 //! The Llama architecture as a graph, in the order the paper describes a block:
 //! norm → qkv → rope (+ KV-cache write) → attention → o (+ residual) → norm → gate|up →
-//! silu·mul → down (+ residual). Each norm is fused into the projection after it
+//! silu·mul → down (+ residual); SwiGLU is fused into the down projection
+//! ([`SwiGluMatmulAddInto`]). Each norm is fused into the projection after it
 //! ([`NormMatmul`]). AMALIA-9B, EuroLLM, Llama 2/3, Mistral, SmolLM2 and TinyLlama
 //! all share it; they differ only in the numbers of [`LlamaConfig`].
 //!
@@ -19,10 +20,10 @@ use crate::ops::{
     embedding::EmbeddingAt,
     matmul,
     matmul::norm::NormMatmul,
+    matmul::swiglu::SwiGluMatmulAddInto,
     rmsnorm::RmsNorm,
     rope::RopeKv,
     sample::TopKSample,
-    swiglu::SwiGluCat,
     take_last_row::TakeLastRow,
     topk::{LogSumExp, Penalize, PenalizeHistory, TopK},
 };
@@ -199,8 +200,7 @@ pub fn forward_with(
 
         // MLP.
         let gu = norm_project(&mut g, eps, x, mlp_norm, &gate_up_w)?;
-        let act = g.add1(SwiGluCat, &[gu])?;
-        g.add0(matmul::MatmulAddInto, &[act, down_w, x])?;
+        g.add0(SwiGluMatmulAddInto, &[gu, down_w, x])?;
     }
     g.set_prefix("");
     let norm = g.external("norm", &w.norm);

@@ -19,6 +19,7 @@
 pub mod norm;
 pub mod quant;
 pub mod rows;
+pub mod swiglu;
 
 use crate::error::{Error, Result};
 use crate::gpu::Caps;

@@ -1,0 +1,94 @@
+//! `SwiGluMatmulAddInto` (the MLP's SwiGLU fused into the down projection) against SwiGLU then
+//! matmul-add on the CPU, for every weight dtype, on every kernel variant: the one-dispatch
+//! GEMV reading silu(gate)·up where the device decodes with GPU-style kernels, SwiGLU into a
+//! scratch buffer then the product elsewhere. Ragged shapes; y starts from random values (it
+//! is added into), so a kernel that overwrites instead of adding fails.
+
+mod common;
+use common::*;
+
+use fado::ops::matmul::swiglu::{self as swiglu_matmul, SwiGluMatmulAddInto};
+use fado::ops::Op;
+use fado::rng::Rng;
+use fado::tensor::{DType, TensorDesc};
+
+#[test]
+fn swiglu_matmul_matches_swiglu_then_matmul_for_every_dtype_and_variant() {
+    let mut rng = Rng::new(78);
+    let op = SwiGluMatmulAddInto;
+    for (label, c) in variant_contexts() {
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4K,
+        ] {
+            let ks: &[usize] = match dtype {
+                DType::Q4K => &[256, 512],
+                q if q.is_quantized() => &[64, 96],
+                _ => &[40, 64, 256],
+            };
+            for &k in ks {
+                for (m, n) in [(1usize, 37usize), (1, 301), (3, 37)] {
+                    let w = rng.vec(n * k, 1.0);
+                    let (bytes, wv) = weight_bytes(dtype, &w, k);
+                    // Gate values on both sides of 0, where silu bends.
+                    let gu = rng.vec(m * 2 * k, 4.0);
+                    let y0 = rng.vec(m * n, 2.0);
+                    let wd = TensorDesc::new(dtype, [n, k]);
+                    let wt = c.upload("w", wd.clone(), &bytes).expect("upload w");
+                    let gt = c.upload_f32("gu", &[m, 2 * k], &gu).expect("upload gu");
+                    let yt = c.upload_f32("y", &[m, n], &y0).expect("upload y");
+                    let calls = op
+                        .kernels(&c.caps, &[&gt.desc, &wd, &yt.desc])
+                        .expect("kernels");
+                    let fused = SwiGluMatmulAddInto::fuses(&c.caps, &gt.desc);
+                    assert_eq!(fused, m == 1 && !c.caps.cpu, "{label}");
+                    if fused {
+                        assert_eq!(calls.len(), 1, "{label} {dtype}: one dispatch");
+                        assert!(calls[0].defines.contains_key("X_SWIGLU"));
+                    } else {
+                        assert!(calls.len() >= 2, "{label} {dtype}: swiglu, then product");
+                    }
+                    let outs = run_op_on(&c, op.clone(), &[&gt, &wt, &yt], Default::default());
+                    assert!(outs.is_empty());
+                    let got = c.read_f32(&yt).expect("read y");
+                    let want = swiglu_matmul::cpu(&gu, &wv, &y0, n);
+                    let what = format!("swiglu_matmul {dtype} m={m} n={n} k={k} {label}");
+                    assert_close_rel_max(&what, &got, &want, 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_matmul_rejects_mismatched_shapes_with_a_named_error() {
+    let op = SwiGluMatmulAddInto;
+    for (gu, w, y) in [
+        // gate|up not twice the weight's K
+        (
+            TensorDesc::f32([1, 100]),
+            TensorDesc::f32([8, 64]),
+            TensorDesc::f32([1, 8]),
+        ),
+        // odd gate|up width
+        (
+            TensorDesc::f32([1, 127]),
+            TensorDesc::f32([8, 63]),
+            TensorDesc::f32([1, 8]),
+        ),
+        // y of the wrong width
+        (
+            TensorDesc::f32([1, 128]),
+            TensorDesc::f32([8, 64]),
+            TensorDesc::f32([1, 9]),
+        ),
+    ] {
+        let e = op.infer(&[&gu, &w, &y]).expect_err("mismatch");
+        let msg = e.to_string();
+        assert!(msg.contains("swiglu_matmul_add_into"), "{msg}");
+    }
+}
