@@ -22,8 +22,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::model::{Penalty, StepSpec};
-use crate::ops::sample::SamplerParams;
+use crate::model::{Penalty, SamplerParams, StepSpec};
 use crate::sampling::SamplingParams;
 
 /// Steps in flight at most: enough to hide the host's turn-around (reading a token,
