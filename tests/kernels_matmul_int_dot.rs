@@ -201,3 +201,14 @@ fn the_reference_quantizes_x_per_32_with_ties_to_even() {
     assert_eq!(q[33], -127);
     assert!(q[32..].iter().enumerate().all(|(i, v)| i == 1 || *v == 0));
 }
+
+#[test]
+fn the_adapter_fact_is_read_from_the_vulkan_driver() {
+    // Device-dependent (lavapipe is Vulkan 1.3: true); printed for the record, never skipped.
+    let c = ctx();
+    let has = int_dot::adapter_has_int_dot(&c.adapter);
+    eprintln!("{}: packed integer dot products: {has}", c.adapter_name());
+    if c.info.backend != wgpu::Backend::Vulkan {
+        assert!(!has);
+    }
+}
