@@ -14,7 +14,8 @@
 //           {eps, _, _, _}, binding 5 g: vec4<f32>[K/4] the norm weight;
 //           y = (W · (g ∘ x)) / sqrt(mean(x²) + eps); WG a power of two), X_SWIGLU (x is
 //           gate|up f32 [1, 2K] and the product reads silu(gate)·up: the MLP's SwiGLU fused
-//           into the down projection);
+//           into the down projection), INT_DOT (the integer path: x quantized to int8 per 32
+//           values in each thread's registers, dot4I8Packed products; KQ for the K-quants);
 //           matmul: BM (x rows per workgroup).
 // Entries:
 //   gemv   (m == 1), streaming: a workgroup computes R outputs, its WG threads all along K.
@@ -32,7 +33,9 @@
 //          BM accumulators; per 32-value chunk of k (p.chunks = k / 32) the workgroup stages the
 //          BM x rows in workgroup memory, each thread dequantizes its W chunk once and uses it
 //          BM times. Dispatch: (ceil(n / WG), ceil(m / BM), 1).
-// Features: SUBGROUPS needs wgpu::Features::SUBGROUP; otherwise none.
+// Features: SUBGROUPS needs wgpu::Features::SUBGROUP; INT_DOT uses WGSL's
+//           packed_4x8_integer_dot_product (naga emits OpSDot where the device has
+//           VK_KHR_shader_integer_dot_product, a bit-extract polyfill elsewhere); otherwise none.
 #include "common.wgsl"
 
 #if NORM
@@ -260,6 +263,125 @@ fn x_groups(i: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec4<f32> {
 #endif
 }
 
+#if INT_DOT
+// The integer path (issue 17): each thread quantizes the x chunks of its unit itself, in
+// registers (no extra dispatch, no x buffer): 32 values → 8 words of 4 int8 lanes with one f32
+// scale d = max|x| / 127 (q = round(x / d), ties to even), q8_1-style, and the unit's products
+// are dot4I8Packed sums per scale group, scaled once by a·d (and b·d·Σq for the offsets).
+struct XQ { q0: vec4<u32>, q1: vec4<u32>, d: f32 }
+
+fn quant_x(v0: u32) -> XQ {
+    var v: array<vec4<f32>, 8>;
+    var amax = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+        v[i] = xat(v0 + i);
+        amax = max(amax, abs(v[i]));
+    }
+    var r: XQ;
+    r.d = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;
+    let id = select(0.0, 1.0 / r.d, r.d > 0.0);
+    var q: array<u32, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        q[i] = pack4xI8(clamp(vec4<i32>(round(v[i] * id)), vec4<i32>(-127), vec4<i32>(127)));
+    }
+    r.q0 = vec4<u32>(q[0], q[1], q[2], q[3]);
+    r.q1 = vec4<u32>(q[4], q[5], q[6], q[7]);
+    return r;
+}
+
+const NIB: u32 = 0x0f0f0f0fu;
+
+// Per scale group: Σq·xq of word i (xl, xh: the x words its low and high values multiply).
+fn word_idot(un: Unit, i: u32, xl: u32, xh: u32) -> vec4<i32> {
+    let q = pick(un.q0, un.q1, i);
+#if Q8_0
+    return vec4<i32>(dot4I8Packed(q, xl), 0, 0, 0);
+#endif
+#if Q4_0
+    return vec4<i32>(dot4I8Packed(q & NIB, xl) + dot4I8Packed((q >> 4u) & NIB, xh), 0, 0, 0);
+#endif
+#if Q4_1
+    return vec4<i32>(dot4I8Packed(q & NIB, xl) + dot4I8Packed((q >> 4u) & NIB, xh), 0, 0, 0);
+#endif
+#if Q4K
+    return vec4<i32>(dot4I8Packed(q & NIB, xl), dot4I8Packed((q >> 4u) & NIB, xh), 0, 0);
+#endif
+#if Q5K
+    let h = pick(un.h0, un.h1, i);
+    let lo = (q & NIB) | (((h >> un.hs) & 0x01010101u) << 4u);
+    let hi = ((q >> 4u) & NIB) | (((h >> (un.hs + 1u)) & 0x01010101u) << 4u);
+    return vec4<i32>(dot4I8Packed(lo, xl), dot4I8Packed(hi, xh), 0, 0);
+#endif
+#if Q6K
+    let h = pick(un.h0, un.h1, i);
+    let lo = dot4I8Packed((q & NIB) | (((h >> un.hs) & 0x03030303u) << 4u), xl);
+    let hi = dot4I8Packed(((q >> 4u) & NIB) | (((h >> (un.hs + 4u)) & 0x03030303u) << 4u), xh);
+    return select(vec4<i32>(0, lo, 0, hi), vec4<i32>(lo, 0, hi, 0), i < 4u);
+#endif
+}
+
+// Unit u's products for the R rows from `r0`, added to acc: the integer twin of the float
+// loop in gemv.
+fn unit_int(r0: u32, u: u32, acc: ptr<function, array<f32, R>>) {
+    var un: array<Unit, R>;
+    for (var r = 0u; r < R; r++) {
+        un[r] = load_unit(min(r0 + r, p.n - 1u), u);
+    }
+    let lo = quant_x(x_lo(u, 0u));
+    let ones = 0x01010101u;
+#if KQ
+    let hi = quant_x(x_hi(u, 0u));
+#endif
+    var s: array<vec4<i32>, R>;
+    var xs = vec4<i32>(0);
+    for (var i = 0u; i < WORDS; i++) {
+        let xl = pick(lo.q0, lo.q1, i);
+#if KQ
+        let xh = pick(hi.q0, hi.q1, i);
+#else
+        // The 32-value formats: a word's high nibbles multiply x values 16 further on.
+        let xh = pick(lo.q0, lo.q1, (i + 4u) & 7u);
+#endif
+        for (var r = 0u; r < R; r++) {
+            s[r] += word_idot(un[r], i, xl, xh);
+        }
+        // Σxq per scale group (the offsets b; rows share it).
+#if KQ
+#if Q6K
+        let gl = dot4I8Packed(xl, ones);
+        let gh = dot4I8Packed(xh, ones);
+        xs += select(vec4<i32>(0, gl, 0, gh), vec4<i32>(gl, 0, gh, 0), i < 4u);
+#else
+        xs += vec4<i32>(dot4I8Packed(xl, ones), dot4I8Packed(xh, ones), 0, 0);
+#endif
+#else
+        xs.x += dot4I8Packed(xl, ones);
+#endif
+    }
+#if Q4_0
+    // Q4_0 and Q4_1 words also hold the values 16.. of the chunk: their Σxq is in words 4..8.
+    xs.x += dot4I8Packed(lo.q1.x, ones) + dot4I8Packed(lo.q1.y, ones) + dot4I8Packed(lo.q1.z, ones) + dot4I8Packed(lo.q1.w, ones);
+#endif
+#if Q4_1
+    xs.x += dot4I8Packed(lo.q1.x, ones) + dot4I8Packed(lo.q1.y, ones) + dot4I8Packed(lo.q1.z, ones) + dot4I8Packed(lo.q1.w, ones);
+#endif
+    // The x scale of each group: one chunk for the 32-value formats, lo|hi for the K-quants.
+#if Q6K
+    let dx = vec4<f32>(lo.d, lo.d, hi.d, hi.d);
+#else
+#if KQ
+    let dx = vec4<f32>(lo.d, hi.d, 0.0, 0.0);
+#else
+    let dx = vec4<f32>(lo.d, 0.0, 0.0, 0.0);
+#endif
+#endif
+    let xsf = vec4<f32>(xs);
+    for (var r = 0u; r < R; r++) {
+        (*acc)[r] += dot(un[r].a * dx, vec4<f32>(s[r])) + dot(un[r].b * dx, xsf);
+    }
+}
+#endif
+
 @compute @workgroup_size({{WG}})
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32
 #if SUBGROUPS
@@ -293,6 +415,11 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let inv = 1.0;
 #endif
     var acc: array<f32, R>;
+#if INT_DOT
+    for (var u = li; u < p.chunks; u += WG) {
+        unit_int(r0, u, &acc);
+    }
+#else
     for (var u = li; u < p.chunks; u += WG) {
         // All R rows' loads first (R independent 16-byte loads in flight per thread); rows past
         // the end redo the last row and their sums are dropped.
@@ -315,6 +442,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc[r] += dot(un[r].a, s[r]) + dot(un[r].b, xs);
         }
     }
+#endif
 #if SUBGROUPS
     // WG is a multiple of the subgroup size (the host checks): one partial per subgroup and row.
     let nsg = WG / ss;

@@ -16,6 +16,7 @@
 //! reference), [`quant`] (block-quantized weights), [`norm`] (RMSNorm fused in front) and
 //! [`rows`] (the CPU-style kernel of every format).
 
+pub mod int_dot;
 pub mod norm;
 pub mod quant;
 pub mod rows;

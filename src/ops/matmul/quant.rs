@@ -9,7 +9,7 @@
 //! `MATMUL_BM` rows of x). See `shaders/matmul_quant.wgsl`; CPU devices take [`rows`]
 //! (`shaders/matmul_rows.wgsl`).
 
-use super::rows;
+use super::{int_dot, rows};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::ops::{expect_dtype, expect_inputs, format_define, grid_2d, Arg, KernelCall, Op};
@@ -87,6 +87,19 @@ pub fn kernels(
     w: &TensorDesc,
     add_into: bool,
 ) -> Result<Vec<KernelCall>> {
+    kernels_int(caps, x, w, add_into, int_dot::enabled(caps))
+}
+
+/// [`kernels`] with the integer path of the streaming GEMV chosen by the caller (`int_dot`:
+/// x quantized to int8 per 32 values, `dot4I8Packed` products; see [`int_dot`]). It applies to
+/// GPU-style decode (m = 1) only; other shapes and CPU devices ignore it.
+pub fn kernels_int(
+    caps: &Caps,
+    x: &TensorDesc,
+    w: &TensorDesc,
+    add_into: bool,
+    int_dot: bool,
+) -> Result<Vec<KernelCall>> {
     let (m, n, k) = check("matmul", x, w)?;
     let cpu_style =
         caps.cpu && rows::fits(caps, k, w.dtype) && rows::window(caps, m, k as u64 * 4).is_some();
@@ -94,7 +107,13 @@ pub fn kernels(
         return rows::calls("matmul", caps, (m, n, k), w, add_into);
     }
     let call = if m == 1 {
-        gemv_call(caps, (n, k), w.dtype)
+        let c = gemv_call(caps, (n, k), w.dtype);
+        if int_dot && int_dot::FORMATS.contains(&w.dtype) {
+            c.define("INT_DOT", 1)
+                .define("KQ", (w.dtype.block_len() == 256) as u32)
+        } else {
+            c
+        }
     } else {
         matmul_call(caps, (m, n, k), x, w)?
     };
