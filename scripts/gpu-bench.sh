@@ -11,7 +11,7 @@
 #       carry: [".gl", ".devbin"]; env P, N, R (bench sizes), DTYPES, SKIP_TESTS=1.
 set -u
 B=.devbin
-TESTS="kernels_matmul kernels_matmul_quant kernels_attention kernels_norm_matmul kernels_elementwise kernels_sampling texels graph_block"
+TESTS="kernels_matmul kernels_matmul_quant kernels_matmul_int_dot kernels_attention kernels_attention_decode kernels_norm_matmul kernels_swiglu_matmul kernels_elementwise kernels_sampling texels graph_block"
 if [ "${1:-}" = prepare ]; then
   set -e
   mkdir -p "$B/tests"
@@ -49,7 +49,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ] && [ -d "$B/tests" ]; then
   done
 fi
 [ -x $B/gpuprobe ] && $B/gpuprobe --only copy --copy-mib 1024 2>&1 | tee "$OUT/copy.txt" | grep -iE "copy" | tail -4
-P=${P:-128}; N=${N:-64}; R=${R:-2}
+P=${P:-512}; N=${N:-128}; R=${R:-2}
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do
   timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" --prompt-tokens "$P" --gen-tokens "$N" -r "$R" --json \
     > "$OUT/bench-$d.json" 2> "$OUT/bench-$d.err" || echo "bench $d failed: $(tail -2 "$OUT/bench-$d.err")"
@@ -58,3 +58,24 @@ timeout 120 $B/fado bench --synthetic amalia-9b --dtype bf16 --prompt-tokens 16 
   > /dev/null 2> "$OUT/profile-bf16.txt"; tail -12 "$OUT/profile-bf16.txt"
 echo "== summary"
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do echo "$d $(cat "$OUT/bench-$d.json" 2>/dev/null)"; done
+# One table: tg as a share of the copy bandwidth (the largest GB/s figure gpuprobe printed).
+python3 - "$OUT" ${DTYPES:-bf16 q8_0 q4_k} <<'PY' || true
+import json, re, sys, os
+out, dtypes = sys.argv[1], sys.argv[2:]
+copy = 0.0
+if os.path.exists(f"{out}/copy.txt"):
+    nums = [float(x) for x in re.findall(r"([0-9.]+)\s*GB/s", open(f"{out}/copy.txt").read())]
+    copy = max(nums, default=0.0)
+print(f"copy bandwidth: {copy:.0f} GB/s")
+print("| dtype | pp tok/s | tg tok/s | GB/s in tg | % of copy | dispatches/token | host waits/token |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for d in dtypes:
+    try:
+        j = json.load(open(f"{out}/bench-{d}.json"))
+    except Exception:
+        print(f"| {d} | failed | | | | | |"); continue
+    gbs = j["effective_gb_per_s"]
+    pct = f"{100 * gbs / copy:.0f} %" if copy else "?"
+    print(f"| {d} | {j['pp_tokens_per_s']['mean']:.0f} | {j['tg_tokens_per_s']['mean']:.1f} | {gbs:.0f} | {pct} "
+          f"| {j.get('dispatches_per_token')} | {j.get('host_waits_per_token', 0):.3f} |")
+PY

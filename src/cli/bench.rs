@@ -136,64 +136,8 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
     };
     let mut session = Session::with_options(model.clone(), opts)?;
 
-    // Progress in tokens over the warm-up and every repetition; on a terminal only, never
-    // with --json (the bar draws on standard error, which indicatif hides when redirected).
-    let per_rep = (a.pp + a.tg) as u64;
-    let bar = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(per_rep * (a.reps as u64 + 1))
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg:<22} [{bar:30}] {pos}/{len} tokens ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-
-    // Warm-up: builds the graphs (pipelines, bind groups) outside the timed region.
-    bar.set_message("warm-up (compiling)");
-    session.prefill(&prompt, 1)?;
-    let warm = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy()
-    };
-    session.generate(&[1], &warm, 2, &mut |_| true)?;
-    model.ctx.sync()?;
-    bar.inc(per_rep);
-
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    let mut stats = Vec::new();
-    // tg runs the pipelined generation (the sampler in the graph, steps queued ahead), greedy
-    // and past any EOS, so every repetition decodes exactly `tg` tokens.
-    let params = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy()
-    };
-    for r in 0..a.reps {
-        session.reset();
-        bar.set_message(format!("pp{} rep {}/{}", a.pp, r + 1, a.reps));
-        let t0 = Instant::now();
-        let c = session.prefill(&prompt, 1)?;
-        model.ctx.sync()?;
-        pp.push(a.pp as f64 / t0.elapsed().as_secs_f64());
-        bar.inc(a.pp as u64);
-        bar.set_message(format!("tg{} rep {}/{}", a.tg, r + 1, a.reps));
-        let before = session.decode_stats();
-        let first = c.first().map_or(0, |c| c.0.min(vocab - 1));
-        let g = session.generate(&[first], &params, a.tg + 1, &mut |_| {
-            bar.inc(1);
-            true
-        })?;
-        tg.push(g.decode_tokens_per_s());
-        let after = session.decode_stats();
-        stats.push((
-            after.tokens - before.tokens,
-            after.syncs - before.syncs,
-            after.idle_waits - before.idle_waits,
-        ));
-    }
-    bar.finish_and_clear();
+    let runs = time_reps(&a, &model, &mut session, &prompt)?;
+    let (pp, tg, stats) = (runs.pp, runs.tg, runs.stats);
     let (ppm, pps) = mean_std(&pp);
     let (tgm, tgs) = mean_std(&tg);
     let weight_bpt = bytes_per_token(&model);
@@ -261,6 +205,80 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         print_profile(&session.profile_decode()?);
     }
     Ok(())
+}
+
+/// The timed repetitions of [`bench`].
+struct Runs {
+    /// pp tokens/s per repetition.
+    pp: Vec<f64>,
+    /// tg tokens/s per repetition.
+    tg: Vec<f64>,
+    /// (tokens, blocking waits, waits leaving the GPU idle) of each tg run.
+    stats: Vec<(u64, u64, u64)>,
+}
+
+/// A warm-up, then `a.reps` times: prefill `prompt` (pp), then decode `a.tg` tokens (tg).
+fn time_reps(a: &BenchArgs, model: &Model, session: &mut Session, prompt: &[u32]) -> Result<Runs> {
+    let vocab = model.config.vocab_size as u32;
+    // Progress in tokens over the warm-up and every repetition; on a terminal only, never
+    // with --json (the bar draws on standard error, which indicatif hides when redirected).
+    let per_rep = (a.pp + a.tg) as u64;
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(per_rep * (a.reps as u64 + 1))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<22} [{bar:30}] {pos}/{len} tokens ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+
+    // Warm-up: builds the graphs (pipelines, bind groups) outside the timed region.
+    bar.set_message("warm-up (compiling)");
+    session.prefill(prompt, 1)?;
+    let warm = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    session.generate(&[1], &warm, 2, &mut |_| true)?;
+    model.ctx.sync()?;
+    bar.inc(per_rep);
+
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    let mut stats = Vec::new();
+    // tg runs the pipelined generation (the sampler in the graph, steps queued ahead), greedy
+    // and past any EOS, so every repetition decodes exactly `tg` tokens.
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    for r in 0..a.reps {
+        session.reset();
+        bar.set_message(format!("pp{} rep {}/{}", a.pp, r + 1, a.reps));
+        let t0 = Instant::now();
+        let c = session.prefill(prompt, 1)?;
+        model.ctx.sync()?;
+        pp.push(a.pp as f64 / t0.elapsed().as_secs_f64());
+        bar.inc(a.pp as u64);
+        bar.set_message(format!("tg{} rep {}/{}", a.tg, r + 1, a.reps));
+        let before = session.decode_stats();
+        let first = c.first().map_or(0, |c| c.0.min(vocab - 1));
+        let g = session.generate(&[first], &params, a.tg + 1, &mut |_| {
+            bar.inc(1);
+            true
+        })?;
+        tg.push(g.decode_tokens_per_s());
+        let after = session.decode_stats();
+        stats.push((
+            after.tokens - before.tokens,
+            after.syncs - before.syncs,
+            after.idle_waits - before.idle_waits,
+        ));
+    }
+    bar.finish_and_clear();
+    Ok(Runs { pp, tg, stats })
 }
 
 /// The time of one decode step by op kind and by kernel entry point (`--profile`).

@@ -290,7 +290,7 @@ impl Session {
                 finish = FinishReason::Cancelled;
                 break Ok(());
             }
-            if tokens.len() >= max_tokens || first + tokens.len() - 1 >= capacity {
+            if tokens.len() >= max_tokens || first + tokens.len() > capacity {
                 break Ok(());
             }
         };

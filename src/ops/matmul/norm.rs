@@ -71,7 +71,8 @@ impl Op for NormMatmul {
         let (m, n, _, _) = matmul::check(self.name(), x, w, None)?;
         if Self::fuses(caps, x) {
             let call = if w.dtype.is_quantized() {
-                let mut calls = matmul_quant::kernels(caps, x, w, false)?;
+                // The float path: int8 x is not validated with the norm folded in.
+                let mut calls = matmul_quant::kernels_int(caps, x, w, false, false)?;
                 let mut c = calls.remove(0);
                 c.params.extend([fbits(self.eps), 0, 0, 0]);
                 c
