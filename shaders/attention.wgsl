@@ -210,6 +210,7 @@ var<workgroup> ss: array<f32, {{SS_LEN}}>;        // R · BK: scores, then proba
 var<workgroup> m_sh: array<f32, {{R}}>;
 var<workgroup> l_sh: array<f32, {{R}}>;
 var<workgroup> a_sh: array<f32, {{R}}>;
+#include "attention_softmax.wgsl"
 
 @compute @workgroup_size({{WG}})
 fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -295,24 +296,7 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         workgroupBarrier();
         // (3) Online softmax, one thread per row.
-        if (li < R) {
-            let m_old = m_sh[li];
-            var mx = m_old;
-            for (var j = 0u; j < BK; j++) {
-                mx = max(mx, ss[li * BK + j]);
-            }
-            var sum = 0.0;
-            for (var j = 0u; j < BK; j++) {
-                let s = ss[li * BK + j];
-                let pj = select(0.0, exp(s - mx), s > -1.0e38);
-                ss[li * BK + j] = pj;
-                sum += pj;
-            }
-            let alpha = exp(m_old - mx);
-            a_sh[li] = alpha;
-            m_sh[li] = mx;
-            l_sh[li] = l_sh[li] * alpha + sum;
-        }
+        online_softmax(li, R);
         workgroupBarrier();
         // (4) O = O·α + P·V.
         for (var a = 0u; a < ACC; a++) {

@@ -95,6 +95,7 @@ var<workgroup> ss: array<f32, {{SS_LEN}}>;        // G · BK: scores, then proba
 var<workgroup> m_sh: array<f32, {{G}}>;
 var<workgroup> l_sh: array<f32, {{G}}>;
 var<workgroup> a_sh: array<f32, {{G}}>;
+#include "attention_softmax.wgsl"
 var<workgroup> last_sh: u32;
 
 // Valid cache rows; never past the capacity, even for a step the host should have refused.
@@ -212,24 +213,7 @@ fn attn_decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         }
         workgroupBarrier();
         // Online softmax, one thread per query head.
-        if (li < G) {
-            let m_old = m_sh[li];
-            var mx = m_old;
-            for (var j = 0u; j < BK; j++) {
-                mx = max(mx, ss[li * BK + j]);
-            }
-            var sum = 0.0;
-            for (var j = 0u; j < BK; j++) {
-                let s = ss[li * BK + j];
-                let pj = select(0.0, exp(s - mx), s > -1.0e38);
-                ss[li * BK + j] = pj;
-                sum += pj;
-            }
-            let alpha = exp(m_old - mx);
-            a_sh[li] = alpha;
-            m_sh[li] = mx;
-            l_sh[li] = l_sh[li] * alpha + sum;
-        }
+        online_softmax(li, G);
         workgroupBarrier();
         // O = O·α + P·V.
         for (var a = 0u; a < ACC; a++) {

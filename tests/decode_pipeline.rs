@@ -167,3 +167,18 @@ fn smollm2_gpu_style_pipeline_dispatches_and_host_waits() {
     eprintln!("{d} dispatches per token, {layers} layers");
     assert!(d <= 5 * layers + 4, "{d} dispatches for {layers} layers");
 }
+
+/// `max_tokens` 0 prefills the prompt and samples nothing; 1 samples the prefill's token only.
+#[test]
+fn zero_and_one_max_tokens() {
+    let m = load(fixture("tiny-llama"));
+    let prompt = [1u32, 2, 3];
+    let mut s = Session::new(m.clone(), CTX).unwrap();
+    let g = s.generate(&prompt, &greedy(), 0, &mut |_| true).unwrap();
+    assert!(g.tokens.is_empty());
+    assert_eq!(s.history(), &prompt);
+    let mut s = Session::new(m, CTX).unwrap();
+    let g = s.generate(&prompt, &greedy(), 1, &mut |_| true).unwrap();
+    assert_eq!(g.tokens.len(), 1);
+    assert_eq!(s.history(), &prompt);
+}

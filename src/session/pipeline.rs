@@ -198,6 +198,10 @@ impl Session {
         top_logprobs: Option<usize>,
         on_token: &mut dyn FnMut(u32, Option<&TokenLogprobs>) -> bool,
     ) -> Result<Generation> {
+        if max_tokens == 0 {
+            // Nothing to sample: the prompt is only prefilled, as step by step.
+            return self.generate_step_by_step(prompt, params, 0, top_logprobs, on_token);
+        }
         check_request(params, top_logprobs)?;
         let vocab = self.model.config.vocab_size;
         check_prompt(prompt, vocab, self.history.len(), self.capacity())
