@@ -1,7 +1,7 @@
 //! A generation session: one sequence's KV cache plus the compiled prefill and decode graphs.
 //!
 //! The session keeps the tokens already in its cache, so a chat turn only prefills what is
-//! new. Generation is pipelined ([`pipeline`]): the sampler runs in the graph and writes each
+//! new. Generation is pipelined (`session/pipeline.rs`): the sampler runs in the graph and writes each
 //! token where the next step reads it, so steps are queued ahead of the host. The step-by-step
 //! path ([`Session::generate_step_by_step`], and [`Session::prefill`]) reads back the top-k
 //! candidates of each step (and, for log-probabilities, the log-sum-exp) and samples on the
@@ -347,7 +347,7 @@ impl Session {
 
     /// [`Session::generate`], also reporting each token's log-probability and the
     /// `top_logprobs` (≤ [`MAX_TOP_LOGPROBS`]) most likely alternatives when `top_logprobs` is
-    /// given. Steps are pipelined (see [`pipeline`]): the sampler runs on the GPU and the host
+    /// given. Steps are pipelined (see `session/pipeline.rs`): the sampler runs on the GPU and the host
     /// reads tokens back while later steps run; only the chosen token (and, for
     /// log-probabilities, the top candidates and one float) comes back per step.
     pub fn generate_with_logprobs(
