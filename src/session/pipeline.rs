@@ -189,6 +189,32 @@ impl Session {
         rb.take(f.slot)
     }
 
+    /// Queue `prompt`'s prefill: every chunk but the last runs the plain graph and nothing
+    /// comes back; the last one samples the first token (`spec(tokens)` gives its shape).
+    fn queue_prefill(
+        &mut self,
+        prompt: &[u32],
+        spec: impl Fn(usize) -> StepSpec,
+        rb: &mut Readback,
+    ) -> Result<InFlight> {
+        let chunks: Vec<&[u32]> = prompt.chunks(PREFILL_CHUNK).collect();
+        let (last, rest) = chunks
+            .split_last()
+            .ok_or_else(|| Error::Request("the prompt is empty".into()))?;
+        for chunk in rest {
+            let pos = self.history.len();
+            self.seq.write_tokens(&self.model, pos, chunk)?;
+            self.graph(StepSpec::plain(chunk.len(), 1))?
+                .submit(pos, chunk.len(), &[])?;
+            self.history.extend_from_slice(chunk);
+        }
+        let pos = self.history.len();
+        self.seq.write_tokens(&self.model, pos, last)?;
+        let first = self.submit_sampled(spec(last.len()), pos, rb, 0)?;
+        self.history.extend_from_slice(last);
+        Ok(first)
+    }
+
     /// [`Session::generate_with_logprobs`] through the pipeline (see the module docs).
     pub(super) fn generate_pipelined(
         &mut self,
@@ -221,22 +247,7 @@ impl Session {
         let mut rb = Readback::new(&self.model.ctx, k, want_lp);
         let t0 = Instant::now();
 
-        // Prefill: every chunk but the last runs the plain graph and nothing comes back.
-        let chunks: Vec<&[u32]> = prompt.chunks(PREFILL_CHUNK).collect();
-        let (last, rest) = chunks
-            .split_last()
-            .ok_or_else(|| Error::Request("the prompt is empty".into()))?;
-        for chunk in rest {
-            let pos = self.history.len();
-            self.seq.write_tokens(&self.model, pos, chunk)?;
-            self.graph(StepSpec::plain(chunk.len(), 1))?
-                .submit(pos, chunk.len(), &[])?;
-            self.history.extend_from_slice(chunk);
-        }
-        let pos = self.history.len();
-        self.seq.write_tokens(&self.model, pos, last)?;
-        let mut queue = VecDeque::from([self.submit_sampled(spec(last.len()), pos, &mut rb, 0)?]);
-        self.history.extend_from_slice(last);
+        let mut queue = VecDeque::from([self.queue_prefill(prompt, spec, &mut rb)?]);
         self.last = None;
 
         // Token i comes from the step at position `first + i − 1`; `submitted` counts tokens
