@@ -201,7 +201,7 @@ impl Sequence {
     pub fn write_tokens(&self, model: &Model, pos: usize, tokens: &[u32]) -> Result<()> {
         if pos + tokens.len() > self.capacity() {
             return Err(Error::Request(format!(
-                "{} tokens at position {pos} do not fit the context of {} tokens",
+                "{} tokens at position {pos} do not fit the context of {} tokens; raise the context size (--ctx)",
                 tokens.len(),
                 self.capacity()
             )));
