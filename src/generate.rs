@@ -77,6 +77,19 @@ pub fn generate_text(
     generate_text_with_logprobs(session, prompt, req, None, &mut |t, _| on_text(t))
 }
 
+/// [`generate_text`] for a whole prompt (not a continuation): the session keeps the longest
+/// prefix of `prompt` it already holds and prefills only the rest, so a conversation re-sent
+/// with one more turn costs only the new turn. Used by the C and Python bindings.
+pub fn generate_text_reusing(
+    session: &mut Session,
+    prompt: &[u32],
+    req: &TextRequest,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<TextOutput> {
+    let kept = session.reuse_prefix(prompt);
+    generate_text(session, &prompt[kept..], req, on_text)
+}
+
 /// [`generate_text`] that also computes each token's log-probabilities (with the
 /// `top_logprobs` best alternatives) when `top_logprobs` is given. `on_text` receives, with each
 /// piece of text, the entries of the tokens generated since the previous piece (a token whose
