@@ -166,7 +166,7 @@ int32_t fado_generate(struct fado_session *session, const char *prompt, bool cha
 // model's chat template; otherwise as `fado_generate()`. Re-sending the conversation with
 // the reply and a new message appended prefills only the new part. Not thread-safe per
 // session.
-int32_t fado_chat(struct fado_session *session, const struct fado_message *messages, uintptr_t n, const struct fado_sampling *sampling, fado_piece_callback callback, void *user_data);
+int32_t fado_chat(struct fado_session *session, const struct fado_message *messages, size_t n, const struct fado_sampling *sampling, fado_piece_callback callback, void *user_data);
 
 // Forget the tokens the session holds (the next generation prefills from scratch). Returns
 // `FADO_OK` or `FADO_ERR_NULL_ARGUMENT`. Not thread-safe per session.

@@ -637,3 +637,44 @@ pub unsafe extern "C" fn fado_session_reset(session: *mut fado_session) -> i32 {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        unsafe { CStr::from_ptr(fado_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_code() {
+        let code = guard(
+            |c| c,
+            || -> Result<i32, CError> { panic!("boom in a test") },
+        );
+        assert_eq!(code, FADO_ERR_INTERNAL);
+        assert!(last_error().contains("boom in a test"), "{}", last_error());
+        // The next successful call clears the message.
+        assert_eq!(guard(|c| c, || Ok(FADO_OK)), FADO_OK);
+        assert_eq!(last_error(), "");
+    }
+
+    #[test]
+    fn errors_map_to_codes_and_keep_their_message() {
+        let code = guard(
+            |c| c,
+            || -> Result<i32, CError> { Err(Error::Request("prompt too long".into()).into()) },
+        );
+        assert_eq!(code, FADO_ERR_INVALID_ARGUMENT);
+        assert_eq!(last_error(), "prompt too long");
+        let e: CError = Error::NoAdapter("none".into()).into();
+        assert_eq!(e.code, FADO_ERR_GPU);
+        let e: CError = Error::Config("bad".into()).into();
+        assert_eq!(e.code, FADO_ERR_MODEL);
+        // A message with a NUL is cut there, not lost.
+        set_error("before\0after");
+        assert_eq!(last_error(), "before");
+    }
+}
