@@ -20,10 +20,12 @@ pub use crate::model::KvType;
 
 mod pipeline;
 mod prompt;
+mod score;
 mod stepwise;
 
 pub use pipeline::{DecodeStats, DEPTH};
 pub use prompt::{check_prompt, room_for_generation, PromptProblem};
+pub use score::log_sum_exp;
 
 pub use crate::model::PREFILL_CHUNK;
 
@@ -261,6 +263,7 @@ impl Session {
             }),
             logsumexp,
             sample: false,
+            all_logits: false,
         };
         self.seq.write_tokens(&self.model, pos, tokens)?;
         if n > 0 {
