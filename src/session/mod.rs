@@ -18,6 +18,9 @@ use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
 
 pub use crate::model::KvType;
 
+pub mod kl_divergence;
+pub mod logits_file;
+pub mod perplexity;
 mod pipeline;
 mod prompt;
 mod score;
