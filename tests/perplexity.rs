@@ -244,3 +244,34 @@ fn logits_files_from_another_model_or_text_or_not_logits_are_clear_errors() {
         "inconsistent",
     );
 }
+
+#[test]
+fn prompt_logprobs_sum_to_the_perplexity_paths_nll() {
+    let model = load(default_model());
+    let bytes = std::fs::read(text()).unwrap();
+    let tokens = perplexity::tokenize_text(&model, &bytes, "ppl.txt").unwrap();
+    let plan = Plan::new(&model, &tokens, 64, Some(1)).unwrap();
+    let p = perplexity::run(&model, &plan, KvType::F16, &mut |_| Ok(()), &mut |_, _| {}).unwrap();
+    let mut s = fado::session::Session::new(model.clone(), 64).unwrap();
+    let lps = s.prompt_logprobs(&plan.chunk(0), 5).unwrap();
+    assert_eq!(lps.len(), 63, "one entry per token after the first");
+    // Entry i is about token i + 1; perplexity scores tokens first + 1 … ctx − 1.
+    let scored = &lps[plan.first()..];
+    assert_eq!(scored.len(), p.nlls.len());
+    let sum: f64 = scored.iter().map(|e| e.logprob as f64).sum();
+    let nll: f64 = p.nlls.iter().sum();
+    assert!(
+        (sum + nll).abs() < 1e-3,
+        "Σ logprob {sum} vs −Σ nll {}",
+        -nll
+    );
+    for (e, t) in lps.iter().zip(&plan.chunk(0)[1..]) {
+        assert_eq!(e.token, *t);
+        assert_eq!(e.top.len(), 5);
+        assert!(e.top.windows(2).all(|w| w[0].1 >= w[1].1), "top sorted");
+        assert!(
+            e.logprob <= e.top[0].1 + 1e-6,
+            "nothing beats the top token"
+        );
+    }
+}

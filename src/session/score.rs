@@ -3,9 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::{StepSpec, PREFILL_CHUNK};
-use crate::sampling::SamplingParams;
+use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
 
-use super::{check_prompt, Session};
+use super::{check_prompt, Session, TokenLogprobs};
 
 /// The log-softmax normaliser of one row of logits, `log Σ exp(l)`, summed in f64 (as
 /// llama-perplexity does) so that a 100k-token vocabulary loses no precision.
@@ -52,6 +52,38 @@ impl Session {
         Ok(())
     }
 
+    /// The log-probability of every token of `tokens` after the first, given those before it
+    /// (teacher forcing, as an evaluation harness's log-likelihood requests need), with the
+    /// `top` (≤ [`MAX_TOP_LOGPROBS`]) most likely tokens at each position; the tokens are
+    /// appended to the cache. Entry `i` is about `tokens[i + 1]`: the first token has no
+    /// log-probability (OpenAI's `null`).
+    pub fn prompt_logprobs(&mut self, tokens: &[u32], top: usize) -> Result<Vec<TokenLogprobs>> {
+        if top > MAX_TOP_LOGPROBS {
+            return Err(Error::Request(format!(
+                "logprobs = {top}: at most {MAX_TOP_LOGPROBS} are supported"
+            )));
+        }
+        let start = self.history.len();
+        let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
+        self.prefill_scored(tokens, start, &mut |pos, logits| {
+            let Some(&token) = tokens.get(pos - start + 1) else {
+                return Ok(()); // the last row predicts past the prompt
+            };
+            let lse = log_sum_exp(logits);
+            let lp = |id: u32| (logits[id as usize] as f64 - lse) as f32;
+            out.push(TokenLogprobs {
+                token,
+                logprob: lp(token),
+                top: top_ids(logits, top)
+                    .into_iter()
+                    .map(|i| (i, lp(i)))
+                    .collect(),
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Run `tokens` (≤ PREFILL_CHUNK) at the current position through a scoring step; returns
     /// every row's logits.
     fn step_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
@@ -68,9 +100,32 @@ impl Session {
     }
 }
 
+/// The ids of the `k` largest logits, largest first (ties: lower id first).
+fn top_ids(logits: &[f32], k: usize) -> Vec<u32> {
+    let mut best: Vec<u32> = Vec::with_capacity(k + 1);
+    let better = |a: u32, b: u32| logits[a as usize] > logits[b as usize];
+    for i in 0..logits.len() as u32 {
+        if best.len() == k && best.last().is_none_or(|&w| !better(i, w)) {
+            continue;
+        }
+        let at = best.partition_point(|&b| !better(i, b));
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
-    use super::log_sum_exp;
+    use super::{log_sum_exp, top_ids};
+
+    #[test]
+    fn top_ids_are_the_largest_first_with_lower_ids_on_ties() {
+        let l = [0.5f32, 3.0, 1.0, 3.0, -2.0];
+        assert_eq!(top_ids(&l, 3), vec![1, 3, 2]);
+        assert_eq!(top_ids(&l, 0), Vec::<u32>::new());
+        assert_eq!(top_ids(&l, 9), vec![1, 3, 2, 0, 4]);
+    }
 
     #[test]
     fn log_sum_exp_is_stable_and_exact() {
