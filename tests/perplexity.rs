@@ -140,6 +140,22 @@ fn the_default_model_against_itself_has_zero_kld_and_the_same_top_token() {
 fn a_small_vocabulary_model_against_itself_has_zero_kld_too() {
     // 512 tokens: stored whole; the tiny model adds BOS, so each chunk starts with it.
     self_comparison(&tiny_gguf(), "32");
+    // Without --json: llama-perplexity's final line and the comparison's figures.
+    let s = scratch("perplexity", "text-out");
+    let l = s.join("ref.logits");
+    let (m, t) = (tiny_gguf(), text());
+    let base = ["-m", p(&m), "-f", p(&t), "--ctx", "32", "--chunks", "2"];
+    let (ok, out, err) = fado(&[&base[..], &["--save-logits", p(&l)]].concat());
+    assert!(ok, "{err}");
+    assert!(out.contains("Final estimate: PPL = "), "{out}");
+    assert!(
+        err.contains("2 chunks of 32 (scoring 15 tokens each), BOS first"),
+        "{err}"
+    );
+    let (ok, out, err) = fado(&[&base[..], &["--kl-divergence", p(&l)]].concat());
+    assert!(ok, "{err}");
+    assert!(out.contains("Mean    KLD:   0.000000"), "{out}");
+    assert!(out.contains("Same top p: 100.000"), "{out}");
 }
 
 #[test]

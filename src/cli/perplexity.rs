@@ -13,9 +13,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::args::ModelArgs;
 
 #[derive(Args, Debug)]
+#[command(mut_arg("ctx", |a| a.help(
+    "Tokens per chunk (default 512 as llama-perplexity's, or the logits file's with \
+     --kl-divergence); 8 to the model's trained context"
+)))]
 pub struct PerplexityArgs {
-    /// Model, and --ctx: tokens per chunk (default 512 as llama-perplexity, or the logits
-    /// file's with --kl-divergence).
+    /// Model, --ctx (tokens per chunk), --quant, --kv-type.
     #[command(flatten)]
     pub model: ModelArgs,
     /// The text to evaluate (UTF-8); it must hold at least two chunks of --ctx tokens.
