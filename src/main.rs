@@ -36,6 +36,8 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models).
     Serve(cli::serve::ServeArgs),
+    /// Perplexity of a text (llama-perplexity's method), and KL divergence from a saved run.
+    Perplexity(cli::perplexity::PerplexityArgs),
     /// Write a GGUF with block-quantized weights (q8_0, q4_0, q4_k) from a Hugging Face folder or a GGUF.
     Quantize(cli::quantize::QuantizeArgs),
 }
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Cmd::Chat(a) => cli::run::chat(a, args.adapter),
         Cmd::Bench(a) => cli::bench::bench(a, args.adapter),
         Cmd::Serve(a) => cli::serve::serve_cmd(a, args.adapter),
+        Cmd::Perplexity(a) => cli::perplexity::perplexity(a, args.adapter),
         Cmd::Quantize(a) => cli::quantize::quantize(a),
     };
     match result {

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod bench;
 pub mod load;
+pub mod perplexity;
 pub mod quantize;
 pub mod run;
 pub mod serve;

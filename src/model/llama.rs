@@ -83,7 +83,8 @@ pub struct KvCache {
 pub struct Forward {
     /// The graph of the whole forward pass.
     pub graph: Graph,
-    /// Logits of the last token, f32 `[1, vocab]`.
+    /// Logits of the last token, f32 `[1, vocab]`, or of every token (`[tokens, vocab]`) when
+    /// the head asked for all rows.
     pub logits: TensorId,
     /// Top-k of those logits (`[2k]` u32: indices then f32 bits), when asked for.
     pub topk: Option<TensorId>,
@@ -94,6 +95,9 @@ pub struct Forward {
 /// What runs after the lm_head on the last token's logits (see [`forward_with`]).
 #[derive(Clone, Debug, Default)]
 pub struct Head {
+    /// Project every row to logits, not only the last (scoring a text: perplexity, prompt
+    /// log-probabilities). The other head ops need one row, so this head has none of them.
+    pub all_rows: bool,
     /// Return the top-k candidates.
     pub topk: Option<usize>,
     /// Apply penalties in place to the logits first, for the token ids in `ids` (u32 `[P]`)
@@ -205,7 +209,13 @@ pub fn forward_with(
     g.set_prefix("");
     let norm = g.external("norm", &w.norm);
     let lm_head = g.external("lm_head", &w.lm_head);
-    let last = if tokens > 1 {
+    if head.all_rows && (head.topk.is_some() || head.penalize.is_some() || head.logsumexp) {
+        return Err(Error::op(
+            "forward",
+            "a head returning every row's logits takes no top-k, penalties or log-sum-exp",
+        ));
+    }
+    let last = if tokens > 1 && !head.all_rows {
         g.add1(TakeLastRow, &[x])?
     } else {
         x

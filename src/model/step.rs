@@ -261,7 +261,8 @@ impl Sequence {
         };
         let penalize_history = spec.penalty == Some(Penalty::History);
         let head = Head {
-            topk: Some(spec.k),
+            all_rows: spec.all_logits,
+            topk: (!spec.all_logits).then_some(spec.k),
             penalize,
             logsumexp: spec.logsumexp,
             sampler: (spec.sample || penalize_history).then(|| self.sampler.clone()),
@@ -276,10 +277,15 @@ impl Sequence {
             spec.tokens,
             &head,
         )?;
-        let topk = fwd
-            .topk
-            .ok_or_else(|| Error::op("forward", "the head was asked for top-k but built none"))?;
-        let mut keep = vec![topk, fwd.logits];
+        let topk = fwd.topk;
+        if topk.is_none() && !spec.all_logits {
+            return Err(Error::op(
+                "forward",
+                "the head was asked for top-k but built none",
+            ));
+        }
+        let mut keep = vec![fwd.logits];
+        keep.extend(topk);
         keep.extend(fwd.logsumexp);
         let exe = fwd.graph.compile(&model.ctx, &keep)?;
         Ok(StepGraph {
@@ -312,6 +318,9 @@ pub struct StepSpec {
     /// [`Sequence::write_sampler`]) and write it into the history at `pos + tokens`, where the
     /// next step's embedding reads it: steps can then be queued without the host in between.
     pub sample: bool,
+    /// Return the logits of every token, not the top-k of the last one (then `k`, `penalty`,
+    /// `logsumexp` and `sample` are unused): scoring a text ([`StepGraph::run_logits`]).
+    pub all_logits: bool,
 }
 
 /// Where a step's penalties come from.
@@ -340,13 +349,23 @@ impl StepSpec {
             penalty: None,
             logsumexp: false,
             sample: false,
+            all_logits: false,
         }
     }
 
     /// Whether this step's head is the plain top-k one (no penalties, no log-sum-exp, no
-    /// sampler).
+    /// sampler, one row of logits).
     pub fn plain_head(&self) -> bool {
-        self.penalty.is_none() && !self.logsumexp && !self.sample
+        self.penalty.is_none() && !self.logsumexp && !self.sample && !self.all_logits
+    }
+
+    /// A step of `tokens` tokens that returns the logits of every row ([`StepGraph::run_logits`]):
+    /// for scoring a text, not for generating.
+    pub fn scoring(tokens: usize) -> Self {
+        StepSpec {
+            all_logits: true,
+            ..StepSpec::plain(tokens, 1)
+        }
     }
 }
 
@@ -362,7 +381,8 @@ pub struct StepOut {
 pub struct StepGraph {
     exe: Executable,
     k: usize,
-    topk: TensorId,
+    /// None for a scoring step ([`StepSpec::all_logits`]).
+    topk: Option<TensorId>,
     logits: TensorId,
     logsumexp: Option<TensorId>,
 }
@@ -372,7 +392,10 @@ impl StepGraph {
     /// the top-k candidates of the last token's logits, best first.
     pub fn run(&self, pos: usize, tokens: usize) -> Result<StepOut> {
         let k = self.k;
-        let mut reads = vec![(self.topk, (2 * k * 4) as u64)];
+        let topk = self
+            .topk
+            .ok_or_else(|| Error::op("step", "a scoring step returns logits: use run_logits"))?;
+        let mut reads = vec![(topk, (2 * k * 4) as u64)];
         reads.extend(self.logsumexp.map(|l| (l, 4)));
         let raw = self
             .exe
@@ -389,6 +412,22 @@ impl StepGraph {
         })
     }
 
+    /// Run a scoring step ([`StepSpec::all_logits`]) of `tokens` tokens at `pos`; returns the
+    /// logits of every row, `tokens × vocab` values, row by row.
+    pub fn run_logits(&self, pos: usize, tokens: usize) -> Result<Vec<f32>> {
+        if self.topk.is_some() {
+            return Err(Error::op(
+                "step",
+                "run_logits needs a scoring step (all_logits)",
+            ));
+        }
+        let len = self.exe.tensor(self.logits).size_bytes();
+        let raw = self
+            .exe
+            .run_read(Step::new(pos as u32, tokens as u32), self.logits, len)?;
+        Ok(bytemuck::pod_collect_to_vec(&raw))
+    }
+
     /// Queue one run of `tokens` tokens at `pos` followed by `copies` (see
     /// [`Executable::submit_with_copies`]); nothing waits.
     pub fn submit(
@@ -401,9 +440,11 @@ impl StepGraph {
             .submit_with_copies(Step::new(pos as u32, tokens as u32), copies)
     }
 
-    /// The top-k output (u32 `[2k]`: ids, then logits as f32 bits).
-    pub fn topk_tensor(&self) -> &Tensor {
-        self.exe.tensor(self.topk)
+    /// The top-k output (u32 `[2k]`: ids, then logits as f32 bits); a scoring step has none.
+    pub fn topk_tensor(&self) -> Result<&Tensor> {
+        self.topk
+            .map(|t| self.exe.tensor(t))
+            .ok_or_else(|| Error::op("step", "a scoring step has no top-k output"))
     }
 
     /// The log-sum-exp output (f32 `[1]`), when the step computes it.

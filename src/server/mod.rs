@@ -474,6 +474,7 @@ async fn start(
         prompt,
         req,
         top_logprobs: gen.logprobs,
+        echo: gen.echo,
         events: tx,
     };
     s.inner.sched.submit(job).map_err(|r| match r {
@@ -541,14 +542,24 @@ async fn whole_response(
 ) -> std::result::Result<Response, ApiError> {
     let mut text = String::new();
     let mut lps = Vec::new();
+    let mut echo = None;
     loop {
         match rx.recv().await {
             Some(Event::Text(t, l)) => {
                 text.push_str(&t);
                 lps.extend(l);
             }
+            Some(Event::Prompt(t, ids, l)) => {
+                text.insert_str(0, &t);
+                echo = Some((ids, l));
+            }
             Some(Event::Done(f)) => {
-                let lp = logprobs_value(endpoint, logprobs_model.as_ref(), &lps, &mut 0);
+                let lp = match (&echo, &logprobs_model) {
+                    (Some((ids, plps)), Some(m)) => {
+                        api::echo_logprobs(ids, plps, &lps, &|id| m.tokenizer.token_bytes(id))
+                    }
+                    _ => logprobs_value(endpoint, logprobs_model.as_ref(), &lps, &mut 0),
+                };
                 let body = meta.full(endpoint, &text, f.finish_reason, usage_of(&f), lp);
                 return Ok(Json(body).into_response());
             }
@@ -635,6 +646,8 @@ fn stream_response(
                     st.first = false;
                     st.push(c);
                 }
+                // Requests with `echo` are not streamed (refused when parsed).
+                Some(Event::Prompt(..)) => {}
                 Some(Event::Done(f)) => {
                     let c = st.meta.chunk(
                         st.endpoint,

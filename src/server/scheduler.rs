@@ -35,6 +35,10 @@ pub enum Event {
     /// unless asked for). The last piece before `Done` may have empty text and carry the
     /// entries of tokens whose text never came (e.g. cut by a stop string).
     Text(String, Vec<TokenLogprobs>),
+    /// For `echo`, before any text: the prompt's text (its tokens' bytes), its token ids and,
+    /// when log-probabilities were asked for, those of its tokens after the first (entry `i` is
+    /// about token `i + 1`).
+    Prompt(String, Vec<u32>, Vec<TokenLogprobs>),
     /// Generation ended normally.
     Done(Finished),
     /// Generation failed (the message is for the client).
@@ -70,6 +74,8 @@ pub struct Job {
     pub req: TextRequest,
     /// Report log-probabilities with this many alternatives per token.
     pub top_logprobs: Option<usize>,
+    /// Send the prompt back first ([`Event::Prompt`]), scored when `top_logprobs` is set.
+    pub echo: bool,
     /// Where the slot sends the job's [`Event`]s: text pieces, then one `Done` or `Failed`.
     /// Once the receiver is dropped the job is cancelled (skipped if still queued).
     pub events: mpsc::UnboundedSender<Event>,
@@ -331,13 +337,25 @@ fn log_job(job: &Job, outcome: &Result<Finished>) {
 
 fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finished> {
     let prompt = &job.prompt;
-    let common = if prefix_cache {
+    let events = &job.events;
+    if job.echo {
+        // Score the whole prompt from an empty cache; generation then reuses its KV.
+        session.reset();
+        let lps = match job.top_logprobs {
+            Some(top) => session.prompt_logprobs(prompt, top)?,
+            None => Vec::new(),
+        };
+        let tok = &session.model().tokenizer;
+        let bytes: Vec<u8> = prompt.iter().flat_map(|&t| tok.token_bytes(t)).collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let _ = events.send(Event::Prompt(text, prompt.clone(), lps));
+    }
+    let common = if prefix_cache || job.echo {
         session.reuse_prefix(prompt)
     } else {
         session.reset();
         0
     };
-    let events = &job.events;
     let mut sent = 0usize;
     let out = generate_text_with_logprobs(
         session,

@@ -18,12 +18,17 @@ use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
 
 pub use crate::model::KvType;
 
+pub mod kl_divergence;
+pub mod logits_file;
+pub mod perplexity;
 mod pipeline;
 mod prompt;
+mod score;
 mod stepwise;
 
 pub use pipeline::{DecodeStats, DEPTH};
 pub use prompt::{check_prompt, room_for_generation, PromptProblem};
+pub use score::log_sum_exp;
 
 pub use crate::model::PREFILL_CHUNK;
 
@@ -261,6 +266,7 @@ impl Session {
             }),
             logsumexp,
             sample: false,
+            all_logits: false,
         };
         self.seq.write_tokens(&self.model, pos, tokens)?;
         if n > 0 {

@@ -153,7 +153,7 @@ impl Session {
         let k = rb.k as u64;
         let mut copies = vec![(self.seq.history(), kv_len * 4, buf, 0, 4)];
         if rb.logprobs {
-            copies.push((g.topk_tensor(), 0, buf, 4, 8 * k));
+            copies.push((g.topk_tensor()?, 0, buf, 4, 8 * k));
             let lse = g.logsumexp_tensor().ok_or_else(|| {
                 Error::op(
                     "generate",
@@ -241,6 +241,7 @@ impl Session {
             penalty: params.has_penalties().then_some(Penalty::History),
             logsumexp: want_lp,
             sample: true,
+            all_logits: false,
         };
         self.seq
             .write_sampler(&self.model, &SamplerParams::from(params))?;

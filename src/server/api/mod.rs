@@ -27,7 +27,7 @@ pub use request::{
     GenParams, Prompt, MAX_STOP_STRINGS,
 };
 pub use response::{
-    chat_logprobs, completion_logprobs, finish_str, usage, ResponseMeta, TokenBytes,
+    chat_logprobs, completion_logprobs, echo_logprobs, finish_str, usage, ResponseMeta, TokenBytes,
     SYSTEM_FINGERPRINT,
 };
 

@@ -88,6 +88,9 @@ pub struct GenParams {
     pub stop: Vec<String>,
     /// Report log-probabilities, with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// Completions' `echo`: the answer starts with the prompt, and with `logprobs` the prompt
+    /// tokens' log-probabilities come first (the first one `null`), as vLLM answers.
+    pub echo: bool,
 }
 
 /// OpenAI's default temperature and top_p; top_k and min_p (extensions) default to Fado's CLI
@@ -168,15 +171,13 @@ fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
         ApiError::invalid(msg).param(&p)
     })?;
 
-    // OpenAI's newer name wins over the deprecated one; both are checked, so a malformed one
-    // is an error even when the other is given.
-    let deprecated = field::<u64>(obj, "max_tokens")?;
-    let (mt_name, mt) = match field::<u64>(obj, "max_completion_tokens")? {
-        Some(v) => ("max_completion_tokens", Some(v)),
-        None => ("max_tokens", deprecated),
-    };
-    if mt == Some(0) {
-        return Err(ApiError::invalid(format!("`{mt_name}` must be at least 1")).param(mt_name));
+    // Completions with `echo` may ask for no new token: only the prompt's log-probabilities.
+    let echo = endpoint == Endpoint::Completion && field::<bool>(obj, "echo")?.unwrap_or(false);
+    let mt = max_tokens_param(obj, echo)?;
+    if echo && stream {
+        return Err(ApiError::invalid("`echo` with `stream` is not supported")
+            .param("echo")
+            .code("unsupported_parameter"));
     }
     let stop = match field::<StopField>(obj, "stop").map_err(|_| {
         ApiError::invalid("`stop` must be a string or a list of strings")
@@ -206,7 +207,23 @@ fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
         max_tokens: mt.map(|v| v.min(usize::MAX as u64) as usize),
         stop,
         logprobs,
+        echo,
     })
+}
+
+/// `max_completion_tokens`, else `max_tokens`: OpenAI's newer name wins over the deprecated
+/// one; both are checked, so a malformed one is an error even when the other is given. 0 only
+/// with `echo`.
+fn max_tokens_param(obj: &Obj, echo: bool) -> Result<Option<u64>, ApiError> {
+    let deprecated = field::<u64>(obj, "max_tokens")?;
+    let (mt_name, mt) = match field::<u64>(obj, "max_completion_tokens")? {
+        Some(v) => ("max_completion_tokens", Some(v)),
+        None => ("max_tokens", deprecated),
+    };
+    if mt == Some(0) && !echo {
+        return Err(ApiError::invalid(format!("`{mt_name}` must be at least 1")).param(mt_name));
+    }
+    Ok(mt)
 }
 
 /// Chat: `logprobs: bool` with `top_logprobs: 0..=20` (which needs `logprobs: true`).
@@ -362,8 +379,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
-/// Parse a `POST /v1/completions` body (one prompt; `echo`, `suffix` and `best_of` > 1 are
-/// refused). Errors are 400s, most with the parameter at fault in `param`.
+/// Parse a `POST /v1/completions` body (one prompt; `suffix`, `best_of` > 1 and `echo` with
+/// `stream` are refused). Errors are 400s, most with the parameter at fault in `param`.
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     let obj = parse_object(body)?;
     let bad = || {
@@ -396,11 +413,6 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
         },
         Some(_) => return Err(bad()),
     };
-    if field::<bool>(&obj, "echo")?.unwrap_or(false) {
-        return Err(ApiError::invalid("`echo` is not supported by this server")
-            .param("echo")
-            .code("unsupported_parameter"));
-    }
     if field::<String>(&obj, "suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(
             ApiError::invalid("`suffix` (fill-in-the-middle) is not supported")

@@ -69,6 +69,41 @@ pub fn completion_logprobs(
     })
 }
 
+/// The legacy completions `logprobs` object of an echoed prompt (`prompt` ids, `scored`: the
+/// entries of its tokens after the first) followed by the completion's `entries`, as vLLM
+/// answers `echo` with `logprobs`: the first prompt token has `null` log-probability and
+/// `null` top_logprobs, and `text_offset` runs on through the completion.
+pub fn echo_logprobs(
+    prompt: &[u32],
+    scored: &[TokenLogprobs],
+    entries: &[TokenLogprobs],
+    bytes: TokenBytes,
+) -> Value {
+    let Some(&first) = prompt.first() else {
+        return completion_logprobs(entries, bytes, &mut 0);
+    };
+    let head = bytes(first);
+    let mut offset = head.len();
+    let rest = [
+        completion_logprobs(scored, bytes, &mut offset),
+        completion_logprobs(entries, bytes, &mut offset),
+    ];
+    let mut out = Map::new();
+    for (key, first_value) in [
+        ("tokens", json!(String::from_utf8_lossy(&head))),
+        ("token_logprobs", Value::Null),
+        ("top_logprobs", Value::Null),
+        ("text_offset", json!(0)),
+    ] {
+        let mut all = vec![first_value];
+        for r in &rest {
+            all.extend(r[key].as_array().cloned().unwrap_or_default());
+        }
+        out.insert(key.into(), Value::Array(all));
+    }
+    Value::Object(out)
+}
+
 /// OpenAI's `finish_reason`: `"stop"` or `"length"` (`Cancelled` is reported as `"length"`).
 pub fn finish_str(f: FinishReason) -> &'static str {
     match f {
