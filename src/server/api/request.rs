@@ -275,7 +275,7 @@ pub struct CompletionRequest {
     pub gen: GenParams,
 }
 
-/// A completion prompt: `"text"` (or `["text"]`), or a list of token ids.
+/// A completion prompt: `"text"` (or `["text"]`), or a list of token ids (or `[[ids]]`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Prompt {
     /// Text, tokenized by the server (with BOS when the tokenizer adds one).
@@ -385,7 +385,8 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     let obj = parse_object(body)?;
     let bad = || {
         ApiError::invalid(
-            "`prompt` must be a string, a list with one string, or a list of token ids",
+            "`prompt` must be a string, a list with one string, a list of token ids or a list \
+             with one list of token ids",
         )
         .param("prompt")
         .code("invalid_type")
@@ -403,6 +404,17 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
             [Value::Number(_), ..] => Prompt::Tokens(
                 Vec::<u32>::deserialize(&Value::Array(a.clone())).map_err(|_| bad())?,
             ),
+            // A batch of one tokenized prompt (lm-evaluation-harness's `local-completions`
+            // sends this with its default `tokenized_requests=True`).
+            [Value::Array(ids)] if matches!(ids.first(), Some(Value::Number(_))) => Prompt::Tokens(
+                Vec::<u32>::deserialize(&Value::Array(ids.clone())).map_err(|_| bad())?,
+            ),
+            [Value::Array(_), _, ..] => {
+                return Err(ApiError::invalid(
+                    "`prompt`: one prompt per request (send several requests instead)",
+                )
+                .param("prompt"))
+            }
             [Value::String(_), ..] => {
                 return Err(ApiError::invalid(
                     "`prompt`: one prompt per request (send several requests instead)",
@@ -535,6 +547,14 @@ mod tests {
             p(br#"{"prompt":[1,2]}"#).unwrap(),
             Prompt::Tokens(vec![1, 2])
         );
+        assert_eq!(
+            p(br#"{"prompt":[[1,2]]}"#).unwrap(),
+            Prompt::Tokens(vec![1, 2])
+        );
+        assert!(p(br#"{"prompt":[[1],[2]]}"#).is_err());
+        assert!(p(br#"{"prompt":[[]]}"#).is_err());
+        assert!(p(br#"{"prompt":[[-1]]}"#).is_err());
+        assert!(p(br#"{"prompt":[["x"]]}"#).is_err());
         assert!(p(br#"{"prompt":["x","y"]}"#).is_err());
         assert!(p(br#"{"prompt":[-1]}"#).is_err());
         assert!(p(br#"{"prompt":3}"#).is_err());
