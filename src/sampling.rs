@@ -62,6 +62,14 @@ impl Default for SamplingParams {
     }
 }
 
+/// A seed from the clock (nanoseconds since the epoch), for callers that were given none.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 impl SamplingParams {
     /// Greedy decoding: always the most likely token, no penalties. Currently equal to
     /// [`SamplingParams::default`]; the name states the intent.

@@ -120,12 +120,7 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// The flags as validated [`SamplingParams`]; without `--seed`, a seed from the clock.
     pub fn params(&self) -> Result<SamplingParams> {
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        });
+        let seed = self.seed.unwrap_or_else(fado::sampling::clock_seed);
         let p = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,

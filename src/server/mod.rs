@@ -456,11 +456,7 @@ async fn start(
         .code("device_lost"));
     }
     let n = s.inner.counter.fetch_add(1, Ordering::Relaxed);
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-        ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let seed = crate::sampling::clock_seed() ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let vocab = s.inner.model.config.vocab_size;
     let req = text_request(cfg, endpoint, &prompt, vocab, &gen, seed)?;
     let prefix = match endpoint {

@@ -507,10 +507,7 @@ fn request(s: &fado_sampling) -> Result<TextRequest, CError> {
         return Err(CError::invalid(format!("top_k = {} is negative", s.top_k)));
     }
     let seed = if s.seed == FADO_SEED_RANDOM {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
+        fado_core::sampling::clock_seed()
     } else {
         s.seed
     };

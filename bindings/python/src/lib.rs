@@ -138,12 +138,7 @@ fn request(
     seed: Option<u64>,
     stop: Option<Vec<String>>,
 ) -> PyResult<TextRequest> {
-    let seed = seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let seed = seed.unwrap_or_else(fado_core::sampling::clock_seed);
     let params = SamplingParams {
         temperature,
         top_k,
