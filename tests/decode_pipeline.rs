@@ -140,29 +140,31 @@ fn a_stop_discards_queued_steps_and_the_session_continues_cleanly() {
 }
 
 /// SmolLM2 with the GPU-style kernels, with and without the integer GEMV path (a GPU with
-/// packed integer dot products takes it; Q4_1 has one): 64 greedy tokens equal the
-/// step-by-step path, a step is at most 5 dispatches per layer plus 4, and steady-state
-/// decoding leaves the GPU without work at most 0.05 times per token.
+/// packed integer dot products takes it; Q4_1 has one): 64 greedy tokens (16 with the integer
+/// path: GPU-style kernels run at ~1 token/s on lavapipe) equal the step-by-step path, a step
+/// is at most 5 dispatches per layer plus 4, and steady-state decoding leaves the GPU without
+/// work at most 0.05 times per token.
 #[test]
 fn smollm2_gpu_style_pipeline_dispatches_and_host_waits() {
-    for (label, c) in [
-        ("float GEMVs", ctx_variant(false, true)),
-        ("integer GEMVs", ctx_int_dot()),
+    for (label, c, n) in [
+        ("float GEMVs", ctx_variant(false, true), 64),
+        ("integer GEMVs", ctx_int_dot(), 16),
     ] {
         let m = load_on(c, default_model());
         let prompt = fado::generate::encode_raw(&m, "The capital of Portugal is").unwrap();
         let mut s = Session::new(m.clone(), CTX).unwrap();
-        let g = s.generate(&prompt, &greedy(), 64, &mut |_| true).unwrap();
+        let g = s.generate(&prompt, &greedy(), n, &mut |_| true).unwrap();
         let st = s.decode_stats();
         let mut r = Session::new(m.clone(), CTX).unwrap();
         let want = r
-            .generate_step_by_step(&prompt, &greedy(), 64, None, &mut |_, _| true)
+            .generate_step_by_step(&prompt, &greedy(), n, None, &mut |_, _| true)
             .unwrap();
-        assert_eq!(g.tokens, want.tokens, "{label}: 64 greedy tokens");
+        assert_eq!(g.tokens, want.tokens, "{label}: {n} greedy tokens");
         eprintln!("{label}: {st:?}");
-        assert_eq!(st.tokens, 64);
+        assert_eq!(st.tokens, n);
+        // One wait, at the end of the generation, is the floor for a short one.
         assert!(
-            st.idle_waits as f64 / st.tokens as f64 <= 0.05,
+            st.idle_waits <= 1 || st.idle_waits as f64 / st.tokens as f64 <= 0.05,
             "{label}: {} idle waits for {} tokens",
             st.idle_waits,
             st.tokens

@@ -350,7 +350,10 @@ impl GpuContext {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix: false,
-            int_dot: !cpu && opts.int_dot.unwrap_or_else(|| adapter_has_int_dot(&adapter)),
+            int_dot: !cpu
+                && opts
+                    .int_dot
+                    .unwrap_or_else(|| adapter_has_int_dot(&adapter)),
             cpu,
             uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
             uniform_window: limits.max_uniform_buffer_binding_size.min(1 << 16) / 16 * 16,
