@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_ppl import field, forward, load_weights, sha256, tokenizer_of  # noqa: E402
+from reference_ppl import forward, load_weights, open_model, sha256  # noqa: E402
 
 
 def main():
@@ -37,23 +36,8 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    reader = GGUFReader(a.model)
-    arch = field(reader, "general.architecture")
-    if arch != "llama":
-        sys.exit(f"only the llama architecture is supported, not {arch}")
-    cfg = {
-        "layers": int(field(reader, "llama.block_count")),
-        "heads": int(field(reader, "llama.attention.head_count")),
-        "kv_heads": int(field(reader, "llama.attention.head_count_kv")),
-        "eps": float(field(reader, "llama.attention.layer_norm_rms_epsilon")),
-        "theta": float(field(reader, "llama.rope.freq_base", 10000.0)),
-    }
-    add_bos = bool(field(reader, "tokenizer.ggml.add_bos_token", True))
-    bos = int(field(reader, "tokenizer.ggml.bos_token_id", 1))
-    text = Path(a.text).read_text(encoding="utf-8")
-    ids = tokenizer_of(reader).encode(text, add_special_tokens=False).ids
-    if add_bos:
-        ids = [bos] + ids
+    reader, cfg, ids, bos = open_model(a.model, a.text)
+    add_bos = bos is not None
     all_tokens = len(ids)
     if a.max_tokens is not None:
         ids = ids[: a.max_tokens]

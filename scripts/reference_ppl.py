@@ -116,16 +116,10 @@ def sha256(path):
     return h.hexdigest()
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("text")
-    ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--chunks", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-
-    reader = GGUFReader(a.model)
+def open_model(model, text_path):
+    """The GGUF reader, the Llama config the forward pass needs, the text's token ids (BOS
+    first where the GGUF says so), as Fado tokenizes it, and the BOS id (None when not added)."""
+    reader = GGUFReader(model)
     arch = field(reader, "general.architecture")
     if arch != "llama":
         sys.exit(f"only the llama architecture is supported, not {arch}")
@@ -138,10 +132,24 @@ def main():
     }
     add_bos = bool(field(reader, "tokenizer.ggml.add_bos_token", True))
     bos = int(field(reader, "tokenizer.ggml.bos_token_id", 1))
-    text = Path(a.text).read_text(encoding="utf-8")
+    text = Path(text_path).read_text(encoding="utf-8")
     ids = tokenizer_of(reader).encode(text, add_special_tokens=False).ids
     if add_bos:
         ids = [bos] + ids
+    return reader, cfg, ids, (bos if add_bos else None)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("text")
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    reader, cfg, ids, bos = open_model(a.model, a.text)
+    add_bos = bos is not None
     ctx = a.ctx
     n_max = len(ids) // ctx
     if len(ids) < 2 * ctx:
