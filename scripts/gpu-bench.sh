@@ -50,16 +50,23 @@ if [ "${SKIP_TESTS:-0}" != 1 ] && [ -d "$B/tests" ]; then
 fi
 [ -x $B/gpuprobe ] && $B/gpuprobe --only copy --copy-mib 1024 2>&1 | tee "$OUT/copy.txt" | grep -iE "copy" | tail -4
 P=${P:-512}; N=${N:-128}; R=${R:-2}
+# A row per weight type; the quantized ones again with the integer GEMV path off
+# (FADO_INT_DOT=0, row `<dtype>/float`): before/after of the int8-x dot products in one run.
+ROWS=""
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do
-  timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" --prompt-tokens "$P" --gen-tokens "$N" -r "$R" --json \
-    > "$OUT/bench-$d.json" 2> "$OUT/bench-$d.err" || echo "bench $d failed: $(tail -2 "$OUT/bench-$d.err")"
+  ROWS="$ROWS $d"; case $d in q*) ROWS="$ROWS $d/float";; esac
+done
+for row in $ROWS; do
+  d=${row%/float}; f=${row//\//-}; int=${FADO_INT_DOT:-}; [ "$row" != "$d" ] && int=0
+  FADO_INT_DOT=$int timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" --prompt-tokens "$P" --gen-tokens "$N" -r "$R" --json \
+    > "$OUT/bench-$f.json" 2> "$OUT/bench-$f.err" || echo "bench $row failed: $(tail -2 "$OUT/bench-$f.err")"
 done
 timeout 120 $B/fado bench --synthetic amalia-9b --dtype bf16 --prompt-tokens 16 --gen-tokens 8 -r 1 --profile \
   > /dev/null 2> "$OUT/profile-bf16.txt"; tail -12 "$OUT/profile-bf16.txt"
 echo "== summary"
-for d in ${DTYPES:-bf16 q8_0 q4_k}; do echo "$d $(cat "$OUT/bench-$d.json" 2>/dev/null)"; done
+for row in $ROWS; do echo "$row $(cat "$OUT/bench-${row//\//-}.json" 2>/dev/null)"; done
 # One table: tg as a share of the copy bandwidth (the largest GB/s figure gpuprobe printed).
-python3 - "$OUT" ${DTYPES:-bf16 q8_0 q4_k} <<'PY' || true
+python3 - "$OUT" $ROWS <<'PY' || true
 import json, re, sys, os
 out, dtypes = sys.argv[1], sys.argv[2:]
 copy = 0.0
@@ -71,7 +78,7 @@ print("| dtype | pp tok/s | tg tok/s | GB/s in tg | % of copy | dispatches/token
 print("|---|---:|---:|---:|---:|---:|---:|")
 for d in dtypes:
     try:
-        j = json.load(open(f"{out}/bench-{d}.json"))
+        j = json.load(open(f"{out}/bench-{d.replace('/', '-')}.json"))
     except Exception:
         print(f"| {d} | failed | | | | | |"); continue
     gbs = j["effective_gb_per_s"]

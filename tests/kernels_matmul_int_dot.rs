@@ -9,7 +9,7 @@ use common::*;
 
 use std::sync::Arc;
 
-use fado::gpu::{Caps, GpuContext};
+use fado::gpu::{Caps, GpuContext, GpuOptions};
 use fado::ops::matmul::int_dot;
 use fado::ops::matmul::quant::{self as matmul_quant, QuantMatmul};
 use fado::ops::{KernelCall, Op, Step};
@@ -37,27 +37,6 @@ impl Op for IntGemv {
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> fado::Result<Vec<KernelCall>> {
         matmul_quant::kernels_int(caps, inputs[0], inputs[1], false, true)
     }
-}
-
-/// Random GGUF blocks with finite f16 scale fields (as in kernels_matmul_quant.rs).
-fn random_blocks(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-    let bb = dtype.block_bytes();
-    let nb = rows * cols / dtype.block_len();
-    let f16_at: &[usize] = match dtype {
-        DType::Q8_0 | DType::Q4_0 => &[0],
-        DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
-        _ => &[208],
-    };
-    let mut out = Vec::with_capacity(nb * bb);
-    for _ in 0..nb {
-        let mut b: Vec<u8> = (0..bb).map(|_| rng.below(256) as u8).collect();
-        for &o in f16_at {
-            let v = half::f16::from_f32(rng.uniform(-0.05, 0.05)).to_le_bytes();
-            b[o..o + 2].copy_from_slice(&v);
-        }
-        out.extend(b);
-    }
-    out
 }
 
 fn gpu_contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
@@ -146,14 +125,6 @@ fn q6_k_int_gemv_matches_the_int8_x_reference() {
     check_format(DType::Q6K, &[256, 512, 2816], 6);
 }
 
-/// What `assert_close_rel_max` checks, as a bool: max |g − w| ≤ rtol · max |w|, no NaN.
-fn within_rel_max(got: &[f32], want: &[f32], rtol: f32) -> bool {
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    got.iter()
-        .zip(want)
-        .all(|(g, w)| !g.is_nan() && (g - w).abs() <= rtol * scale)
-}
-
 #[test]
 fn a_wrong_x_scale_or_unquantized_x_is_caught() {
     // The int GEMV's output checked against references with the x scale off by 2 %, and
@@ -207,12 +178,32 @@ fn the_reference_quantizes_x_per_32_with_ties_to_even() {
 }
 
 #[test]
-fn the_adapter_fact_is_read_from_the_vulkan_driver() {
+fn the_adapter_fact_is_read_from_the_vulkan_driver_and_carried_by_caps() {
     // Device-dependent (lavapipe is Vulkan 1.3: true); printed for the record, never skipped.
     let c = ctx();
-    let has = int_dot::adapter_has_int_dot(&c.adapter);
+    let has = fado::gpu::adapter_has_int_dot(&c.adapter);
     eprintln!("{}: packed integer dot products: {has}", c.adapter_name());
     if c.info.backend != wgpu::Backend::Vulkan {
         assert!(!has);
+    }
+    // Caps: on by default where the adapter has them, GPU-style kernels only; the option
+    // (FADO_INT_DOT) overrides.
+    let with = |cpu: bool, int_dot: Option<bool>| {
+        let mut o = GpuOptions::from_env();
+        o.cpu_kernels = Some(cpu);
+        o.int_dot = int_dot;
+        GpuContext::new(&o).expect("context").caps.int_dot
+    };
+    assert_eq!(with(false, None), has, "default: the adapter's fact");
+    assert!(!with(true, None), "never with CPU-style kernels");
+    assert!(!with(true, Some(true)), "never with CPU-style kernels");
+    assert!(with(false, Some(true)), "forced on");
+    assert!(!with(false, Some(false)), "forced off");
+    // What the quantized GEMV then takes.
+    let x = TensorDesc::f32([1, 256]);
+    let w = TensorDesc::new(DType::Q4K, [8, 256]);
+    for (c, want) in [(ctx_int_dot(), true), (ctx_variant(false, true), false)] {
+        let calls = matmul_quant::kernels(&c.caps, &x, &w, false).expect("kernels");
+        assert_eq!(calls[0].defines.contains_key("INT_DOT"), want);
     }
 }

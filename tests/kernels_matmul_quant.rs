@@ -22,28 +22,6 @@ const QUANT_RTOL: f32 = 1e-3;
 const MS: &[usize] = &[1, 2, 7, 33];
 const NS: &[usize] = &[1, 5, 63, 130];
 
-/// `rows` rows of random GGUF blocks: random quant bytes, f16 scale fields set to finite values
-/// (random bytes there could be NaN or huge).
-fn random_blocks(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-    let bb = dtype.block_bytes();
-    let nb = rows * cols / dtype.block_len();
-    let f16_at: &[usize] = match dtype {
-        DType::Q8_0 | DType::Q4_0 => &[0],
-        DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
-        _ => &[208],
-    };
-    let mut out = Vec::with_capacity(nb * bb);
-    for _ in 0..nb {
-        let mut b: Vec<u8> = (0..bb).map(|_| rng.below(256) as u8).collect();
-        for &o in f16_at {
-            let v = half::f16::from_f32(rng.uniform(-0.05, 0.05)).to_le_bytes();
-            b[o..o + 2].copy_from_slice(&v);
-        }
-        out.extend(b);
-    }
-    out
-}
-
 fn upload_weight(ctx: &GpuContext, dtype: DType, n: usize, k: usize, gguf: &[u8]) -> Tensor {
     let gpu = quant::gpu_layout(dtype, n, k, gguf).expect("gpu layout");
     let desc = TensorDesc::new(dtype, [n, k]);

@@ -6,6 +6,7 @@
 mod common;
 use common::*;
 
+use fado::ops::matmul::int_dot;
 use fado::ops::matmul::norm::{self as norm_matmul, NormMatmul};
 use fado::ops::Op;
 use fado::rng::Rng;
@@ -59,6 +60,51 @@ fn norm_matmul_matches_rmsnorm_then_matmul_for_every_dtype_and_variant() {
                     assert_close_rel_max(&what, &got[0], &want, 1e-4);
                 }
             }
+        }
+    }
+}
+
+/// The fused decode GEMV with the integer path on (GPU-style kernels on an adapter with packed
+/// integer dot products, every format that has one): the kernel quantizes g∘x per 32 as it
+/// reads it and scales the sums by 1/rms as it stores them (per-group quantization does not
+/// change with the scale), so the reference is the integer GEMV's of g∘x, times 1/rms; the
+/// float reference differs by the int8 rounding and must fail the same check.
+#[test]
+fn norm_matmul_with_the_integer_path_matches_the_int8_x_reference() {
+    let c = ctx_int_dot();
+    let mut rng = Rng::new(80);
+    let op = NormMatmul { eps: EPS };
+    for &dtype in int_dot::FORMATS {
+        let k = if dtype.block_len() == 256 { 512 } else { 96 };
+        for n in [37usize, 301] {
+            let gguf = random_blocks(&mut rng, dtype, n, k);
+            let wv = fado::quant::dequantize(dtype, &gguf, n * k).expect("dequantize");
+            let bytes = fado::quant::gpu_layout(dtype, n, k, &gguf).expect("layout");
+            let x = rng.vec(k, 7.0);
+            let g: Vec<f32> = (0..k).map(|_| rng.uniform(0.5, 1.5)).collect();
+            let wd = TensorDesc::new(dtype, [n, k]);
+            let wt = c.upload("w", wd.clone(), &bytes).expect("upload w");
+            let xt = c.upload_f32("x", &[1, k], &x).expect("upload x");
+            let gt = c.upload_f32("g", &[k], &g).expect("upload g");
+            let calls = op
+                .kernels(&c.caps, &[&xt.desc, &gt.desc, &wd])
+                .expect("kernels");
+            assert_eq!(calls.len(), 1, "{dtype}: one dispatch");
+            for d in ["NORM", "INT_DOT"] {
+                assert!(calls[0].defines.contains_key(d), "{dtype}: {d}");
+            }
+            let got = run_op_on(&c, op.clone(), &[&xt, &gt, &wt], Default::default());
+            let gx: Vec<f32> = x.iter().zip(&g).map(|(a, b)| a * b).collect();
+            let ms = x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / k as f64;
+            let inv = (1.0 / (ms + f64::from(EPS)).sqrt()) as f32;
+            let want: Vec<f32> = int_dot::cpu(&gx, &wv, k).iter().map(|v| v * inv).collect();
+            let what = format!("norm_matmul int {dtype} n={n} k={k}");
+            assert_close_rel_max(&what, &got[0], &want, 1e-3);
+            let float = norm_matmul::cpu(&x, &g, &wv, EPS, n);
+            assert!(
+                !within_rel_max(&got[0], &float, 1e-3),
+                "{what}: the float reference passed too (is x quantized?)"
+            );
         }
     }
 }

@@ -7,6 +7,7 @@
 mod common;
 use common::*;
 
+use fado::ops::matmul::int_dot;
 use fado::ops::matmul::swiglu::{self as swiglu_matmul, SwiGluMatmulAddInto};
 use fado::ops::Op;
 use fado::rng::Rng;
@@ -60,6 +61,54 @@ fn swiglu_matmul_matches_swiglu_then_matmul_for_every_dtype_and_variant() {
                     assert_close_rel_max(&what, &got, &want, 1e-4);
                 }
             }
+        }
+    }
+}
+
+/// The fused down projection with the integer path on (GPU-style kernels on an adapter with
+/// packed integer dot products, every format that has one): the kernel quantizes silu(gate)·up
+/// per 32 as it reads it; the reference is the integer GEMV's of that activation, added to y.
+/// The float reference differs by the int8 rounding and must fail the same check.
+#[test]
+fn swiglu_matmul_with_the_integer_path_matches_the_int8_x_reference() {
+    let c = ctx_int_dot();
+    let mut rng = Rng::new(81);
+    let op = SwiGluMatmulAddInto;
+    for &dtype in int_dot::FORMATS {
+        let k = if dtype.block_len() == 256 { 512 } else { 96 };
+        for n in [37usize, 301] {
+            let gguf = random_blocks(&mut rng, dtype, n, k);
+            let wv = fado::quant::dequantize(dtype, &gguf, n * k).expect("dequantize");
+            let bytes = fado::quant::gpu_layout(dtype, n, k, &gguf).expect("layout");
+            let gu = rng.vec(2 * k, 4.0);
+            let y0 = rng.vec(n, 2.0);
+            let wd = TensorDesc::new(dtype, [n, k]);
+            let wt = c.upload("w", wd.clone(), &bytes).expect("upload w");
+            let gt = c.upload_f32("gu", &[1, 2 * k], &gu).expect("upload gu");
+            let yt = c.upload_f32("y", &[1, n], &y0).expect("upload y");
+            let calls = op
+                .kernels(&c.caps, &[&gt.desc, &wd, &yt.desc])
+                .expect("kernels");
+            assert_eq!(calls.len(), 1, "{dtype}: one dispatch");
+            for d in ["X_SWIGLU", "INT_DOT"] {
+                assert!(calls[0].defines.contains_key(d), "{dtype}: {d}");
+            }
+            run_op_on(&c, op.clone(), &[&gt, &wt, &yt], Default::default());
+            let got = c.read_f32(&yt).expect("read y");
+            let act = fado::ops::swiglu::cpu(&gu[..k], &gu[k..]);
+            let prod = int_dot::cpu(&act, &wv, k);
+            let want: Vec<f32> = y0.iter().zip(&prod).map(|(a, b)| a + b).collect();
+            let what = format!("swiglu_matmul int {dtype} n={n} k={k}");
+            // Relative to the product's scale (y0 is added exactly).
+            let got_p: Vec<f32> = got.iter().zip(&y0).map(|(a, b)| a - b).collect();
+            assert_close_rel_max(&what, &got_p, &prod, 1e-3);
+            assert_close_rel_max(&what, &got, &want, 1e-3);
+            let float = swiglu_matmul::cpu(&gu, &wv, &y0, n);
+            let float_p: Vec<f32> = float.iter().zip(&y0).map(|(a, b)| a - b).collect();
+            assert!(
+                !within_rel_max(&got_p, &float_p, 1e-3),
+                "{what}: the float reference passed too (is x quantized?)"
+            );
         }
     }
 }

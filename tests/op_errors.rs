@@ -44,6 +44,7 @@ fn caps(cpu: bool) -> Caps {
         timestamps: false,
         timestamps_in_passes: false,
         cooperative_matrix: false,
+        int_dot: !cpu,
         cpu,
         uniform_offset_align: 256,
         uniform_window: 64 << 10,

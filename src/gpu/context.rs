@@ -19,6 +19,11 @@ pub struct GpuOptions {
     /// no barriers), `Some(false)` the GPU ones; `None` picks by the adapter's device type.
     /// Also `FADO_KERNELS=cpu|gpu`.
     pub cpu_kernels: Option<bool>,
+    /// The integer path of the quantized GEMVs (x quantized to int8 per 32 values,
+    /// `dot4I8Packed` products; `ops::matmul::int_dot`): `Some(true|false)` forces it,
+    /// `None` takes it where the adapter has packed integer dot products
+    /// ([`adapter_has_int_dot`]). GPU-style kernels only. Also `FADO_INT_DOT=1|0`.
+    pub int_dot: Option<bool>,
 }
 
 impl GpuOptions {
@@ -32,6 +37,11 @@ impl GpuOptions {
             cpu_kernels: match std::env::var("FADO_KERNELS").as_deref() {
                 Ok("cpu") => Some(true),
                 Ok("gpu") => Some(false),
+                _ => None,
+            },
+            int_dot: match std::env::var("FADO_INT_DOT").as_deref() {
+                Ok("1") => Some(true),
+                Ok("0") => Some(false),
                 _ => None,
             },
         }
@@ -55,6 +65,10 @@ pub struct Caps {
     pub timestamps_in_passes: bool,
     /// Cooperative-matrix kernels may be used (not yet: always false).
     pub cooperative_matrix: bool,
+    /// The quantized GEMVs take their integer path (int8 x, `dot4I8Packed`): GPU-style kernels
+    /// on an adapter with packed integer dot products, unless [`GpuOptions::int_dot`] says
+    /// otherwise. Never with CPU-style kernels.
+    pub int_dot: bool,
     /// The device is a CPU rasterizer (lavapipe, SwiftShader, WARP): each workgroup runs on
     /// one core as SIMD lanes, barriers are context switches and memory is CPU cache, so
     /// kernels take variants with one thread per output row and no workgroup reductions.
@@ -179,10 +193,14 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
     let l = a.limits();
     let f = a.features();
     let interesting = wanted_features() | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-    let features = (f & interesting)
+    let mut features: Vec<String> = (f & interesting)
         .iter_names()
         .map(|(n, _)| n.to_string())
         .collect();
+    if adapter_has_int_dot(a) {
+        // Not a wgpu feature: the Vulkan fact the integer GEMV path is chosen by.
+        features.push("INTEGER_DOT_PRODUCT".into());
+    }
     AdapterSummary {
         index,
         name: info.name.clone(),
@@ -321,6 +339,9 @@ impl GpuContext {
             }
         });
         let limits = device.limits();
+        let cpu = opts
+            .cpu_kernels
+            .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
         let caps = Caps {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -329,9 +350,11 @@ impl GpuContext {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix: false,
-            cpu: opts
-                .cpu_kernels
-                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
+            int_dot: !cpu
+                && opts
+                    .int_dot
+                    .unwrap_or_else(|| adapter_has_int_dot(&adapter)),
+            cpu,
             uniform_offset_align: limits.min_uniform_buffer_offset_alignment,
             uniform_window: limits.max_uniform_buffer_binding_size.min(1 << 16) / 16 * 16,
             max_storage_binding: limits.max_storage_buffer_binding_size,
@@ -577,4 +600,27 @@ pub(crate) fn check_upload(label: &str, desc: &TensorDesc, bytes: &[u8]) -> Resu
         ));
     }
     Ok(())
+}
+
+/// Whether the adapter runs WGSL's `dot4I8Packed` natively: naga's SPIR-V backend emits
+/// `OpSDot` where wgpu-hal enabled the `DotProduct*` capabilities, which it does on a Vulkan
+/// device of API 1.3 or later (where `shaderIntegerDotProduct` is core) or with
+/// `VK_KHR_shader_integer_dot_product`; elsewhere naga writes a bit-extract polyfill, correct
+/// but no faster than floats. wgpu has no feature flag for it, so this reads the Vulkan facts
+/// wgpu-hal keeps. `false` off Vulkan.
+pub fn adapter_has_int_dot(adapter: &wgpu::Adapter) -> bool {
+    #[cfg(any(windows, target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: only reads the adapter's cached properties; nothing is created or destroyed.
+        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() };
+        if let Some(a) = hal {
+            let caps = a.physical_device_capabilities();
+            let v = caps.properties().api_version;
+            let (major, minor) = ((v >> 22) & 0x7f, (v >> 12) & 0x3ff);
+            return (major, minor) >= (1, 3)
+                || caps.supports_extension(c"VK_KHR_shader_integer_dot_product");
+        }
+    }
+    let _ = adapter;
+    false
 }

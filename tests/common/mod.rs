@@ -108,18 +108,33 @@ pub fn upload(name: &str, shape: &[usize], data: &[f32]) -> Tensor {
 /// Kernels choose their variant from the device, so on lavapipe only these reach the GPU-style
 /// kernels, and on a GPU only these reach the CPU-style ones.
 pub fn ctx_variant(cpu: bool, subgroups: bool) -> Arc<GpuContext> {
-    type Cache = std::sync::Mutex<Vec<((bool, bool), Arc<GpuContext>)>>;
+    ctx_with(cpu, subgroups, false)
+}
+
+/// The GPU-style context with subgroups and the integer GEMV path on (what a real GPU with
+/// packed integer dot products decodes with), whatever the adapter reports.
+#[allow(dead_code)]
+pub fn ctx_int_dot() -> Arc<GpuContext> {
+    ctx_with(false, true, true)
+}
+
+/// A context with the kernel style, subgroups and integer GEMV path forced: [`ctx_variant`]
+/// keeps the integer path off, so the float kernels' tests test the float kernels.
+pub fn ctx_with(cpu: bool, subgroups: bool, int_dot: bool) -> Arc<GpuContext> {
+    type Cache = std::sync::Mutex<Vec<((bool, bool, bool), Arc<GpuContext>)>>;
     static CTXS: OnceLock<Cache> = OnceLock::new();
     let m = CTXS.get_or_init(Default::default);
     let mut m = m.lock().expect("context cache");
-    if let Some((_, c)) = m.iter().find(|(k, _)| *k == (cpu, subgroups)) {
+    let key = (cpu, subgroups, int_dot);
+    if let Some((_, c)) = m.iter().find(|(k, _)| *k == key) {
         return c.clone();
     }
     let mut o = GpuOptions::from_env();
     o.cpu_kernels = Some(cpu);
     o.disable_subgroups |= !subgroups;
+    o.int_dot = Some(int_dot);
     let c = GpuContext::new(&o).expect("kernel tests need a Vulkan adapter");
-    m.push(((cpu, subgroups), c.clone()));
+    m.push((key, c.clone()));
     c
 }
 
@@ -158,4 +173,43 @@ pub fn weight_bytes(dtype: fado::tensor::DType, w: &[f32], k: usize) -> (Vec<u8>
             (gpu, v)
         }
     }
+}
+
+/// Random GGUF blocks of `dtype` for a `[rows, cols]` weight: random quant bytes, the f16
+/// scale fields finite and small (as real models have them).
+#[allow(dead_code)]
+pub fn random_blocks(
+    rng: &mut fado::rng::Rng,
+    dtype: fado::tensor::DType,
+    rows: usize,
+    cols: usize,
+) -> Vec<u8> {
+    use fado::tensor::DType;
+    let bb = dtype.block_bytes();
+    let nb = rows * cols / dtype.block_len();
+    let f16_at: &[usize] = match dtype {
+        DType::Q8_0 | DType::Q4_0 => &[0],
+        DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        _ => &[208],
+    };
+    let mut out = Vec::with_capacity(nb * bb);
+    for _ in 0..nb {
+        let mut b: Vec<u8> = (0..bb).map(|_| rng.below(256) as u8).collect();
+        for &o in f16_at {
+            let v = half::f16::from_f32(rng.uniform(-0.05, 0.05)).to_le_bytes();
+            b[o..o + 2].copy_from_slice(&v);
+        }
+        out.extend(b);
+    }
+    out
+}
+
+/// What [`assert_close_rel_max`] checks, as a bool: max |g − w| ≤ rtol · max |w|, no NaN (for
+/// the checks that a wrong reference fails).
+#[allow(dead_code)]
+pub fn within_rel_max(got: &[f32], want: &[f32], rtol: f32) -> bool {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    got.iter()
+        .zip(want)
+        .all(|(g, w)| !g.is_nan() && (g - w).abs() <= rtol * scale)
 }

@@ -18,9 +18,9 @@
 //! multiply-adds, so the kernels are correct everywhere; only their speed depends on the driver.
 //!
 //! Whether the adapter has packed integer dot products: wgpu exposes no feature for it, so
-//! [`adapter_has_int_dot`] asks the Vulkan driver facts wgpu-hal keeps (API version ≥ 1.3, or
-//! the extension). [`enabled`] decides per call; until `Caps` carries that fact it is the
-//! `FADO_INT_DOT=1|0` environment override only (default off).
+//! [`crate::gpu::adapter_has_int_dot`] asks the Vulkan driver facts wgpu-hal keeps (API
+//! version ≥ 1.3, or the extension) and [`Caps::int_dot`] carries the answer (on by default
+//! there, `FADO_INT_DOT=1|0` or `GpuOptions::int_dot` overriding). [`enabled`] decides per call.
 
 use crate::gpu::Caps;
 use crate::tensor::DType;
@@ -38,39 +38,10 @@ pub const FORMATS: &[DType] = &[
 /// Values per x quantization group (one f32 scale each).
 pub const X_GROUP: usize = 32;
 
-/// Whether the quantized GEMV takes the integer path on this device: `FADO_INT_DOT=1` turns it
-/// on, anything else (or unset) leaves it off. It applies to GPU-style kernels only.
+/// Whether the quantized GEMV takes the integer path on this device: [`Caps::int_dot`] (GPU-style
+/// kernels on an adapter with packed integer dot products, `FADO_INT_DOT=1|0` overriding).
 pub fn enabled(caps: &Caps) -> bool {
-    !caps.cpu && env_override() == Some(true)
-}
-
-/// `FADO_INT_DOT`: `Some(true)` for `1`, `Some(false)` for `0`, `None` otherwise.
-pub fn env_override() -> Option<bool> {
-    match std::env::var("FADO_INT_DOT").as_deref() {
-        Ok("1") => Some(true),
-        Ok("0") => Some(false),
-        _ => None,
-    }
-}
-
-/// Whether the adapter runs `dot4I8Packed` natively (naga's `OpSDot`, see the module docs):
-/// a Vulkan device of API 1.3 or later, or with `VK_KHR_shader_integer_dot_product` — the test
-/// wgpu-hal uses before enabling the SPIR-V capabilities. `false` off Vulkan.
-pub fn adapter_has_int_dot(adapter: &wgpu::Adapter) -> bool {
-    #[cfg(any(windows, target_os = "linux", target_os = "android"))]
-    {
-        // SAFETY: only reads the adapter's cached properties; nothing is created or destroyed.
-        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() };
-        if let Some(a) = hal {
-            let caps = a.physical_device_capabilities();
-            let v = caps.properties().api_version;
-            let (major, minor) = ((v >> 22) & 0x7f, (v >> 12) & 0x3ff);
-            return (major, minor) >= (1, 3)
-                || caps.supports_extension(c"VK_KHR_shader_integer_dot_product");
-        }
-    }
-    let _ = adapter;
-    false
+    caps.int_dot && !caps.cpu
 }
 
 /// x quantized as the integer GEMV does: per [`X_GROUP`] values, `d = max|x| / 127` and

@@ -71,8 +71,9 @@ impl Op for NormMatmul {
         let (m, n, _, _) = matmul::check(self.name(), x, w, None)?;
         if Self::fuses(caps, x) {
             let call = if w.dtype.is_quantized() {
-                // The float path: int8 x is not validated with the norm folded in.
-                let mut calls = matmul_quant::kernels_int(caps, x, w, false, false)?;
+                // With the integer path the kernel quantizes g∘x per 32 and scales the sums
+                // by 1/rms when it stores them: per-group quantization is scale-invariant.
+                let mut calls = matmul_quant::kernels(caps, x, w, false)?;
                 let mut c = calls.remove(0);
                 c.params.extend([fbits(self.eps), 0, 0, 0]);
                 c

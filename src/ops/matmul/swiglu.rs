@@ -65,9 +65,8 @@ impl Op for SwiGluMatmulAddInto {
         let product = matmul::kernels_for(self.name(), caps, &act, w, Some(y))?;
         if Self::fuses(caps, gu) {
             if let [call] = product.as_slice() {
-                // Not with the opt-in int8 x (FADO_INT_DOT): unvalidated with SwiGLU folded in.
-                let int_dot = call.defines.contains_key("INT_DOT");
-                if call.entry == "gemv" && call.args.first() == Some(&Arg::In(0)) && !int_dot {
+                // With the integer path the kernel quantizes silu(gate)·up as it reads it.
+                if call.entry == "gemv" && call.args.first() == Some(&Arg::In(0)) {
                     return Ok(vec![call.clone().define("X_SWIGLU", 1)]);
                 }
             }
