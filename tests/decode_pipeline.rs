@@ -161,7 +161,7 @@ fn smollm2_gpu_style_pipeline_dispatches_and_host_waits() {
             .unwrap();
         assert_eq!(g.tokens, want.tokens, "{label}: {n} greedy tokens");
         eprintln!("{label}: {st:?}");
-        assert_eq!(st.tokens, n);
+        assert_eq!(st.tokens, n as u64);
         // One wait, at the end of the generation, is the floor for a short one.
         assert!(
             st.idle_waits <= 1 || st.idle_waits as f64 / st.tokens as f64 <= 0.05,

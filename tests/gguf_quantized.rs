@@ -7,7 +7,10 @@
 mod common;
 use common::*;
 
+use std::sync::Arc;
+
 use fado::loader::gguf::GgufFile;
+use fado::model::Model;
 use fado::quant;
 use fado::tensor::DType;
 use serde_json::Value;
@@ -87,14 +90,19 @@ fn check_tensors(file: &str) -> Vec<DType> {
 /// Fado's kernels on the same dequantized weights as transformers: f32 accumulation in another
 /// order, so the f32 tolerance.
 fn check_model(file: &str) {
+    check_model_on(load(fixture(file)), file);
+}
+
+/// [`check_model`] on a loaded model (its context decides the kernels).
+fn check_model_on(m: Arc<Model>, file: &str) {
     let exp = expected();
-    let m = load(fixture(file));
     for p in exp["files"][file]["prompts"].as_array().unwrap() {
         let what = &format!("{file} {}", p["name"].as_str().unwrap());
         let prompt = json_ids(&p["ids"]);
         assert_reference_logits(&m, &prompt, p, F32_RTOL, what);
         // Greedy tokens up to the first step whose top-2 gap is within summation-order noise.
-        assert_reference_greedy(&m, &prompt, p, 1e-3, 128, what);
+        let n = assert_reference_greedy(&m, &prompt, p, 1e-3, 128, what);
+        eprintln!("{what}: {n} greedy tokens compared");
     }
 }
 
@@ -120,6 +128,24 @@ fn llama_cpp_q4_k_m_gives_transformers_logits_and_greedy_tokens() {
 #[test]
 fn llama_cpp_q6_k_gives_transformers_logits_and_greedy_tokens() {
     check_model("tiny-llama-256-q6_k.gguf");
+}
+
+/// The integer GEMV path (what GPUs with packed integer dot products decode with: int8 x per
+/// 32 values) on every quantized fixture: one-token logits within `INT_DOT_RTOL` of
+/// transformers, greedy tokens equal up to the first top-2 gap below `INT_DOT_TIE`.
+#[test]
+fn quantized_files_with_the_integer_gemv_path_stay_near_transformers() {
+    for file in [
+        "tiny-llama-256-q4_k_m.gguf",
+        "tiny-llama-256-q6_k.gguf",
+        "tiny-llama-fado-q8_0.gguf",
+        "tiny-llama-fado-q4_0.gguf",
+        "tiny-llama-256-fado-q4_k.gguf",
+    ] {
+        let m = load_on(ctx_int_dot(), fixture(file));
+        assert!(m.ctx.caps.int_dot);
+        check_model_on(m, file);
+    }
 }
 
 #[test]

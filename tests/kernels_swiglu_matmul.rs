@@ -77,9 +77,7 @@ fn swiglu_matmul_with_the_integer_path_matches_the_int8_x_reference() {
     for &dtype in int_dot::FORMATS {
         let k = if dtype.block_len() == 256 { 512 } else { 96 };
         for n in [37usize, 301] {
-            let gguf = random_blocks(&mut rng, dtype, n, k);
-            let wv = fado::quant::dequantize(dtype, &gguf, n * k).expect("dequantize");
-            let bytes = fado::quant::gpu_layout(dtype, n, k, &gguf).expect("layout");
+            let (bytes, wv) = random_quant_weight(&mut rng, dtype, n, k);
             let gu = rng.vec(2 * k, 4.0);
             let y0 = rng.vec(n, 2.0);
             let wd = TensorDesc::new(dtype, [n, k]);

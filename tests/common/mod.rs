@@ -213,3 +213,18 @@ pub fn within_rel_max(got: &[f32], want: &[f32], rtol: f32) -> bool {
         .zip(want)
         .all(|(g, w)| !g.is_nan() && (g - w).abs() <= rtol * scale)
 }
+
+/// A random `[n, k]` weight of block format `dtype` ([`random_blocks`]): its GPU layout and
+/// its dequantized values (what the kernels should compute with).
+#[allow(dead_code)]
+pub fn random_quant_weight(
+    rng: &mut fado::rng::Rng,
+    dtype: fado::tensor::DType,
+    n: usize,
+    k: usize,
+) -> (Vec<u8>, Vec<f32>) {
+    let gguf = random_blocks(rng, dtype, n, k);
+    let wv = fado::quant::dequantize(dtype, &gguf, n * k).expect("dequantize");
+    let bytes = fado::quant::gpu_layout(dtype, n, k, &gguf).expect("layout");
+    (bytes, wv)
+}
