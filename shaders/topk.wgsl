@@ -11,6 +11,8 @@
 // Entry `topk_partial` — bindings 2 logits f32 [V]; 3 cand vec2<u32> [NB·K] (scratch) as
 //   (index, key). Workgroup b takes logits [b·SEG, min(V, (b+1)·SEG)), SEG = WG·ITEMS, and writes
 //   its K best to cand[b·K ..]. Dispatch (NB = ceil(V / SEG)) spread over (gx, gy).
+//   MASK: binding 4 mask u32 [≥ ceil(V / 32)]; logit i is a candidate only where bit i & 31 of
+//   mask[i >> 5] is set (constrained decoding), so disallowed tokens never reach the sampler.
 // Entry `topk_final` (FINAL) — bindings 2 cand [n_cand ≤ WG·ITEMS]; 3 out u32 [2K]: K indices, then K
 //   values as f32 bits (-inf bits and index 0xFFFFFFFF where fewer than K candidates exist).
 //   Dispatch (1, 1, 1).
@@ -152,6 +154,10 @@ fn cand_word(i: u32) -> u32 { return out[i]; }
 #else
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read_write> cand: array<vec2<u32>>;
+#if MASK
+// Constrained decoding: bit (i & 31) of mask[i >> 5] set = token i allowed.
+@group(0) @binding(4) var<storage, read> mask: array<u32>;
+#endif
 #endif
 var<workgroup> red: array<vec2<u32>, {{WG}}>; // (key, index)
 var<workgroup> win: vec2<u32>;
@@ -220,6 +226,12 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             cnd = vec2<u32>(c.y, c.x);
 #else
             cnd = vec2<u32>(okey(logits[begin + i]), begin + i);
+#if MASK
+            // A disallowed token is no candidate at all (not -inf): the sampler never sees it.
+            if (((mask[(begin + i) >> 5u] >> ((begin + i) & 31u)) & 1u) == 0u) {
+                cnd.x = 0u;
+            }
+#endif
 #endif
             if (cnd.x == 0u) {
                 cnd = vec2<u32>(0u, NONE);

@@ -8,6 +8,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod constrain;
 pub mod convert;
 pub mod error;
 pub mod generate;

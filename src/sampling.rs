@@ -7,6 +7,9 @@
 
 #![warn(missing_docs)]
 
+use std::sync::Arc;
+
+use crate::constrain::Constraint;
 use crate::ops::sample::{choose, SamplerParams};
 
 /// The most candidates a decode step reads back.
@@ -43,6 +46,12 @@ pub struct SamplingParams {
     /// [`crate::rng::uniform_at`]`(seed, p)`, so the same seed, parameters and prompt give the
     /// same tokens on the same adapter. Unused when greedy.
     pub seed: u64,
+    /// Constrained decoding: only tokens that keep the output inside this grammar (a JSON
+    /// schema, any JSON object, a Lark grammar) can be chosen, with every sampler setting
+    /// above. Compile it once with [`crate::model::Model::constraint`]; generation ends when
+    /// the grammar is complete (finish reason `stop`) or at `max_tokens` (`length`, the
+    /// output then incomplete).
+    pub constraint: Option<Arc<Constraint>>,
 }
 
 impl Default for SamplingParams {
@@ -58,6 +67,7 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             ignore_eos: false,
             seed: 0,
+            constraint: None,
         }
     }
 }

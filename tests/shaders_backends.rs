@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use common::fixture;
 use fado::config::{LlamaConfig, RopeScaling};
+use fado::constrain::GrammarSpec;
 use fado::gpu::{shader, GpuContext, GpuOptions, PipelineKey};
 use fado::model::Model;
 use fado::sampling::SamplingParams;
@@ -72,6 +73,14 @@ fn exercise(model: &Arc<Model>) {
     };
     s.generate_with_logprobs(&[7], &params, 2, Some(3), &mut |_, _| true)
         .expect("decode with penalties and logprobs");
+    // Constrained decoding: the sampler's first pass reads the allowed-token mask.
+    let lark = GrammarSpec::Lark("start: /[a-z]+/\n".into());
+    let params = SamplingParams {
+        constraint: Some(model.constraint(lark).expect("grammar")),
+        ..SamplingParams::greedy()
+    };
+    s.generate(&[9], &params, 2, &mut |_| true)
+        .expect("constrained decode");
 }
 
 /// Validate `key`'s WGSL with naga and translate it to MSL and HLSL.

@@ -1,10 +1,12 @@
 //! `fado run` and `fado chat`.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use fado::chat_template::Message;
+use fado::constrain::GrammarSpec;
 use fado::generate::{encode_chat, encode_raw, generate_text, TextRequest};
 use fado::session::Session;
 use fado::{Error, Result};
@@ -29,6 +31,37 @@ pub struct RunArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Constrain the output to JSON matching this JSON-schema file (objects allow extra
+    /// properties unless "additionalProperties": false).
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    pub json_schema: Option<PathBuf>,
+    /// Constrain the output to this Lark grammar file (llguidance's dialect; `start` rule).
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<PathBuf>,
+}
+
+/// The `--json-schema`/`--grammar` file as a grammar, read and parsed before the model loads
+/// so a missing file or broken JSON fails at once.
+fn grammar_spec(a: &RunArgs) -> Result<Option<GrammarSpec>> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })
+    };
+    if let Some(p) = &a.json_schema {
+        let v: serde_json::Value = serde_json::from_str(&read(p)?).map_err(|e| {
+            Error::Request(format!(
+                "{}: not a JSON schema: invalid JSON: {e}",
+                p.display()
+            ))
+        })?;
+        return Ok(Some(GrammarSpec::JsonSchema(v)));
+    }
+    match &a.grammar {
+        Some(p) => Ok(Some(GrammarSpec::Lark(read(p)?))),
+        None => Ok(None),
+    }
 }
 
 /// The prompt from standard input, without the one line break that ends typed or piped text
@@ -84,8 +117,18 @@ pub fn run(a: RunArgs, adapter: Option<String>) -> Result<()> {
         Some(p) => p.clone(),
         None => read_stdin()?,
     };
-    let params = a.sampling.params()?;
+    let mut params = a.sampling.params()?;
+    let spec = grammar_spec(&a)?;
     let model = super::load::load(&a.model, adapter)?;
+    if let Some(spec) = spec {
+        let file = a.json_schema.as_ref().or(a.grammar.as_ref());
+        let file = file.map(|p| p.display().to_string()).unwrap_or_default();
+        params.constraint = Some(
+            model
+                .constraint(spec)
+                .map_err(|e| Error::Request(format!("{file}: {e}")))?,
+        );
+    }
     let ids = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {

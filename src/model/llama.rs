@@ -114,6 +114,9 @@ pub struct Head {
     /// Choose the next token from the top-k candidates ([`TopKSample`]) and write it into the
     /// history at `pos + tokens`.
     pub sample: bool,
+    /// With `sample`: the allowed-token mask (u32 `[ceil(V / 32)]`) the sampler's first pass
+    /// reads (constrained decoding); the host rewrites it before each step.
+    pub mask: Option<Tensor>,
 }
 
 /// Build the forward pass for `tokens` tokens starting at the position `pos` given at run time
@@ -132,6 +135,42 @@ pub fn forward(
         ..Head::default()
     };
     forward_with(cfg, w, cache, history, tokens, &head)
+}
+
+/// The head's ops after the logits (and host-window penalties): history penalties, top-k or
+/// the sampling top-k (reading the allowed-token mask when the head has one: constrained
+/// decoding), log-sum-exp. Returns (top-k, log-sum-exp).
+fn head_ops(
+    g: &mut Graph,
+    head: &Head,
+    logits: TensorId,
+    ids: TensorId,
+) -> Result<(Option<TensorId>, Option<TensorId>)> {
+    let sampler = head.sampler.as_ref().map(|t| g.external("sampler", t));
+    let need_sampler = || {
+        sampler
+            .ok_or_else(|| Error::op("forward", "the head samples but has no sampler parameters"))
+    };
+    if head.penalize_history {
+        g.add0(PenalizeHistory, &[logits, need_sampler()?, ids])?;
+    }
+    let topk = match (head.topk, head.sample) {
+        (Some(k), true) => {
+            let mask = head.mask.as_ref().map(|m| g.external("mask", m));
+            let masked = mask.is_some();
+            let ins = [logits, need_sampler()?, ids];
+            let ins: Vec<TensorId> = ins.into_iter().chain(mask).collect();
+            Some(g.add1(TopKSample { k, masked }, &ins)?)
+        }
+        (Some(k), false) => Some(g.add1(TopK { k }, &[logits])?),
+        (None, true) => return Err(Error::op("forward", "sampling needs the top-k")),
+        (None, false) => None,
+    };
+    let logsumexp = head
+        .logsumexp
+        .then(|| g.add1(LogSumExp, &[logits]))
+        .transpose()?;
+    Ok((topk, logsumexp))
 }
 
 /// [`forward`] with penalties and the log-softmax normaliser on the logits ([`Head`]).
@@ -226,25 +265,7 @@ pub fn forward_with(
         let pen_counts = g.external("penalty_counts", pen_counts);
         g.add0(op.clone(), &[logits, pen_ids, pen_counts])?;
     }
-    let sampler = head.sampler.as_ref().map(|t| g.external("sampler", t));
-    let need_sampler = || {
-        sampler
-            .ok_or_else(|| Error::op("forward", "the head samples but has no sampler parameters"))
-    };
-    if head.penalize_history {
-        g.add0(PenalizeHistory, &[logits, need_sampler()?, ids])?;
-    }
-    let topk = match (head.topk, head.sample) {
-        (Some(k), true) => Some(g.add1(TopKSample { k }, &[logits, need_sampler()?, ids])?),
-        (Some(k), false) => Some(g.add1(TopK { k }, &[logits])?),
-        (None, true) => return Err(Error::op("forward", "sampling needs the top-k")),
-        (None, false) => None,
-    };
-    let logsumexp = if head.logsumexp {
-        Some(g.add1(LogSumExp, &[logits])?)
-    } else {
-        None
-    };
+    let (topk, logsumexp) = head_ops(&mut g, head, logits, ids)?;
 
     Ok(Forward {
         graph: g,

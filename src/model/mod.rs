@@ -8,9 +8,10 @@ pub mod synthetic;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::chat_template::ChatTemplate;
+use crate::constrain::{Constraint, GrammarSpec, TokenEnv};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::loader::{self, WeightSource};
@@ -53,6 +54,9 @@ pub struct Model {
     pub path: PathBuf,
     /// Bytes of weights resident on the GPU.
     pub weights_bytes: u64,
+    /// The vocabulary as the grammar engine sees it, built on the first constraint
+    /// ([`Model::constraint`]): ~150 ms that a model without constraints never pays.
+    token_env: OnceLock<Arc<TokenEnv>>,
 }
 
 fn text_side(src: &dyn WeightSource) -> Result<(Tokenizer, ChatTemplate)> {
@@ -169,6 +173,7 @@ impl Model {
             name,
             path: path.to_path_buf(),
             weights_bytes,
+            token_env: OnceLock::new(),
         }))
     }
 }
@@ -198,6 +203,30 @@ impl Model {
             name: format!("synthetic {name} ({dtype})"),
             path: PathBuf::new(),
             weights_bytes: w.bytes,
+            token_env: OnceLock::new(),
         }))
+    }
+}
+
+impl Model {
+    /// The token environment for constraints over this model's logits (built once).
+    pub fn token_env(&self) -> Result<Arc<TokenEnv>> {
+        if let Some(env) = self.token_env.get() {
+            return Ok(env.clone());
+        }
+        let env = Arc::new(TokenEnv::new(
+            &self.tokenizer,
+            self.config.vocab_size,
+            &self.config.eos_token_ids,
+        )?);
+        // Two threads may build it at once; both results are equal, the first one is kept.
+        Ok(self.token_env.get_or_init(|| env).clone())
+    }
+
+    /// Compile `spec` for this model's vocabulary: the constraint a request's
+    /// [`crate::sampling::SamplingParams::constraint`] holds. Errors name the problem in the
+    /// schema or grammar.
+    pub fn constraint(&self, spec: GrammarSpec) -> Result<Arc<Constraint>> {
+        Ok(Arc::new(self.token_env()?.compile(spec)?))
     }
 }

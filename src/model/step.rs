@@ -85,6 +85,7 @@ pub struct Sequence {
     sampler: Tensor,
     pen_ids: Tensor,
     pen_counts: Tensor,
+    mask: Tensor,
 }
 
 impl Sequence {
@@ -178,6 +179,11 @@ impl Sequence {
             )?,
             pen_ids: gpu.empty("penalty_ids", TensorDesc::new(DType::U32, [ctx]))?,
             pen_counts: gpu.empty("penalty_counts", TensorDesc::f32([ctx]))?,
+            // One bit per logit; 6 KiB for a 49k vocabulary, written only by constrained steps.
+            mask: gpu.empty(
+                "token_mask",
+                TensorDesc::new(DType::U32, [cfg.vocab_size.div_ceil(32)]),
+            )?,
         })
     }
 
@@ -226,6 +232,15 @@ impl Sequence {
             .write(&self.sampler, 0, bytemuck::cast_slice(&p.words()))
     }
 
+    /// Write the allowed-token mask the next masked step reads ([`StepSpec::masked`]): one bit
+    /// per logit, `ceil(vocab / 32)` words (fewer leave the rest as they were).
+    pub fn write_mask(&self, model: &Model, words: &[u32]) -> Result<()> {
+        let n = words.len().min(self.mask.desc.numel());
+        model
+            .ctx
+            .write(&self.mask, 0, bytemuck::cast_slice(&words[..n]))
+    }
+
     /// Write the penalty window: `ids` and their `amounts`, both as long as the window the
     /// step was compiled for ([`StepSpec::penalty`]; pad with [`NO_TOKEN`] and 0).
     pub fn write_penalty_window(&self, model: &Model, ids: &[u32], amounts: &[f32]) -> Result<()> {
@@ -268,6 +283,7 @@ impl Sequence {
             sampler: (spec.sample || penalize_history).then(|| self.sampler.clone()),
             penalize_history,
             sample: spec.sample,
+            mask: (spec.sample && spec.masked).then(|| self.mask.clone()),
         };
         let fwd = llama::forward_with(
             &model.config,
@@ -318,6 +334,10 @@ pub struct StepSpec {
     /// [`Sequence::write_sampler`]) and write it into the history at `pos + tokens`, where the
     /// next step's embedding reads it: steps can then be queued without the host in between.
     pub sample: bool,
+    /// With `sample`: only tokens the allowed-token mask ([`Sequence::write_mask`]) sets can
+    /// be sampled (constrained decoding). Each step's mask depends on the token before it, so
+    /// the host writes it between steps.
+    pub masked: bool,
     /// Return the logits of every token, not the top-k of the last one (then `k`, `penalty`,
     /// `logsumexp` and `sample` are unused): scoring a text ([`StepGraph::run_logits`]).
     pub all_logits: bool,
@@ -349,6 +369,7 @@ impl StepSpec {
             penalty: None,
             logsumexp: false,
             sample: false,
+            masked: false,
             all_logits: false,
         }
     }

@@ -198,10 +198,34 @@ impl Op for Sample {
 /// decode step): inputs (0) logits f32 `[1, V]`, (1) [`SamplerParams`] u32 `[16]`, (2) history
 /// u32 `[capacity]`, written in place at `Step::kv_len` when `kv_len < capacity`; output the
 /// top-k candidates u32 `[2k]` exactly as TopK's. The chosen token is [`sample_cpu`] of them.
+///
+/// With `masked`, input (3) is an allowed-token mask u32 `[≥ ceil(V / 32)]` (bit `i & 31` of
+/// word `i >> 5`, as `crate::constrain` writes it): the first pass drops every disallowed logit
+/// before the top-k, so the candidates are [`mask_logits_cpu`]'s top-k and no vocabulary-sized
+/// row is read back. Unmasked graphs compile the kernel without it.
 #[derive(Clone, Debug)]
 pub struct TopKSample {
     /// Candidates kept (1 ..= [`MAX_K`]).
     pub k: usize,
+    /// Read an allowed-token mask (input 3).
+    pub masked: bool,
+}
+
+/// CPU reference of the mask: disallowed logits become NaN, which top-k skips (as the kernel
+/// drops them: they are no candidate, not a -inf one).
+pub fn mask_logits_cpu(logits: &[f32], mask: &[u32]) -> Vec<f32> {
+    logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            let on = mask.get(i >> 5).is_some_and(|w| (w >> (i & 31)) & 1 == 1);
+            if on {
+                l
+            } else {
+                f32::NAN
+            }
+        })
+        .collect()
 }
 
 impl Op for TopKSample {
@@ -211,9 +235,22 @@ impl Op for TopKSample {
 
     fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
         let name = self.name();
-        expect_inputs(name, inputs, 3)?;
+        expect_inputs(name, inputs, 3 + self.masked as usize)?;
         expect_params(name, inputs[1])?;
         expect_history(name, inputs[2])?;
+        if self.masked {
+            let (v, mask) = (inputs[0].cols(), inputs[3]);
+            expect_dtype(name, "mask", mask, &[DType::U32])?;
+            if mask.rank() != 1 || mask.numel() < v.div_ceil(32) {
+                return Err(Error::op(
+                    name,
+                    format!(
+                        "mask is {mask}: expected u32 [≥ {}] (one bit per logit)",
+                        v.div_ceil(32)
+                    ),
+                ));
+            }
+        }
         TopK { k: self.k }.infer(&inputs[..1])
     }
 
@@ -223,6 +260,11 @@ impl Op for TopKSample {
 
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
         let mut calls = TopK { k: self.k }.kernels(caps, &inputs[..1])?;
+        if self.masked {
+            let first = &mut calls[0];
+            first.defines.insert("MASK".into(), "1".into());
+            first.args.push(Arg::In(3));
+        }
         let last = calls
             .last_mut()
             .ok_or_else(|| Error::op(self.name(), "top-k built no final pass"))?;

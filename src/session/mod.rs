@@ -266,6 +266,7 @@ impl Session {
             }),
             logsumexp,
             sample: false,
+            masked: false,
             all_logits: false,
         };
         self.seq.write_tokens(&self.model, pos, tokens)?;

@@ -9,6 +9,12 @@
 //! When generation ends (EOS, a stop string, cancellation) with steps still queued, their
 //! tokens are discarded, and so are the cache rows they wrote: the history the session keeps
 //! ends at the last token the caller saw, and later steps overwrite the rest.
+//!
+//! Constrained decoding ([`SamplingParams::constraint`]) keeps one step in flight: step t + 1's
+//! allowed-token mask depends on token t, so the host reads token t, advances the grammar,
+//! writes the mask (6 KiB for a 49k vocabulary) and only then queues step t + 1. The mask
+//! takes microseconds on the CPU; the GPU idles for that turn-around, the map of the token's
+//! readback included (see `examples/constrained_speed.rs` for what that costs).
 
 #![warn(missing_docs)]
 
@@ -20,6 +26,7 @@ use super::{
     check_prompt, check_request, stepwise::token_logprobs, FinishReason, Generation, Session,
     TokenLogprobs, PREFILL_CHUNK,
 };
+use crate::constrain::{Constraint, ConstraintMatcher};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::{Penalty, SamplerParams, StepSpec};
@@ -126,6 +133,14 @@ impl Readback {
     }
 }
 
+/// The log-probabilities of a readback's token: `words` as [`Readback`] lays them out.
+fn readback_logprobs(words: &[u32], k: usize, n: usize) -> TokenLogprobs {
+    let cands: Vec<(u32, f32)> = (0..k)
+        .map(|i| (words[1 + i], f32::from_bits(words[1 + k + i])))
+        .collect();
+    token_logprobs(words[0], &cands, n, f32::from_bits(words[1 + 2 * k]))
+}
+
 /// A step in flight: its submission and its readback slot.
 struct InFlight {
     index: wgpu::SubmissionIndex,
@@ -138,14 +153,19 @@ impl Session {
         self.stats
     }
 
-    /// Submit one sampling step of `tokens` tokens at `pos` filling readback slot `slot`.
+    /// Submit one sampling step of `tokens` tokens at `pos` filling readback slot `slot`; with
+    /// a constraint, its mask for this step is written first.
     fn submit_sampled(
         &mut self,
         spec: StepSpec,
         pos: usize,
         rb: &mut Readback,
         slot: usize,
+        matcher: Option<&mut ConstraintMatcher>,
     ) -> Result<InFlight> {
+        if let Some(m) = matcher {
+            self.seq.write_mask(&self.model, m.mask()?)?;
+        }
         self.graph(spec)?;
         let g = &self.graphs[&spec];
         let kv_len = (pos + spec.tokens) as u64;
@@ -196,6 +216,7 @@ impl Session {
         prompt: &[u32],
         spec: impl Fn(usize) -> StepSpec,
         rb: &mut Readback,
+        matcher: Option<&mut ConstraintMatcher>,
     ) -> Result<InFlight> {
         let chunks: Vec<&[u32]> = prompt.chunks(PREFILL_CHUNK).collect();
         let (last, rest) = chunks
@@ -210,7 +231,7 @@ impl Session {
         }
         let pos = self.history.len();
         self.seq.write_tokens(&self.model, pos, last)?;
-        let first = self.submit_sampled(spec(last.len()), pos, rb, 0)?;
+        let first = self.submit_sampled(spec(last.len()), pos, rb, 0, matcher)?;
         self.history.extend_from_slice(last);
         Ok(first)
     }
@@ -235,12 +256,18 @@ impl Session {
         self.model.ctx.check_alive("running the model")?;
         let want_lp = top_logprobs.is_some();
         let k = params.candidates().max(top_logprobs.unwrap_or(0)).max(1);
+        let mut matcher = (params.constraint.as_deref())
+            .map(|c| self.constraint_matcher(c))
+            .transpose()?;
+        // With a constraint one step is in flight (see the module docs).
+        let depth = if matcher.is_some() { 1 } else { DEPTH };
         let spec = |tokens| StepSpec {
             tokens,
             k,
             penalty: params.has_penalties().then_some(Penalty::History),
             logsumexp: want_lp,
             sample: true,
+            masked: params.constraint.is_some(),
             all_logits: false,
         };
         self.seq
@@ -248,7 +275,8 @@ impl Session {
         let mut rb = Readback::new(&self.model.ctx, k, want_lp);
         let t0 = Instant::now();
 
-        let mut queue = VecDeque::from([self.queue_prefill(prompt, spec, &mut rb)?]);
+        let mut queue =
+            VecDeque::from([self.queue_prefill(prompt, spec, &mut rb, matcher.as_mut())?]);
         self.last = None;
 
         // Token i comes from the step at position `first + i − 1`; `submitted` counts tokens
@@ -263,10 +291,11 @@ impl Session {
         let mut t1 = Instant::now();
         let result = loop {
             let mut failed = None;
-            while queue.len() < DEPTH && submitted < max_tokens && first + submitted - 1 < capacity
+            while queue.len() < depth && submitted < max_tokens && first + submitted - 1 < capacity
             {
                 let slot = submitted % DEPTH;
-                match self.submit_sampled(spec(1), first + submitted - 1, &mut rb, slot) {
+                let pos = first + submitted - 1;
+                match self.submit_sampled(spec(1), pos, &mut rb, slot, matcher.as_mut()) {
                     Ok(f) => queue.push_back(f),
                     Err(e) => {
                         failed = Some(e);
@@ -292,18 +321,21 @@ impl Session {
             let t = words[0];
             tokens.push(t);
             self.stats.tokens += 1;
-            if eos.contains(&t) && !params.ignore_eos {
+            if let Err(e) = matcher.as_mut().map_or(Ok(()), |m| m.consume(t)) {
+                break Err(e);
+            }
+            if eos.contains(&t) && (!params.ignore_eos || matcher.is_some()) {
                 finish = FinishReason::Stop;
                 break Ok(());
             }
-            let lp = top_logprobs.map(|n| {
-                let cands: Vec<(u32, f32)> = (0..k)
-                    .map(|i| (words[1 + i], f32::from_bits(words[1 + k + i])))
-                    .collect();
-                token_logprobs(t, &cands, n, f32::from_bits(words[1 + 2 * k]))
-            });
+            let lp = top_logprobs.map(|n| readback_logprobs(&words, k, n));
             if !on_token(t, lp.as_ref()) {
                 finish = FinishReason::Cancelled;
+                break Ok(());
+            }
+            // The grammar is complete (a JSON value closed): nothing more may follow.
+            if matcher.as_ref().is_some_and(|m| m.is_stopped()) {
+                finish = FinishReason::Stop;
                 break Ok(());
             }
             if tokens.len() >= max_tokens || first + tokens.len() > capacity {
@@ -324,6 +356,20 @@ impl Session {
             prefill_seconds,
             decode_seconds: t1.elapsed().as_secs_f64(),
         })
+    }
+
+    /// A fresh matcher of `c`, which must have been compiled for this session's model (its
+    /// masks must cover the logits).
+    fn constraint_matcher(&self, c: &Constraint) -> Result<ConstraintMatcher> {
+        let words = self.model.config.vocab_size.div_ceil(32);
+        if c.mask_words() != words {
+            return Err(Error::Request(format!(
+                "the constraint was compiled for a vocabulary of {} words of mask, this model's \
+                 logits need {words}: compile it with this model (Model::constraint)",
+                c.mask_words()
+            )));
+        }
+        Ok(c.matcher())
     }
 
     /// Wait for the steps still in flight and release their readbacks.
