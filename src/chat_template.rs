@@ -2,8 +2,8 @@
 //! prompt, rendered with minijinja the way transformers renders them (`apply_chat_template`).
 //!
 //! What transformers provides, we provide: `trim_blocks` + `lstrip_blocks`, loop controls, the
-//! variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools` / `documents`
-//! (none), the functions `raise_exception(msg)` (→ an error carrying `msg`) and
+//! variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (function
+//! declarations, see [`crate::tools`]) / `documents` (none), the functions `raise_exception(msg)` (→ an error carrying `msg`) and
 //! `strftime_now(fmt)`, a Python-compatible `tojson`, and Python string/dict/list methods
 //! (`.strip()`, `.startswith()`, `.items()` …) through minijinja-contrib's pycompat.
 //!
@@ -28,6 +28,7 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
 
 use crate::error::{Error, Result};
+use crate::tools::ToolCall;
 
 // `tokenizer_config.json` belongs to the tokenizer, which reads it first; re-exported here for
 // the callers that pick a template.
@@ -42,10 +43,19 @@ const RAISED: &str = "raise_exception: ";
 /// One conversation turn.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The message text.
     pub content: String,
+    /// An assistant's function calls (see [`crate::tools`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool result's call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool result's function name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -54,7 +64,38 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
+    }
+
+    /// The message as a template sees it: `role`, `content`, and when present `tool_calls`
+    /// (`{id, type, function: {name, arguments}}`, arguments as an object when they parse, as
+    /// transformers' templates expect), `tool_call_id` and `name`.
+    fn to_value(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("role".into(), self.role.clone().into());
+        m.insert("content".into(), self.content.clone().into());
+        if !self.tool_calls.is_empty() {
+            let calls: Vec<serde_json::Value> = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    let mut v = c.to_openai();
+                    v["function"]["arguments"] = crate::tools::arguments_value(&c.arguments);
+                    v
+                })
+                .collect();
+            m.insert("tool_calls".into(), calls.into());
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.insert("tool_call_id".into(), id.clone().into());
+        }
+        if let Some(n) = &self.name {
+            m.insert("name".into(), n.clone().into());
+        }
+        Value::from(minijinja::value::Serde(serde_json::Value::Object(m)))
     }
 }
 
@@ -84,6 +125,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     origin: String,
     limits: Limits,
+    knows_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -113,6 +155,8 @@ impl ChatTemplate {
         limits: Limits,
     ) -> Result<Self> {
         let origin = origin.into();
+        let source: String = source.into();
+        let knows_tools = source.contains("tools");
         let mut env = Environment::new();
         let mut syntax = minijinja::syntax::SyntaxConfig::builder();
         syntax.trim_blocks(true).lstrip_blocks(true);
@@ -126,12 +170,13 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.into())
+        env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| template_error(&origin, &e))?;
         Ok(ChatTemplate {
             env,
             origin,
             limits,
+            knows_tools,
         })
     }
 
@@ -174,6 +219,12 @@ impl ChatTemplate {
         &self.origin
     }
 
+    /// Does the template use the `tools` variable? Those that do get function declarations
+    /// and calls as transformers passes them; the others get [`crate::tools`]' fallback.
+    pub fn knows_tools(&self) -> bool {
+        self.knows_tools
+    }
+
     /// Renders a conversation into a prompt string.
     pub fn render(
         &self,
@@ -182,21 +233,27 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<String> {
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                Value::from_pairs([
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.as_str())),
-                ])
-            })
-            .collect();
+        self.render_with_tools(messages, None, add_generation_prompt, bos_token, eos_token)
+    }
+
+    /// [`ChatTemplate::render`] with function declarations for the `tools` variable (None:
+    /// the variable is none, as transformers passes it without tools).
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String> {
+        let msgs: Vec<Value> = messages.iter().map(Message::to_value).collect();
+        let tools = tools.map_or(Value::from(()), |t| Value::from(minijinja::value::Serde(t)));
         let ctx = Value::from_pairs([
             ("messages", Value::from(msgs)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
             ("bos_token", Value::from(bos_token)),
             ("eos_token", Value::from(eos_token)),
-            ("tools", Value::from(())),
+            ("tools", tools),
             ("documents", Value::from(())),
         ]);
         let tmpl = self

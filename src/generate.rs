@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampling::SamplingParams;
 use crate::session::{FinishReason, Generation, Session, TokenLogprobs};
+use crate::tools::{prompt_messages, Tool};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -43,11 +44,23 @@ pub fn encode_chat(
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>> {
+    encode_chat_with_tools(model, messages, &[], add_generation_prompt)
+}
+
+/// [`encode_chat`] for a conversation that may declare and call functions: templates that know
+/// tools receive them, the others get [`crate::tools`]' generic fallback.
+pub fn encode_chat_with_tools(
+    model: &Model,
+    messages: &[Message],
+    tools: &[Tool],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>> {
     let bos = model.tokenizer.bos_token().unwrap_or("");
     let eos = model.tokenizer.eos_token().unwrap_or("");
-    let text = model
-        .chat_template
-        .render(messages, add_generation_prompt, bos, eos)?;
+    let tmpl = &model.chat_template;
+    let (messages, decl) = prompt_messages(tmpl.knows_tools(), messages, tools);
+    let text =
+        tmpl.render_with_tools(&messages, decl.as_deref(), add_generation_prompt, bos, eos)?;
     // The template writes the special tokens itself (as transformers' apply_chat_template).
     model.tokenizer.encode(&text, false)
 }

@@ -24,5 +24,6 @@ pub mod server;
 pub mod session;
 pub mod tensor;
 pub mod tokenizer;
+pub mod tools;
 
 pub use error::{Error, Result};

@@ -275,3 +275,48 @@ fn sandbox_limits_hold() {
         .to_string();
     assert!(err.contains("1000-byte limit"), "{err}");
 }
+
+#[test]
+fn templates_that_know_tools_receive_declarations_and_calls_with_object_arguments() {
+    use fado::tools::{prompt_messages, Tool, ToolCall};
+    // The shape of Qwen 2.5's / Hermes's tool templates, reduced to what is checked.
+    let t = ChatTemplate::new(
+        "{% if tools %}{% for t in tools %}{{ t | tojson }};{% endfor %}{% endif %}\
+         {% for m in messages %}[{{ m.role }}:{{ m.content }}\
+         {% if m.tool_calls %}{% for c in m.tool_calls %}\
+         <{{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }} city={{ c.function.arguments.city }}>\
+         {% endfor %}{% endif %}{% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %}]{% endfor %}",
+    )
+    .unwrap();
+    assert!(t.knows_tools());
+    assert!(!ChatTemplate::chatml().knows_tools());
+    let tool = Tool {
+        name: "get_weather".into(),
+        description: Some("Weather now".into()),
+        parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+    };
+    let mut call = Message::new("assistant", "");
+    call.tool_calls = vec![ToolCall {
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city": "Lisbon"}"#.into(),
+    }];
+    let mut result = Message::new("tool", "18 C");
+    result.tool_call_id = Some("call_1".into());
+    let msgs = vec![Message::new("user", "Weather?"), call, result];
+    let (msgs, decl) = prompt_messages(t.knows_tools(), &msgs, &[tool]);
+    let out = t
+        .render_with_tools(&msgs, decl.as_deref(), false, "", "")
+        .unwrap();
+    assert_eq!(
+        out,
+        "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \
+         \"Weather now\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": \
+         {\"type\": \"string\"}}}}};\
+         [user:Weather?][assistant:<call_1 get_weather {\"city\": \"Lisbon\"} city=Lisbon>]\
+         [tool:18 C#call_1]"
+    );
+    // Without tools the variable is none, as before.
+    let out = t.render_with_tools(&user("hi"), None, false, "", "").unwrap();
+    assert_eq!(out, "[user:hi]");
+}

@@ -2,11 +2,15 @@
 //! schemas of different shapes at temperature 0 and 0.7, every completed answer parsed and
 //! validated with an independent JSON-schema validator (boon); penalties and log-probabilities
 //! with a constraint; a Lark grammar; errors that name the problem; a schema that cannot be
-//! finished within max_tokens ends with `length`; `fado run --json-schema`.
+//! finished within max_tokens ends with `length`; `fado run --json-schema`; and the same
+//! through `fado serve`: `response_format` (json_schema, json_object) on chat and completions,
+//! forced and automatic tool calls with their round trip, and the 400s for bad schemas/tools.
 //! Needs the default model (`scripts/fetch-default-model.sh` or FADO_DEFAULT_MODEL).
 
 mod common;
 use common::*;
+#[path = "common/server.rs"]
+mod server_common;
 
 use std::sync::{Arc, OnceLock};
 
@@ -391,4 +395,229 @@ fn cli_run_with_json_schema_prints_valid_json_and_names_bad_files() {
         err.contains("g.lark") && err.contains("missing_rule"),
         "{err}"
     );
+}
+
+// ---- The same through the server (`fado serve`'s OpenAI API) ----
+
+fn serve_cfg() -> fado::server::ServerConfig {
+    fado::server::ServerConfig {
+        parallel: 1,
+        ctx: 1024,
+        ..Default::default()
+    }
+}
+
+fn chat_request(task: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": "default",
+        "messages": [{"role": "user", "content": format!("{task} Answer in JSON.")}],
+        "temperature": 0,
+        "max_tokens": MAX_TOKENS,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_response_format_answers_validate_and_equal_direct_generation() {
+    let m = model();
+    let (h, base) = server_common::start_with(m.clone(), serve_cfg()).await;
+    let c = server_common::client();
+    let url = format!("{base}/v1/chat/completions");
+    let (name, task, schema) = schemas().swap_remove(0);
+    let rf = json!({"response_format": {"type": "json_schema",
+        "json_schema": {"name": name, "schema": schema, "strict": true}}});
+    let v = server_common::post_json(&c, &url, &chat_request(task, rf.clone()), name).await;
+    let text = v["choices"][0]["message"]["content"].as_str().expect("content");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    validate(&schema, text).unwrap();
+    // Greedy under the same constraint, directly: the same text.
+    let req = TextRequest {
+        params: params(&m, &schema, 0.0),
+        max_tokens: MAX_TOKENS,
+        stop: Vec::new(),
+    };
+    let mut session = Session::new(m.clone(), 1024).unwrap();
+    let want = generate_text(&mut session, &prompt(&m, task), &req, &mut |_| true).unwrap();
+    assert_eq!(text, want.text);
+    // Streamed: the same text in pieces.
+    let mut body = chat_request(task, rf);
+    body["stream"] = json!(true);
+    let ev = server_common::sse(server_common::post(&c, &url, &body, "stream").await).await;
+    assert_eq!(server_common::stream_text(&ev), want.text);
+
+    // json_object on completions: a JSON object.
+    let body = json!({"prompt": "A JSON object describing a cat: ", "temperature": 0,
+        "max_tokens": MAX_TOKENS, "response_format": {"type": "json_object"}});
+    let v = server_common::post_json(&c, format!("{base}/v1/completions"), &body, "cmpl").await;
+    let text = v["choices"][0]["text"].as_str().expect("text");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        let o: Value = serde_json::from_str(text).expect("a completed json_object is JSON");
+        assert!(o.is_object(), "{text}");
+    } else {
+        assert!(serde_json::from_str::<Value>(text).is_err(), "{text}");
+    }
+    h.shutdown().await;
+}
+
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {"type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20},
+                               "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time",
+            "description": "Current local time in a time zone",
+            "parameters": {"type": "object",
+                "properties": {"timezone": {"type": "string", "enum": ["Europe/Lisbon", "UTC"]}},
+                "required": ["timezone"], "additionalProperties": false}}}
+    ])
+}
+
+/// The call in a whole response, checked against its function's schema.
+fn checked_call(v: &Value, tools: &Value) -> Value {
+    let ch = &v["choices"][0];
+    assert_eq!(ch["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(ch["message"]["content"], Value::Null, "{v}");
+    let call = ch["message"]["tool_calls"][0].clone();
+    assert_eq!(call["type"], "function", "{v}");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"), "{v}");
+    let name = call["function"]["name"].as_str().unwrap();
+    let decl = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["function"]["name"] == name)
+        .unwrap_or_else(|| panic!("undeclared function {name}"));
+    let args = call["function"]["arguments"].as_str().expect("arguments as a string");
+    validate(&decl["function"]["parameters"], args).unwrap();
+    call
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tool_calls_are_forced_parsed_streamed_and_answered() {
+    let m = model();
+    let (h, base) = server_common::start_with(m.clone(), serve_cfg()).await;
+    let c = server_common::client();
+    let url = format!("{base}/v1/chat/completions");
+    let tools = weather_tools();
+    let question = "What is the weather like in Lisbon right now?";
+    let ask = |choice: Value, stream: bool| {
+        json!({"messages": [{"role": "user", "content": question}], "tools": tools,
+               "tool_choice": choice, "temperature": 0, "max_tokens": 80, "stream": stream})
+    };
+    // Required: some declared function, valid arguments.
+    let v = server_common::post_json(&c, &url, &ask(json!("required"), false), "required").await;
+    let call = checked_call(&v, &tools);
+    // Named: that function.
+    let named = json!({"type": "function", "function": {"name": "get_time"}});
+    let v = server_common::post_json(&c, &url, &ask(named, false), "named").await;
+    assert_eq!(checked_call(&v, &tools)["function"]["name"], "get_time");
+
+    // Streamed: the call arrives as delta.tool_calls, then finish_reason tool_calls.
+    let ev = server_common::sse(server_common::post(&c, &url, &ask(json!("required"), true), "s").await)
+        .await;
+    assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = ev[..ev.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["delta"]["tool_calls"].is_null())
+        .collect();
+    assert_eq!(deltas.len(), 1, "{ev:?}");
+    let d = &deltas[0]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(d["index"], 0);
+    assert_eq!(d["function"], call["function"], "stream and whole answers differ");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    assert_eq!(server_common::stream_text(&ev), "", "a forced call has no text");
+
+    // The round trip: the call, the tool's answer, and the model replies.
+    let follow = json!({"messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "{\"temperature\": 18, \"sky\": \"clear\"}"}],
+        "tools": tools, "temperature": 0, "max_tokens": 40});
+    let v = server_common::post_json(&c, &url, &follow, "follow-up").await;
+    let ch = &v["choices"][0];
+    eprintln!("follow-up: {ch}");
+    assert!(
+        ch["message"]["content"].as_str().is_some_and(|t| !t.is_empty())
+            || ch["finish_reason"] == "tool_calls",
+        "{v}"
+    );
+    // tool_choice none: the same request answers text, never parsed calls.
+    let mut none = follow.clone();
+    none["tool_choice"] = json!("none");
+    let v = server_common::post_json(&c, &url, &none, "none").await;
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    assert_ne!(v["choices"][0]["finish_reason"], "tool_calls");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_bad_schemas_and_tools_get_400s_and_unfinished_answers_say_length() {
+    let m = model();
+    let (h, base) = server_common::start_with(m.clone(), serve_cfg()).await;
+    let c = server_common::client();
+    let url = format!("{base}/v1/chat/completions");
+    let bad_int = json!({"type": "integer", "minimum": 5, "maximum": 1});
+    let tool = |params: Value| {
+        json!([{"type": "function", "function": {"name": "f", "parameters": params}}])
+    };
+    let cases = [
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad_int}}}),
+            "response_format",
+            "minimum",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}}}),
+            "response_format",
+            "strng",
+        ),
+        (
+            json!({"tools": tool(json!({"type": "object", "properties": {"n": bad_int}, "required": ["n"]}))}),
+            "tools[0].function.parameters",
+            "unsatisfiable",
+        ),
+        (json!({"tools": [{"type": "function"}]}), "tools[0].function", "function"),
+        (
+            json!({"tools": tool(json!({"type": "object"})), "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "tool_choice",
+            "\"g\"",
+        ),
+    ];
+    for (extra, param, needle) in cases {
+        let r = server_common::post(&c, &url, &chat_request("Hi.", extra.clone()), param).await;
+        assert_eq!(r.status(), 400, "{extra}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"], param, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{param}: {msg}");
+    }
+    // A schema that cannot be finished in 12 tokens: `length`, and the text is not JSON.
+    let schema = json!({"type": "array", "items": {"type": "string", "minLength": 5}, "minItems": 40});
+    let mut body = chat_request(
+        "List words.",
+        json!({"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}}),
+    );
+    body["max_tokens"] = json!(12);
+    let v = server_common::post_json(&c, &url, &body, "length").await;
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(text).is_err(), "{text}");
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    // The server still answers.
+    let ok = server_common::post(&c, &url, &chat_request("Hi.", json!({"max_tokens": 2})), "ok").await;
+    assert_eq!(ok.status(), 200);
+    h.shutdown().await;
 }

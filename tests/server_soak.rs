@@ -1,8 +1,8 @@
 //! Soak test of `fado serve` on loopback with the tiny fixture model: 4 slots, a bounded queue,
 //! 64 concurrent clients per round for several rounds, mixing valid streamed and whole
-//! requests (plain greedy, with penalties, with logprobs) with clients that disconnect
-//! mid-stream, malformed JSON, oversized bodies, wrong field types and prompts longer than the
-//! context. Every valid request must answer exactly what a sequential run gives (temperature
+//! requests (plain greedy, with penalties, with logprobs, constrained by a JSON schema) with
+//! clients that disconnect mid-stream, malformed JSON, oversized bodies, wrong field types,
+//! unsatisfiable schemas and prompts longer than the context. Every valid request must answer exactly what a sequential run gives (temperature
 //! 0), every invalid one a 4xx JSON error; the server must stay up, `/health` must be ok at the
 //! end, and the process's resident memory must not grow across rounds after a warm-up round.
 //!
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::Rng;
+use fado::constrain::GrammarSpec;
 use fado::generate::{encode_chat, encode_raw};
 use fado::sampling::SamplingParams;
 use fado::server::ServerConfig;
@@ -43,6 +44,8 @@ enum Variant {
     Plain,
     Penalized,
     Logprobs,
+    /// `response_format` with [`schema`].
+    Schema,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +68,7 @@ enum Kind {
     MalformedJson,
     Oversized,
     WrongType,
+    BadSchema,
     TooLong,
 }
 
@@ -90,7 +94,21 @@ fn params(v: Variant) -> SamplingParams {
             ..SamplingParams::greedy()
         },
         Variant::Plain | Variant::Logprobs => SamplingParams::greedy(),
+        Variant::Schema => SamplingParams {
+            constraint: Some(
+                model()
+                    .constraint(GrammarSpec::JsonSchema(schema()))
+                    .expect("schema compiles"),
+            ),
+            ..SamplingParams::greedy()
+        },
     }
+}
+
+/// The schema of [`Variant::Schema`] requests.
+fn schema() -> Value {
+    json!({"type": "object", "properties": {"word": {"type": "string", "maxLength": 8},
+        "n": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["word", "n"]})
 }
 
 fn with_variant(mut body: Value, v: Variant, chat: bool) -> Value {
@@ -106,13 +124,22 @@ fn with_variant(mut body: Value, v: Variant, chat: bool) -> Value {
             body["top_logprobs"] = json!(3);
         }
         Variant::Logprobs => body["logprobs"] = json!(3),
+        Variant::Schema => {
+            body["response_format"] =
+                json!({"type": "json_schema", "json_schema": {"name": "soak", "schema": schema()}})
+        }
     }
     body
 }
 
 fn pick(rng: &mut Rng) -> Kind {
     let prompt = rng.below(4) as usize;
-    let variant = [Variant::Plain, Variant::Penalized, Variant::Logprobs][rng.below(3) as usize];
+    let variant = [
+        Variant::Plain,
+        Variant::Penalized,
+        Variant::Logprobs,
+        Variant::Schema,
+    ][rng.below(4) as usize];
     let stream = rng.below(2) == 1;
     match rng.below(16) {
         0..=4 => Kind::Chat {
@@ -131,7 +158,8 @@ fn pick(rng: &mut Rng) -> Kind {
         },
         11 => Kind::MalformedJson,
         12 => Kind::Oversized,
-        13..=14 => Kind::WrongType,
+        13 => Kind::WrongType,
+        14 => Kind::BadSchema,
         _ => Kind::TooLong,
     }
 }
@@ -230,6 +258,14 @@ async fn run_client(c: reqwest::Client, base: String, kind: Kind, refs: &Refs, w
             let v = expect_error(r, 400, &what).await;
             assert_eq!(v["error"]["param"], "max_tokens", "{what}");
         }
+        Kind::BadSchema => {
+            let mut body = chat_body("hi", 4, false);
+            body["response_format"] = json!({"type": "json_schema", "json_schema":
+                {"name": "bad", "schema": {"type": "integer", "minimum": 5, "maximum": 1}}});
+            let r = post(&c, &chat_url, &body, &what).await;
+            let v = expect_error(r, 400, &what).await;
+            assert_eq!(v["error"]["param"], "response_format", "{what}");
+        }
         Kind::TooLong => {
             let ids = vec![1u32; CTX + 8];
             let body = json!({"prompt": ids, "max_tokens": 1});
@@ -254,7 +290,12 @@ async fn sixty_four_clients_mixing_valid_and_invalid_requests_for_four_rounds() 
     // Sequential references at temperature 0, from fresh sessions.
     let m = model();
     let mut refs = Refs::new();
-    for v in [Variant::Plain, Variant::Penalized, Variant::Logprobs] {
+    for v in [
+        Variant::Plain,
+        Variant::Penalized,
+        Variant::Logprobs,
+        Variant::Schema,
+    ] {
         for (i, p) in CHAT_PROMPTS.iter().enumerate() {
             let ids = encode_chat(&m, &user(p), true).unwrap();
             refs.insert((true, i, v), direct_with(&ids, params(v), MAX_TOKENS, &[]));
@@ -288,6 +329,7 @@ async fn sixty_four_clients_mixing_valid_and_invalid_requests_for_four_rounds() 
                 Kind::MalformedJson => "malformed",
                 Kind::Oversized => "oversized",
                 Kind::WrongType => "wrong type",
+                Kind::BadSchema => "bad schema",
                 Kind::TooLong => "too long",
             };
             *counts.entry(name).or_default() += 1;
@@ -329,6 +371,7 @@ async fn sixty_four_clients_mixing_valid_and_invalid_requests_for_four_rounds() 
         "malformed",
         "oversized",
         "wrong type",
+        "bad schema",
         "too long",
     ] {
         assert!(

@@ -44,10 +44,12 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::constrain::{Constraint, GrammarSpec};
 use crate::error::{Error, Result};
-use crate::generate::{encode_chat, encode_raw};
+use crate::generate::{encode_chat_with_tools, encode_raw};
 use crate::model::Model;
-use crate::session::{KvType, SessionOptions, TokenLogprobs};
+use crate::session::{FinishReason, KvType, SessionOptions, TokenLogprobs};
+use crate::tools::{self, call_grammar, split_tool_calls, Tool, ToolCall, ToolChoice};
 use api::{text_request, ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
 use scheduler::{Event, Finished, Job, Rejected, Scheduler, Stats};
 
@@ -404,11 +406,19 @@ async fn chat_completions(
         let req = api::parse_chat(&body)?;
         check_model(&s, req.gen.model.as_deref())?;
         let model = s.inner.model.clone();
-        let msgs = req.messages;
-        let ids = tokio::task::spawn_blocking(move || encode_chat(&model, &msgs, true))
-            .await
-            .map_err(|e| ApiError::from(Error::Config(format!("tokenizer task failed: {e}"))))??;
-        start(&s, Endpoint::Chat, ids, req.gen).await
+        let (msgs, tools, choice) = (req.messages, req.tools, req.tool_choice);
+        let rf = req.gen.response_format.clone();
+        let (ids, constraint, tools, choice) = tokio::task::spawn_blocking(move || {
+            let ids = encode_chat_with_tools(&model, &msgs, &tools, true)?;
+            let c = request_constraint(&model, &tools, &choice, rf)?;
+            Ok::<_, ApiError>((ids, c, tools, choice))
+        })
+        .await
+        .map_err(|e| ApiError::from(Error::Config(format!("tokenizer task failed: {e}"))))??;
+        let mut gen = req.gen;
+        gen.params.constraint = constraint;
+        let calls = (!tools.is_empty() && choice != ToolChoice::None).then(|| Arc::new(tools));
+        start(&s, Endpoint::Chat, ids, gen, calls).await
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
@@ -422,21 +432,55 @@ async fn completions(
         let body = body_bytes(body, s.inner.cfg.max_body)?;
         let req = api::parse_completion(&body)?;
         check_model(&s, req.gen.model.as_deref())?;
-        let ids = match req.prompt {
-            Prompt::Tokens(t) => t,
-            Prompt::Text(text) => {
-                let model = s.inner.model.clone();
-                tokio::task::spawn_blocking(move || encode_raw(&model, &text))
-                    .await
-                    .map_err(|e| {
-                        ApiError::from(Error::Config(format!("tokenizer task failed: {e}")))
-                    })??
-            }
-        };
-        start(&s, Endpoint::Completion, ids, req.gen).await
+        let model = s.inner.model.clone();
+        let rf = req.gen.response_format.clone();
+        let prompt = req.prompt;
+        let (ids, constraint) = tokio::task::spawn_blocking(move || {
+            let ids = match prompt {
+                Prompt::Tokens(t) => t,
+                Prompt::Text(text) => encode_raw(&model, &text)?,
+            };
+            let c = request_constraint(&model, &[], &ToolChoice::None, rf)?;
+            Ok::<_, ApiError>((ids, c))
+        })
+        .await
+        .map_err(|e| ApiError::from(Error::Config(format!("tokenizer task failed: {e}"))))??;
+        let mut gen = req.gen;
+        gen.params.constraint = constraint;
+        start(&s, Endpoint::Completion, ids, gen, None).await
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The constraint a request runs under: a forced tool call's grammar, else its
+/// `response_format`'s schema. Every declared function's parameter schema is compiled, so a
+/// bad one is a 400 naming it even when no call is forced. Runs on a blocking thread
+/// (compiling takes milliseconds; the model's first constraint builds its token trie).
+fn request_constraint(
+    model: &Model,
+    tools: &[Tool],
+    choice: &ToolChoice,
+    response_format: Option<GrammarSpec>,
+) -> std::result::Result<Option<Arc<Constraint>>, ApiError> {
+    let compile = |spec: GrammarSpec, param: &str| {
+        model.constraint(spec).map_err(|e| match e {
+            Error::Request(m) => ApiError::invalid(format!("`{param}`: {m}")).param(param),
+            e => ApiError::from(e),
+        })
+    };
+    if *choice != ToolChoice::None {
+        for (i, t) in tools.iter().enumerate() {
+            let p = format!("tools[{i}].function.parameters");
+            compile(GrammarSpec::JsonSchema(t.parameters.clone()), &p)?;
+        }
+    }
+    if let Some(g) = call_grammar(tools, choice) {
+        return compile(g, "tools").map(Some);
+    }
+    response_format
+        .map(|spec| compile(spec, "response_format"))
+        .transpose()
 }
 
 /// Check limits, queue the job and answer (streamed or whole).
@@ -445,6 +489,7 @@ async fn start(
     endpoint: Endpoint,
     prompt: Vec<u32>,
     gen: GenParams,
+    tools: Option<Arc<Vec<Tool>>>,
 ) -> std::result::Result<Response, ApiError> {
     let cfg = &s.inner.cfg;
     if let Some(why) = s.inner.model.ctx.lost() {
@@ -498,9 +543,9 @@ async fn start(
     };
     let lp = gen.logprobs.is_some().then(|| s.inner.model.clone());
     if gen.stream {
-        Ok(stream_response(endpoint, meta, rx, gen.include_usage, lp))
+        Ok(stream_response(endpoint, meta, rx, gen.include_usage, lp, tools))
     } else {
-        whole_response(endpoint, meta, rx, lp).await
+        whole_response(endpoint, meta, rx, lp, tools).await
     }
 }
 
@@ -530,11 +575,22 @@ fn logprobs_value(
     }
 }
 
+/// Tool-call ids for one response: `call_` + the response id's tail + a counter.
+fn call_ids(meta: &ResponseMeta) -> impl FnMut() -> String {
+    let tail = meta.id.rsplit('-').next().unwrap_or("0").to_string();
+    let mut k = 0;
+    move || {
+        k += 1;
+        format!("call_{tail}{k}")
+    }
+}
+
 async fn whole_response(
     endpoint: Endpoint,
     meta: ResponseMeta,
     mut rx: mpsc::UnboundedReceiver<Event>,
     logprobs_model: Option<Arc<Model>>,
+    tools: Option<Arc<Vec<Tool>>>,
 ) -> std::result::Result<Response, ApiError> {
     let mut text = String::new();
     let mut lps = Vec::new();
@@ -556,7 +612,11 @@ async fn whole_response(
                     }
                     _ => logprobs_value(endpoint, logprobs_model.as_ref(), &lps, &mut 0),
                 };
-                let body = meta.full(endpoint, &text, f.finish_reason, usage_of(&f), lp);
+                let (text, calls) = match &tools {
+                    Some(t) => split_tool_calls(&text, t, call_ids(&meta)),
+                    None => (text, vec![]),
+                };
+                let body = meta.full(endpoint, &text, &calls, f.finish_reason, usage_of(&f), lp);
                 return Ok(Json(body).into_response());
             }
             Some(Event::Failed(e)) => return Err(e.into()),
@@ -583,11 +643,101 @@ struct StreamState {
     logprobs_model: Option<Arc<Model>>,
     /// Byte offset of the next token in the completion text (legacy `text_offset`).
     text_offset: usize,
+    /// Tool calls are parsed from the answer (see [`StreamState::text`]).
+    calls: Option<StreamCalls>,
+}
+
+/// A stream's tool-call state: text is passed on until a `<tool_call>` block starts (a
+/// possible start is held back); from there on everything is held and parsed at the end.
+struct StreamCalls {
+    tools: Arc<Vec<Tool>>,
+    held: String,
+    held_logprobs: Vec<TokenLogprobs>,
+    in_call: bool,
+    ids: Box<dyn FnMut() -> String + Send>,
 }
 
 impl StreamState {
     fn push(&mut self, v: Value) {
         self.out.push_back(SseEvent::default().data(v.to_string()));
+    }
+
+    /// A text chunk with the log-probabilities of its tokens.
+    fn push_text(&mut self, t: &str, l: &[TokenLogprobs]) {
+        let lp = if l.is_empty() {
+            Value::Null
+        } else {
+            logprobs_value(
+                self.endpoint,
+                self.logprobs_model.as_ref(),
+                l,
+                &mut self.text_offset,
+            )
+        };
+        let c = self.meta.chunk(self.endpoint, self.first, Some(t), None, lp);
+        self.first = false;
+        self.push(c);
+    }
+
+    /// New text from the slot: passed on, or held while it may be a tool call.
+    fn text(&mut self, t: String, l: Vec<TokenLogprobs>) {
+        let Some(c) = self.calls.as_mut() else {
+            return self.push_text(&t, &l);
+        };
+        c.held.push_str(&t);
+        c.held_logprobs.extend(l);
+        if c.in_call {
+            return;
+        }
+        let pass = match c.held.find(tools::CALL_OPEN) {
+            Some(i) => {
+                c.in_call = true;
+                i
+            }
+            None => c.held.len() - tools::held_back(&c.held),
+        };
+        if pass > 0 {
+            let t: String = c.held.drain(..pass).collect();
+            let l = std::mem::take(&mut c.held_logprobs);
+            self.push_text(&t, &l);
+        }
+    }
+
+    /// The end: held text parsed for calls; the finish chunk.
+    fn finish(&mut self, f: FinishReason) {
+        let mut calls: Vec<ToolCall> = Vec::new();
+        let mut lps = Vec::new();
+        if let Some(c) = self.calls.as_mut() {
+            let held = std::mem::take(&mut c.held);
+            lps = std::mem::take(&mut c.held_logprobs);
+            let text = if c.in_call {
+                let (text, found) = split_tool_calls(&held, &c.tools, &mut c.ids);
+                calls = found;
+                text
+            } else {
+                held
+            };
+            if !text.is_empty() || (calls.is_empty() && !lps.is_empty()) {
+                self.push_text(&text, &std::mem::take(&mut lps));
+            }
+        }
+        if !calls.is_empty() {
+            let lp = logprobs_value(
+                self.endpoint,
+                self.logprobs_model.as_ref(),
+                &lps,
+                &mut self.text_offset,
+            );
+            let c = self.meta.calls_chunk(&calls, lp);
+            self.push(c);
+            let c = self.meta.calls_finish_chunk();
+            self.push(c);
+        } else {
+            let c = self
+                .meta
+                .chunk(self.endpoint, self.first, None, Some(f), Value::Null);
+            self.push(c);
+        }
     }
 }
 
@@ -600,7 +750,15 @@ fn stream_response(
     rx: mpsc::UnboundedReceiver<Event>,
     include_usage: bool,
     logprobs_model: Option<Arc<Model>>,
+    tools: Option<Arc<Vec<Tool>>>,
 ) -> Response {
+    let calls = tools.map(|tools| StreamCalls {
+        tools,
+        held: String::new(),
+        held_logprobs: Vec::new(),
+        in_call: false,
+        ids: Box::new(call_ids(&meta)),
+    });
     let mut st = StreamState {
         rx,
         out: VecDeque::new(),
@@ -611,6 +769,7 @@ fn stream_response(
         include_usage,
         logprobs_model,
         text_offset: 0,
+        calls,
     };
     if endpoint == Endpoint::Chat {
         // The role comes first, before any text (as OpenAI sends it).
@@ -627,32 +786,11 @@ fn stream_response(
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Text(t, l)) => {
-                    let lp = if l.is_empty() {
-                        Value::Null
-                    } else {
-                        logprobs_value(
-                            st.endpoint,
-                            st.logprobs_model.as_ref(),
-                            &l,
-                            &mut st.text_offset,
-                        )
-                    };
-                    let c = st.meta.chunk(st.endpoint, st.first, Some(&t), None, lp);
-                    st.first = false;
-                    st.push(c);
-                }
+                Some(Event::Text(t, l)) => st.text(t, l),
                 // Requests with `echo` are not streamed (refused when parsed).
                 Some(Event::Prompt(..)) => {}
                 Some(Event::Done(f)) => {
-                    let c = st.meta.chunk(
-                        st.endpoint,
-                        st.first,
-                        None,
-                        Some(f.finish_reason),
-                        Value::Null,
-                    );
-                    st.push(c);
+                    st.finish(f.finish_reason);
                     if st.include_usage {
                         let u = st.meta.usage_chunk(st.endpoint, usage_of(&f));
                         st.push(u);

@@ -4,6 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::Endpoint;
 use crate::session::{FinishReason, TokenLogprobs};
+use crate::tools::ToolCall;
 
 /// The bytes a token id stands for (the tokenizer's view).
 pub type TokenBytes<'a> = &'a dyn Fn(u32) -> Vec<u8>;
@@ -150,16 +151,29 @@ impl ResponseMeta {
     }
 
     /// A whole (non-streamed) response; `logprobs` is the endpoint's logprobs object or null.
+    /// With `calls` (chat only) the message carries `tool_calls`, its `content` is null when
+    /// there is no text, and `finish_reason` is `"tool_calls"`.
     pub fn full(
         &self,
         e: Endpoint,
         text: &str,
+        calls: &[ToolCall],
         finish: FinishReason,
         usage: Value,
         logprobs: Value,
     ) -> Value {
         let mut m = self.base(e, false);
         let choice = match e {
+            Endpoint::Chat if !calls.is_empty() => json!({
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": if text.is_empty() { Value::Null } else { text.into() },
+                    "tool_calls": calls.iter().map(ToolCall::to_openai).collect::<Vec<_>>(),
+                },
+                "logprobs": logprobs,
+                "finish_reason": "tool_calls",
+            }),
             Endpoint::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
@@ -205,6 +219,36 @@ impl ResponseMeta {
             }
         };
         m.insert("choices".into(), json!([choice]));
+        Value::Object(m)
+    }
+
+    /// A chat chunk whose delta carries whole tool calls (`delta.tool_calls[k]` with `index`,
+    /// `id`, `type` and `function`), as OpenAI's first delta of each call does.
+    pub fn calls_chunk(&self, calls: &[ToolCall], logprobs: Value) -> Value {
+        let mut m = self.base(Endpoint::Chat, true);
+        let deltas: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let mut v = c.to_openai();
+                v["index"] = json!(k);
+                v
+            })
+            .collect();
+        m.insert(
+            "choices".into(),
+            json!([{"index": 0, "delta": {"tool_calls": deltas}, "logprobs": logprobs, "finish_reason": null}]),
+        );
+        Value::Object(m)
+    }
+
+    /// A chat chunk with only a `finish_reason` of `"tool_calls"`.
+    pub fn calls_finish_chunk(&self) -> Value {
+        let mut m = self.base(Endpoint::Chat, true);
+        m.insert(
+            "choices".into(),
+            json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}]),
+        );
         Value::Object(m)
     }
 
