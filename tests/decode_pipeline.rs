@@ -9,6 +9,7 @@ use common::*;
 
 use std::sync::Arc;
 
+use fado::constrain::GrammarSpec;
 use fado::model::Model;
 use fado::sampling::SamplingParams;
 use fado::session::{Session, TokenLogprobs};
@@ -114,6 +115,66 @@ fn pipelined_tokens_equal_step_by_step_on_every_kernel_style() {
                 "{label}: {x:?} vs {y:?}"
             );
         }
+    }
+}
+
+/// Constrained greedy decoding queues each step's forward pass before the host has the
+/// previous token and writes the mask between the forward pass and the masked head. Its tokens
+/// must equal a host-side reference — full logits, the grammar's mask applied on the CPU,
+/// argmax, one token at a time — and the host must never leave the GPU idle while it waits
+/// (the forward pass of the next step is queued), except at most once at the end.
+#[test]
+fn constrained_pipelined_greedy_equals_the_host_masked_argmax() {
+    let schema = serde_json::json!({"type": "object", "properties": {
+        "a": {"type": "integer"},
+        "b": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3}},
+        "required": ["a", "b"]});
+    let prompt = [1u32, 5, 9, 33, 2];
+    let n = 40;
+    for (label, c) in variant_contexts() {
+        let m = load_on(c, fixture("tiny-llama"));
+        let constraint = m
+            .constraint(GrammarSpec::JsonSchema(schema.clone()))
+            .unwrap();
+        let p = SamplingParams {
+            constraint: Some(constraint.clone()),
+            ..SamplingParams::greedy()
+        };
+        let mut s = Session::new(m.clone(), CTX).unwrap();
+        let g = s.generate(&prompt, &p, n, &mut |_| true).unwrap();
+
+        let eos = &m.config.eos_token_ids;
+        let mut r = Session::new(m.clone(), CTX).unwrap();
+        let mut matcher = constraint.matcher();
+        r.prefill(&prompt, 1).unwrap();
+        let mut want = Vec::new();
+        while want.len() < n {
+            let logits = r.last_logits().unwrap();
+            let mask = matcher.mask().unwrap().to_vec();
+            let mut best: Option<usize> = None;
+            for (i, &l) in logits.iter().enumerate() {
+                let allowed = mask[i / 32] >> (i % 32) & 1 == 1;
+                if allowed && best.is_none_or(|b| l > logits[b]) {
+                    best = Some(i);
+                }
+            }
+            let t = best.expect("the mask allows a token") as u32;
+            want.push(t);
+            matcher.consume(t).unwrap();
+            if eos.contains(&t) || matcher.is_stopped() {
+                break;
+            }
+            r.prefill(&[t], 1).unwrap();
+        }
+        assert_eq!(g.tokens, want, "{label}: pipelined vs host-masked argmax");
+        assert!(want.len() > 5, "{label}: {want:?}");
+        let st = s.decode_stats();
+        assert!(
+            st.idle_waits <= 1,
+            "{label}: {} idle waits over {} tokens (the next forward pass was not queued)",
+            st.idle_waits,
+            st.tokens
+        );
     }
 }
 

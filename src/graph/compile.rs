@@ -78,6 +78,7 @@ impl Graph {
                 workgroups: c.workgroups,
                 label: node.label.clone(),
                 entry: c.entry,
+                inputs: node.inputs.clone(),
             });
         }
         tracing::debug!(

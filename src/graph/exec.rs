@@ -21,6 +21,8 @@ pub(super) struct Dispatch {
     pub(super) label: String,
     /// The kernel's entry point (profiles group by it).
     pub(super) entry: &'static str,
+    /// The graph tensors its node reads.
+    pub(super) inputs: Vec<TensorId>,
 }
 
 /// Time per op label, from timestamp queries (`run_profiled`).
@@ -105,12 +107,12 @@ impl Executable {
         self.submissions.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+    fn encode(&self, enc: &mut wgpu::CommandEncoder, range: std::ops::Range<usize>) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("forward"),
             timestamp_writes: None,
         });
-        for d in &self.dispatches {
+        for d in &self.dispatches[range] {
             pass.set_pipeline(&d.pipeline.pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
             let [x, y, z] = d.workgroups;
@@ -124,9 +126,15 @@ impl Executable {
             .queue
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        self.encode(&mut enc);
+        self.encode(&mut enc, 0..self.dispatches.len());
         self.submit(enc);
         Ok(())
+    }
+
+    /// The index of the first dispatch that reads `t`: where a run can be cut in two when the
+    /// host writes `t` late (see [`Executable::submit_part`]).
+    pub fn first_dispatch_reading(&self, t: TensorId) -> Option<usize> {
+        self.dispatches.iter().position(|d| d.inputs.contains(&t))
     }
 
     /// Run once and, in the same submission, copy a few bytes of external tensors into
@@ -138,11 +146,36 @@ impl Executable {
         step: Step,
         copies: &[(&Tensor, u64, &wgpu::Buffer, u64, u64)],
     ) -> Result<wgpu::SubmissionIndex> {
-        self.ctx
-            .queue
-            .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        self.submit_part(Some(step), 0..self.dispatches.len(), copies)
+    }
+
+    /// [`Executable::submit_with_copies`] of the dispatches in `range` only; `step` None keeps
+    /// the step uniform as the previous part wrote it. Parts of one run must be submitted in
+    /// order with no other part of this executable between them: the uniform is shared, and
+    /// a write made with `write_buffer` lands before the next submission, so data the host
+    /// writes between two parts (e.g. a mask the second part reads) is seen by the second.
+    pub fn submit_part(
+        &self,
+        step: Option<Step>,
+        range: std::ops::Range<usize>,
+        copies: &[(&Tensor, u64, &wgpu::Buffer, u64, u64)],
+    ) -> Result<wgpu::SubmissionIndex> {
+        if range.end > self.dispatches.len() || range.start > range.end {
+            return Err(Error::op(
+                "submit",
+                format!(
+                    "dispatches {range:?} of a graph of {}",
+                    self.dispatches.len()
+                ),
+            ));
+        }
+        if let Some(step) = step {
+            self.ctx
+                .queue
+                .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        }
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        self.encode(&mut enc);
+        self.encode(&mut enc, range);
         for &(t, at, dst, dst_at, len) in copies {
             let Some((src, offset)) = t.buffer() else {
                 return Err(Error::op(
@@ -209,7 +242,7 @@ impl Executable {
             })
         });
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        self.encode(&mut enc);
+        self.encode(&mut enc, 0..self.dispatches.len());
         for &(t, _, len4, at) in &plan {
             let Some((src, offset)) = t.buffer() else {
                 return Err(Error::op(

@@ -90,6 +90,9 @@ pub struct Forward {
     pub topk: Option<TensorId>,
     /// `log Σ exp(logits)` (f32 `[1]`), when asked for: the log-softmax normaliser.
     pub logsumexp: Option<TensorId>,
+    /// The allowed-token mask's graph input, when the head reads one: the run can be cut
+    /// before its first reader, so the host writes the mask while the forward pass runs.
+    pub mask: Option<TensorId>,
 }
 
 /// What runs after the lm_head on the last token's logits (see [`forward_with`]).
@@ -139,13 +142,13 @@ pub fn forward(
 
 /// The head's ops after the logits (and host-window penalties): history penalties, top-k or
 /// the sampling top-k (reading the allowed-token mask when the head has one: constrained
-/// decoding), log-sum-exp. Returns (top-k, log-sum-exp).
+/// decoding), log-sum-exp. Returns (top-k, log-sum-exp, the mask's input).
 fn head_ops(
     g: &mut Graph,
     head: &Head,
     logits: TensorId,
     ids: TensorId,
-) -> Result<(Option<TensorId>, Option<TensorId>)> {
+) -> Result<(Option<TensorId>, Option<TensorId>, Option<TensorId>)> {
     let sampler = head.sampler.as_ref().map(|t| g.external("sampler", t));
     let need_sampler = || {
         sampler
@@ -154,9 +157,10 @@ fn head_ops(
     if head.penalize_history {
         g.add0(PenalizeHistory, &[logits, need_sampler()?, ids])?;
     }
+    let mut mask = None;
     let topk = match (head.topk, head.sample) {
         (Some(k), true) => {
-            let mask = head.mask.as_ref().map(|m| g.external("mask", m));
+            mask = head.mask.as_ref().map(|m| g.external("mask", m));
             let masked = mask.is_some();
             let ins = [logits, need_sampler()?, ids];
             let ins: Vec<TensorId> = ins.into_iter().chain(mask).collect();
@@ -170,7 +174,7 @@ fn head_ops(
         .logsumexp
         .then(|| g.add1(LogSumExp, &[logits]))
         .transpose()?;
-    Ok((topk, logsumexp))
+    Ok((topk, logsumexp, mask))
 }
 
 /// [`forward`] with penalties and the log-softmax normaliser on the logits ([`Head`]).
@@ -265,13 +269,14 @@ pub fn forward_with(
         let pen_counts = g.external("penalty_counts", pen_counts);
         g.add0(op.clone(), &[logits, pen_ids, pen_counts])?;
     }
-    let (topk, logsumexp) = head_ops(&mut g, head, logits, ids)?;
+    let (topk, logsumexp, mask) = head_ops(&mut g, head, logits, ids)?;
 
     Ok(Forward {
         graph: g,
         logits,
         topk,
         logsumexp,
+        mask,
     })
 }
 

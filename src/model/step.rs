@@ -304,12 +304,14 @@ impl Sequence {
         keep.extend(topk);
         keep.extend(fwd.logsumexp);
         let exe = fwd.graph.compile(&model.ctx, &keep)?;
+        let split = fwd.mask.and_then(|m| exe.first_dispatch_reading(m));
         Ok(StepGraph {
             exe,
             k: spec.k,
             topk,
             logits: fwd.logits,
             logsumexp: fwd.logsumexp,
+            split,
         })
     }
 }
@@ -406,6 +408,9 @@ pub struct StepGraph {
     topk: Option<TensorId>,
     logits: TensorId,
     logsumexp: Option<TensorId>,
+    /// The first dispatch that reads the allowed-token mask (masked steps): the forward pass
+    /// before it can be queued before the host has written the mask.
+    split: Option<usize>,
 }
 
 impl StepGraph {
@@ -459,6 +464,36 @@ impl StepGraph {
     ) -> Result<wgpu::SubmissionIndex> {
         self.exe
             .submit_with_copies(Step::new(pos as u32, tokens as u32), copies)
+    }
+
+    /// Queue the part of a masked step's run that does not read the mask — the whole forward
+    /// pass up to the logits — of `tokens` tokens at `pos`. [`StepGraph::submit_masked_head`]
+    /// queues the rest once the mask is written; nothing else may run this graph in between.
+    pub fn submit_forward(&self, pos: usize, tokens: usize) -> Result<()> {
+        let split = self.split_point()?;
+        self.exe
+            .submit_part(Some(Step::new(pos as u32, tokens as u32)), 0..split, &[])?;
+        Ok(())
+    }
+
+    /// Queue the rest of the run [`StepGraph::submit_forward`] began — the masked top-k, the
+    /// sampler and what follows — then `copies` (see [`Executable::submit_with_copies`]).
+    pub fn submit_masked_head(
+        &self,
+        copies: &[(&Tensor, u64, &wgpu::Buffer, u64, u64)],
+    ) -> Result<wgpu::SubmissionIndex> {
+        let split = self.split_point()?;
+        self.exe
+            .submit_part(None, split..self.exe.num_dispatches(), copies)
+    }
+
+    fn split_point(&self) -> Result<usize> {
+        self.split.ok_or_else(|| {
+            Error::op(
+                "step",
+                "only a masked step can be submitted in two parts",
+            )
+        })
     }
 
     /// The top-k output (u32 `[2k]`: ids, then logits as f32 bits); a scoring step has none.

@@ -10,11 +10,14 @@
 //! tokens are discarded, and so are the cache rows they wrote: the history the session keeps
 //! ends at the last token the caller saw, and later steps overwrite the rest.
 //!
-//! Constrained decoding ([`SamplingParams::constraint`]) keeps one step in flight: step t + 1's
-//! allowed-token mask depends on token t, so the host reads token t, advances the grammar,
-//! writes the mask (6 KiB for a 49k vocabulary) and only then queues step t + 1. The mask
-//! takes microseconds on the CPU; the GPU idles for that turn-around, the map of the token's
-//! readback included (see `examples/constrained_speed.rs` for what that costs).
+//! Constrained decoding ([`SamplingParams::constraint`]): step t + 1's allowed-token mask
+//! depends on token t, but only its sampling head reads the mask. So step t + 1 is queued in
+//! two parts: its forward pass (everything before the first dispatch that reads the mask,
+//! [`crate::model::StepGraph::submit_forward`]) before the host waits for token t; then, while
+//! the GPU runs that forward pass, the host reads token t, advances the grammar, writes the
+//! mask (6 KiB for a 49k vocabulary) and queues the masked head. The mask work overlaps the
+//! GPU's; one step's head is in flight at a time (`examples/constrained_speed.rs` measures
+//! what is left).
 
 #![warn(missing_docs)]
 
@@ -154,7 +157,9 @@ impl Session {
     }
 
     /// Submit one sampling step of `tokens` tokens at `pos` filling readback slot `slot`; with
-    /// a constraint, its mask for this step is written first.
+    /// a constraint, its mask for this step is written first. `forwarded`: the step's forward
+    /// pass is queued already ([`crate::model::StepGraph::submit_forward`]); only the masked
+    /// head is submitted.
     fn submit_sampled(
         &mut self,
         spec: StepSpec,
@@ -162,6 +167,7 @@ impl Session {
         rb: &mut Readback,
         slot: usize,
         matcher: Option<&mut ConstraintMatcher>,
+        forwarded: bool,
     ) -> Result<InFlight> {
         if let Some(m) = matcher {
             self.seq.write_mask(&self.model, m.mask()?)?;
@@ -182,7 +188,11 @@ impl Session {
             })?;
             copies.push((lse, 0, buf, 4 + 8 * k, 4));
         }
-        let index = g.submit(pos, spec.tokens, &copies)?;
+        let index = if forwarded {
+            g.submit_masked_head(&copies)?
+        } else {
+            g.submit(pos, spec.tokens, &copies)?
+        };
         rb.map(slot);
         self.stats.steps += 1;
         Ok(InFlight { index, slot })
@@ -231,7 +241,7 @@ impl Session {
         }
         let pos = self.history.len();
         self.seq.write_tokens(&self.model, pos, last)?;
-        let first = self.submit_sampled(spec(last.len()), pos, rb, 0, matcher)?;
+        let first = self.submit_sampled(spec(last.len()), pos, rb, 0, matcher, false)?;
         self.history.extend_from_slice(last);
         Ok(first)
     }
@@ -289,19 +299,23 @@ impl Session {
         let mut finish = FinishReason::Length;
         let mut prefill_seconds = 0.0;
         let mut t1 = Instant::now();
+        // A constrained step's forward pass is queued (its masked head is not yet).
+        let mut forwarded = false;
         let result = loop {
             let mut failed = None;
             while queue.len() < depth && submitted < max_tokens && first + submitted - 1 < capacity
             {
                 let slot = submitted % DEPTH;
                 let pos = first + submitted - 1;
-                match self.submit_sampled(spec(1), pos, &mut rb, slot, matcher.as_mut()) {
+                let m = matcher.as_mut();
+                match self.submit_sampled(spec(1), pos, &mut rb, slot, m, forwarded) {
                     Ok(f) => queue.push_back(f),
                     Err(e) => {
                         failed = Some(e);
                         break;
                     }
                 }
+                forwarded = false;
                 submitted += 1;
             }
             if let Some(e) = failed {
@@ -310,7 +324,16 @@ impl Session {
             let Some(f) = queue.pop_front() else {
                 break Ok(());
             };
-            let words = match self.wait_for(&mut rb, &f, queue.is_empty()) {
+            // Constrained: the next step's forward pass runs while the host waits for this
+            // token and computes the next mask.
+            if matcher.is_some() && submitted < max_tokens && first + submitted - 1 < capacity {
+                let pos = first + submitted - 1;
+                if let Err(e) = self.graph(spec(1)).and_then(|g| g.submit_forward(pos, 1)) {
+                    break Err(e);
+                }
+                forwarded = true;
+            }
+            let words = match self.wait_for(&mut rb, &f, queue.is_empty() && !forwarded) {
                 Ok(w) => w,
                 Err(e) => break Err(e),
             };
