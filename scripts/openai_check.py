@@ -5,7 +5,12 @@
 2. streams a chat answer (stream=True, stream_options.include_usage) and prints it as it comes,
 3. asks the same question without streaming at temperature 0 and requires the answer to equal
    both the streamed one and `fado run --chat --temperature 0 --prompt SAME --max-tokens SAME`,
-4. checks that an unknown model gives openai.NotFoundError (404) and a bad key (when the
+4. structured output: a `response_format` json_schema answer that parses and has the schema's
+   fields, and a schema the server cannot compile gives openai.BadRequestError (400),
+5. a tool-call round trip: with `tools` and `tool_choice` "required" the model calls
+   get_weather (arguments valid JSON with a city), streamed the same call arrives as
+   delta.tool_calls; the script answers with a `tool` message and the model replies,
+6. checks that an unknown model gives openai.NotFoundError (404) and a bad key (when the
    server has --api-key) gives openai.AuthenticationError (401).
 
 Usage (see scripts/README.md):
@@ -134,6 +139,75 @@ def main():
             failures.append(f"server answer differs from fado run:\n  server: {text!r}\n  run:    {ran!r}")
         else:
             print("[equal to the server's answer]")
+
+        print("\n--- response_format json_schema ---")
+        schema = {"type": "object", "additionalProperties": False, "required": ["city", "country"],
+                  "properties": {"city": {"type": "string", "maxLength": 30},
+                                 "country": {"type": "string", "maxLength": 30}}}
+        r = client.chat.completions.create(
+            model=served, temperature=0, max_tokens=64,
+            messages=[{"role": "user", "content": "Name a city in Portugal and its country, in JSON."}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "place", "schema": schema, "strict": True}},
+        )
+        content = r.choices[0].message.content
+        print(f"{content}  [finish_reason={r.choices[0].finish_reason}]")
+        try:
+            place = json.loads(content)
+            if set(place) != {"city", "country"}:
+                failures.append(f"json_schema answer has other fields: {place}")
+        except json.JSONDecodeError as e:
+            failures.append(f"json_schema answer is not JSON ({e}): {content!r}")
+        try:
+            client.chat.completions.create(
+                model=served, messages=msgs, max_tokens=4,
+                response_format={"type": "json_schema", "json_schema": {
+                    "name": "bad", "schema": {"type": "integer", "minimum": 5, "maximum": 1}}})
+            failures.append("an unsatisfiable schema was accepted")
+        except openai.BadRequestError as e:
+            print(f"unsatisfiable schema -> {e.status_code} {e.body}")
+
+        print("\n--- tool call round trip ---")
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "Current weather in a city",
+            "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                           "properties": {"city": {"type": "string", "maxLength": 30}}}}}]
+        convo = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+        r = client.chat.completions.create(
+            model=served, messages=convo, tools=tools, tool_choice="required",
+            temperature=0, max_tokens=64)
+        m = r.choices[0].message
+        print(f"finish_reason={r.choices[0].finish_reason} tool_calls={m.tool_calls}")
+        if r.choices[0].finish_reason != "tool_calls" or not m.tool_calls:
+            failures.append(f"no tool call with tool_choice=required: {r}")
+        else:
+            call = m.tool_calls[0]
+            args_ = json.loads(call.function.arguments)
+            if call.function.name != "get_weather" or not isinstance(args_.get("city"), str):
+                failures.append(f"unexpected call: {call}")
+            stream = client.chat.completions.create(
+                model=served, messages=convo, tools=tools, tool_choice="required",
+                temperature=0, max_tokens=64, stream=True)
+            streamed_calls, finish = [], None
+            for chunk in stream:
+                for c in chunk.choices:
+                    streamed_calls.extend(c.delta.tool_calls or [])
+                    finish = c.finish_reason or finish
+            if (finish != "tool_calls" or len(streamed_calls) != 1
+                    or streamed_calls[0].function.arguments != call.function.arguments):
+                failures.append(f"streamed call differs: {streamed_calls} finish={finish}")
+            else:
+                print(f"streamed: the same call, finish_reason={finish}")
+            convo += [m.model_dump(exclude_none=True),
+                      {"role": "tool", "tool_call_id": call.id,
+                       "content": json.dumps({"city": args_["city"], "temperature_c": 18, "sky": "clear"})}]
+            r = client.chat.completions.create(
+                model=served, messages=convo, tools=tools, temperature=0, max_tokens=48)
+            reply = r.choices[0].message
+            print(f"reply after the tool: {reply.content!r} tool_calls={reply.tool_calls} "
+                  f"[finish_reason={r.choices[0].finish_reason}]")
+            if not (reply.content or reply.tool_calls):
+                failures.append("no reply after the tool message")
 
         print("\n--- errors ---")
         try:
