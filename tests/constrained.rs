@@ -407,6 +407,15 @@ fn serve_cfg() -> fado::server::ServerConfig {
     }
 }
 
+/// SmolLM2 on a loaded 2-core lavapipe machine takes longer per request than the tiny model
+/// the common client's timeout is sized for.
+fn slow_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .expect("http client")
+}
+
 fn chat_request(task: &str, extra: Value) -> Value {
     let mut body = json!({
         "model": "default",
@@ -424,7 +433,7 @@ fn chat_request(task: &str, extra: Value) -> Value {
 async fn server_response_format_answers_validate_and_equal_direct_generation() {
     let m = model();
     let (h, base) = server_common::start_with(m.clone(), serve_cfg()).await;
-    let c = server_common::client();
+    let c = slow_client();
     let url = format!("{base}/v1/chat/completions");
     let (name, task, schema) = schemas().swap_remove(0);
     let rf = json!({"response_format": {"type": "json_schema",
@@ -502,13 +511,13 @@ fn checked_call(v: &Value, tools: &Value) -> Value {
 async fn server_tool_calls_are_forced_parsed_streamed_and_answered() {
     let m = model();
     let (h, base) = server_common::start_with(m.clone(), serve_cfg()).await;
-    let c = server_common::client();
+    let c = slow_client();
     let url = format!("{base}/v1/chat/completions");
     let tools = weather_tools();
     let question = "What is the weather like in Lisbon right now?";
     let ask = |choice: Value, stream: bool| {
         json!({"messages": [{"role": "user", "content": question}], "tools": tools,
-               "tool_choice": choice, "temperature": 0, "max_tokens": 80, "stream": stream})
+               "tool_choice": choice, "temperature": 0, "max_tokens": 60, "stream": stream})
     };
     // Required: some declared function, valid arguments.
     let v = server_common::post_json(&c, &url, &ask(json!("required"), false), "required").await;
@@ -554,6 +563,16 @@ async fn server_tool_calls_are_forced_parsed_streamed_and_answered() {
             || ch["finish_reason"] == "tool_calls",
         "{v}"
     );
+    // Streamed with `auto`, text passes through the tool-call watch unchanged.
+    let mut streamed = follow.clone();
+    streamed["stream"] = json!(true);
+    let ev = server_common::sse(server_common::post(&c, &url, &streamed, "auto stream").await).await;
+    if ch["finish_reason"] != "tool_calls" {
+        assert_eq!(
+            server_common::stream_text(&ev),
+            ch["message"]["content"].as_str().unwrap()
+        );
+    }
     // tool_choice none: the same request answers text, never parsed calls.
     let mut none = follow.clone();
     none["tool_choice"] = json!("none");
@@ -567,7 +586,7 @@ async fn server_tool_calls_are_forced_parsed_streamed_and_answered() {
 async fn server_bad_schemas_and_tools_get_400s_and_unfinished_answers_say_length() {
     let m = model();
     let (h, base) = server_common::start_with(m.clone(), serve_cfg()).await;
-    let c = server_common::client();
+    let c = slow_client();
     let url = format!("{base}/v1/chat/completions");
     let bad_int = json!({"type": "integer", "minimum": 5, "maximum": 1});
     let tool = |params: Value| {
