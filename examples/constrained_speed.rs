@@ -52,17 +52,21 @@ fn main() -> fado::Result<()> {
     for round in 0..4 {
         for (i, p) in [&free, &constrained].into_iter().enumerate() {
             session.reset();
+            let before = session.decode_stats();
             let g = session.generate(&prompt, p, n, &mut |_| true)?;
+            let after = session.decode_stats();
             // Round 0 warms up (compiles both graphs).
             if round > 0 {
                 rates[i].push(g.decode_tokens_per_s());
             }
+            // Waits that left the GPU without queued work (see DecodeStats::idle_waits).
             println!(
-                "round {round} {}: {} tokens, {:.2} tok/s ({:?})",
+                "round {round} {}: {} tokens, {:.2} tok/s ({:?}), {} idle host waits",
                 ["unconstrained", "constrained"][i],
                 g.tokens.len(),
                 g.decode_tokens_per_s(),
-                g.finish_reason
+                g.finish_reason,
+                after.idle_waits - before.idle_waits
             );
         }
     }
