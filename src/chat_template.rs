@@ -28,7 +28,6 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
 
 use crate::error::{Error, Result};
-use crate::tools::ToolCall;
 
 // `tokenizer_config.json` belongs to the tokenizer, which reads it first; re-exported here for
 // the callers that pick a template.
@@ -83,7 +82,7 @@ impl Message {
                 .iter()
                 .map(|c| {
                     let mut v = c.to_openai();
-                    v["function"]["arguments"] = crate::tools::arguments_value(&c.arguments);
+                    v["function"]["arguments"] = c.arguments_value();
                     v
                 })
                 .collect();
@@ -96,6 +95,35 @@ impl Message {
             m.insert("name".into(), n.clone().into());
         }
         Value::from(minijinja::value::Serde(serde_json::Value::Object(m)))
+    }
+}
+
+/// A function call the model made (see [`crate::tools`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    /// The call's id (`call_…`), which the tool's answer refers to.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments as JSON text (OpenAI sends them as a string).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The call in OpenAI's shape `{id, type: "function", function: {name, arguments}}`.
+    pub fn to_openai(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        })
+    }
+
+    /// The arguments as a JSON value: the parsed object when the text is JSON, else the text
+    /// (templates expect an object, as transformers passes it).
+    pub fn arguments_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.arguments)
+            .unwrap_or_else(|_| serde_json::Value::String(self.arguments.clone()))
     }
 }
 

@@ -30,6 +30,7 @@
 use serde_json::{json, Value};
 
 use crate::chat_template::Message;
+pub use crate::chat_template::ToolCall;
 use crate::constrain::GrammarSpec;
 
 /// Start of a call block.
@@ -75,39 +76,12 @@ pub enum ToolChoice {
     Function(String),
 }
 
-/// A function call the model made.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ToolCall {
-    /// The call's id (`call_…`), which the tool's answer refers to.
-    pub id: String,
-    /// The function's name.
-    pub name: String,
-    /// The arguments as JSON text (OpenAI sends them as a string).
-    pub arguments: String,
-}
-
-impl ToolCall {
-    /// The call in OpenAI's shape `{id, type: "function", function: {name, arguments}}`.
-    pub fn to_openai(&self) -> Value {
-        json!({
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        })
-    }
-
-    /// The call as a Hermes `<tool_call>` block (arguments as an object when they parse).
-    fn block(&self) -> String {
-        format!(
-            "{CALL_OPEN}\n{}\n{CALL_CLOSE}",
-            json!({"name": self.name, "arguments": arguments_value(&self.arguments)})
-        )
-    }
-}
-
-/// Arguments as a JSON value: the parsed object when the text is JSON, else the text.
-pub fn arguments_value(arguments: &str) -> Value {
-    serde_json::from_str(arguments).unwrap_or_else(|_| Value::String(arguments.to_string()))
+/// A call as a Hermes `<tool_call>` block (arguments as an object when they parse).
+fn call_block(c: &ToolCall) -> String {
+    format!(
+        "{CALL_OPEN}\n{}\n{CALL_CLOSE}",
+        json!({"name": c.name, "arguments": c.arguments_value()})
+    )
 }
 
 /// Is `name` a valid function name (`[A-Za-z0-9_-]{1,64}`)?
@@ -140,7 +114,8 @@ pub fn prompt_messages(
             _ => out.push(Message::new("system", text)),
         }
     }
-    let skip = usize::from(!tools.is_empty() && messages.first().is_some_and(|m| m.role == "system"));
+    let skip =
+        usize::from(!tools.is_empty() && messages.first().is_some_and(|m| m.role == "system"));
     for m in &messages[skip..] {
         match m.role.as_str() {
             "assistant" if !m.tool_calls.is_empty() => {
@@ -149,7 +124,7 @@ pub fn prompt_messages(
                     if !text.is_empty() {
                         text.push('\n');
                     }
-                    text.push_str(&c.block());
+                    text.push_str(&call_block(c));
                 }
                 out.push(Message::new("assistant", text));
             }
@@ -157,7 +132,9 @@ pub fn prompt_messages(
                 let block = format!("<tool_response>\n{}\n</tool_response>", m.content);
                 // Consecutive results share one user turn.
                 match out.last_mut() {
-                    Some(prev) if prev.role == "user" && prev.content.ends_with("</tool_response>") => {
+                    Some(prev)
+                        if prev.role == "user" && prev.content.ends_with("</tool_response>") =>
+                    {
                         prev.content.push('\n');
                         prev.content.push_str(&block);
                     }
@@ -298,7 +275,8 @@ fn parse_call(body: &str, declared: &dyn Fn(&str) -> bool) -> Option<(String, St
         Some(Value::String(s)) => serde_json::from_str(s).ok()?,
         Some(a) => a.clone(),
     };
-    args.is_object().then(|| (name.to_string(), args.to_string()))
+    args.is_object()
+        .then(|| (name.to_string(), args.to_string()))
 }
 
 /// How much of `text`'s end must be held back while streaming because a call block may be

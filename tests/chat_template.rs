@@ -317,6 +317,8 @@ fn templates_that_know_tools_receive_declarations_and_calls_with_object_argument
          [tool:18 C#call_1]"
     );
     // Without tools the variable is none, as before.
-    let out = t.render_with_tools(&user("hi"), None, false, "", "").unwrap();
+    let out = t
+        .render_with_tools(&user("hi"), None, false, "", "")
+        .unwrap();
     assert_eq!(out, "[user:hi]");
 }

@@ -439,7 +439,9 @@ async fn server_response_format_answers_validate_and_equal_direct_generation() {
     let rf = json!({"response_format": {"type": "json_schema",
         "json_schema": {"name": name, "schema": schema, "strict": true}}});
     let v = server_common::post_json(&c, &url, &chat_request(task, rf.clone()), name).await;
-    let text = v["choices"][0]["message"]["content"].as_str().expect("content");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     validate(&schema, text).unwrap();
     // Greedy under the same constraint, directly: the same text.
@@ -502,7 +504,9 @@ fn checked_call(v: &Value, tools: &Value) -> Value {
         .iter()
         .find(|t| t["function"]["name"] == name)
         .unwrap_or_else(|| panic!("undeclared function {name}"));
-    let args = call["function"]["arguments"].as_str().expect("arguments as a string");
+    let args = call["function"]["arguments"]
+        .as_str()
+        .expect("arguments as a string");
     validate(&decl["function"]["parameters"], args).unwrap();
     call
 }
@@ -528,8 +532,9 @@ async fn server_tool_calls_are_forced_parsed_streamed_and_answered() {
     assert_eq!(checked_call(&v, &tools)["function"]["name"], "get_time");
 
     // Streamed: the call arrives as delta.tool_calls, then finish_reason tool_calls.
-    let ev = server_common::sse(server_common::post(&c, &url, &ask(json!("required"), true), "s").await)
-        .await;
+    let ev =
+        server_common::sse(server_common::post(&c, &url, &ask(json!("required"), true), "s").await)
+            .await;
     assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Value> = ev[..ev.len() - 1]
         .iter()
@@ -542,31 +547,41 @@ async fn server_tool_calls_are_forced_parsed_streamed_and_answered() {
     assert_eq!(deltas.len(), 1, "{ev:?}");
     let d = &deltas[0]["choices"][0]["delta"]["tool_calls"][0];
     assert_eq!(d["index"], 0);
-    assert_eq!(d["function"], call["function"], "stream and whole answers differ");
+    assert_eq!(
+        d["function"], call["function"],
+        "stream and whole answers differ"
+    );
     assert_eq!(
         chunks.last().unwrap()["choices"][0]["finish_reason"],
         "tool_calls"
     );
-    assert_eq!(server_common::stream_text(&ev), "", "a forced call has no text");
+    assert_eq!(
+        server_common::stream_text(&ev),
+        "",
+        "a forced call has no text"
+    );
 
     // The round trip: the call, the tool's answer, and the model replies.
     let follow = json!({"messages": [
             {"role": "user", "content": question},
             {"role": "assistant", "content": null, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": call["id"], "content": "{\"temperature\": 18, \"sky\": \"clear\"}"}],
-        "tools": tools, "temperature": 0, "max_tokens": 40});
+        "tools": tools, "temperature": 0, "max_tokens": 16});
     let v = server_common::post_json(&c, &url, &follow, "follow-up").await;
     let ch = &v["choices"][0];
     eprintln!("follow-up: {ch}");
     assert!(
-        ch["message"]["content"].as_str().is_some_and(|t| !t.is_empty())
+        ch["message"]["content"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
             || ch["finish_reason"] == "tool_calls",
         "{v}"
     );
     // Streamed with `auto`, text passes through the tool-call watch unchanged.
     let mut streamed = follow.clone();
     streamed["stream"] = json!(true);
-    let ev = server_common::sse(server_common::post(&c, &url, &streamed, "auto stream").await).await;
+    let ev =
+        server_common::sse(server_common::post(&c, &url, &streamed, "auto stream").await).await;
     if ch["finish_reason"] != "tool_calls" {
         assert_eq!(
             server_common::stream_text(&ev),
@@ -589,9 +604,7 @@ async fn server_bad_schemas_and_tools_get_400s_and_unfinished_answers_say_length
     let c = slow_client();
     let url = format!("{base}/v1/chat/completions");
     let bad_int = json!({"type": "integer", "minimum": 5, "maximum": 1});
-    let tool = |params: Value| {
-        json!([{"type": "function", "function": {"name": "f", "parameters": params}}])
-    };
+    let tool = |params: Value| json!([{"type": "function", "function": {"name": "f", "parameters": params}}]);
     let cases = [
         (
             json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad_int}}}),
@@ -608,7 +621,11 @@ async fn server_bad_schemas_and_tools_get_400s_and_unfinished_answers_say_length
             "tools[0].function.parameters",
             "unsatisfiable",
         ),
-        (json!({"tools": [{"type": "function"}]}), "tools[0].function", "function"),
+        (
+            json!({"tools": [{"type": "function"}]}),
+            "tools[0].function",
+            "function",
+        ),
         (
             json!({"tools": tool(json!({"type": "object"})), "tool_choice": {"type": "function", "function": {"name": "g"}}}),
             "tool_choice",
@@ -624,7 +641,8 @@ async fn server_bad_schemas_and_tools_get_400s_and_unfinished_answers_say_length
         assert!(msg.contains(needle), "{param}: {msg}");
     }
     // A schema that cannot be finished in 12 tokens: `length`, and the text is not JSON.
-    let schema = json!({"type": "array", "items": {"type": "string", "minLength": 5}, "minItems": 40});
+    let schema =
+        json!({"type": "array", "items": {"type": "string", "minLength": 5}, "minItems": 40});
     let mut body = chat_request(
         "List words.",
         json!({"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}}),
@@ -636,7 +654,13 @@ async fn server_bad_schemas_and_tools_get_400s_and_unfinished_answers_say_length
     assert!(serde_json::from_str::<Value>(text).is_err(), "{text}");
     assert_eq!(v["usage"]["completion_tokens"], 12);
     // The server still answers.
-    let ok = server_common::post(&c, &url, &chat_request("Hi.", json!({"max_tokens": 2})), "ok").await;
+    let ok = server_common::post(
+        &c,
+        &url,
+        &chat_request("Hi.", json!({"max_tokens": 2})),
+        "ok",
+    )
+    .await;
     assert_eq!(ok.status(), 200);
     h.shutdown().await;
 }

@@ -42,24 +42,6 @@ fn random_mask(rng: &mut Rng, v: usize, p: f32, forced: Option<usize>) -> Vec<u3
     m
 }
 
-fn sampler(temperature: f32, seed: u64) -> SamplerParams {
-    SamplerParams {
-        temperature,
-        top_k: 0,
-        top_p: 0.95,
-        min_p: 0.0,
-        seed_lo: seed as u32,
-        seed_hi: (seed >> 32) as u32,
-        inv_temperature: if temperature > 0.0 {
-            1.0 / temperature
-        } else {
-            0.0
-        },
-        repeat_penalty: 1.0,
-        ..Default::default()
-    }
-}
-
 /// Run the masked TopKSample at `kv_len` and compare its candidates and the token it wrote.
 fn check(
     ctx: &Arc<GpuContext>,
@@ -122,7 +104,14 @@ fn masked_topk_sample_matches_reference_on_every_variant() {
             for (case, mask) in &cases {
                 for (k, t) in [(1, 0.0), (40, 0.8)] {
                     let what = format!("{name}, {case}, V {v}, temperature {t}");
-                    check(&ctx, &logits, mask, k, &sampler(t, 9), &what);
+                    check(
+                        &ctx,
+                        &logits,
+                        mask,
+                        k,
+                        &sampler_params(t, 0, 0.95, 0.0, 9),
+                        &what,
+                    );
                 }
             }
         }
@@ -134,7 +123,11 @@ fn masked_topk_sample_rejects_a_short_mask() {
     let ctx = ctx();
     let v = 100;
     let lt = ctx.upload_f32("logits", &[1, v], &vec![0.0; v]).unwrap();
-    let params = upload_u32(&ctx, "params", &sampler(0.0, 1).words());
+    let params = upload_u32(
+        &ctx,
+        "params",
+        &sampler_params(0.0, 0, 0.95, 0.0, 1).words(),
+    );
     let history = upload_u32(&ctx, "history", &[0; 4]);
     let short = upload_u32(&ctx, "mask", &[0; 3]); // needs ceil(100 / 32) = 4 words
     let descs = [&lt.desc, &params.desc, &history.desc, &short.desc];

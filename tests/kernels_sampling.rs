@@ -274,24 +274,6 @@ fn candidate_words(rng: &mut Rng, k: usize, valid: usize, tied: bool) -> Vec<u32
     ids
 }
 
-fn sampler(temperature: f32, top_k: u32, top_p: f32, min_p: f32, seed: u64) -> SamplerParams {
-    SamplerParams {
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        seed_lo: seed as u32,
-        seed_hi: (seed >> 32) as u32,
-        inv_temperature: if temperature > 0.0 {
-            1.0 / temperature
-        } else {
-            0.0
-        },
-        repeat_penalty: 1.0,
-        ..Default::default()
-    }
-}
-
 #[test]
 fn sample_matches_reference_on_ragged_candidate_lists() {
     let ctx = ctx();
@@ -327,7 +309,7 @@ fn sample_matches_reference_on_ragged_candidate_lists() {
             let words = candidate_words(&mut rng, k, valid, list == 1);
             ctx.write(&cands, 0, bytemuck::cast_slice(&words)).unwrap();
             for &(t, top_k, top_p, min_p) in &settings {
-                let sp = sampler(t, top_k, top_p, min_p, rng.next_u64());
+                let sp = sampler_params(t, top_k, top_p, min_p, rng.next_u64());
                 ctx.write(&params, 0, bytemuck::cast_slice(&sp.words()))
                     .unwrap();
                 for kv_len in [0u32, 1, 7, 38, 39, capacity] {
@@ -362,7 +344,7 @@ fn sample_after_topk_in_one_graph_matches_reference() {
     let k = 40;
     let logits = rng.vec(v, 3.0);
     let lt = ctx.upload_f32("logits", &[1, v], &logits).unwrap();
-    let sp = sampler(1.2, 0, 0.95, 0.02, 77);
+    let sp = sampler_params(1.2, 0, 0.95, 0.02, 77);
     let params = upload_u32(&ctx, "params", &sp.words());
     let history = upload_u32(&ctx, "history", &[0; 16]);
     let mut g = Graph::new();

@@ -488,12 +488,8 @@ impl StepGraph {
     }
 
     fn split_point(&self) -> Result<usize> {
-        self.split.ok_or_else(|| {
-            Error::op(
-                "step",
-                "only a masked step can be submitted in two parts",
-            )
-        })
+        self.split
+            .ok_or_else(|| Error::op("step", "only a masked step can be submitted in two parts"))
     }
 
     /// The top-k output (u32 `[2k]`: ids, then logits as f32 bits); a scoring step has none.

@@ -144,6 +144,26 @@ fn readback_logprobs(words: &[u32], k: usize, n: usize) -> TokenLogprobs {
     token_logprobs(words[0], &cands, n, f32::from_bits(words[1 + 2 * k]))
 }
 
+/// The shape of a sampling step of `tokens` tokens for `params` (`k` candidates, log-sum-exp for
+/// log-probabilities).
+fn sampling_spec(
+    params: &SamplingParams,
+    k: usize,
+    logsumexp: bool,
+) -> impl Fn(usize) -> StepSpec + Copy {
+    let penalty = params.has_penalties().then_some(Penalty::History);
+    let masked = params.constraint.is_some();
+    move |tokens| StepSpec {
+        tokens,
+        k,
+        penalty,
+        logsumexp,
+        sample: true,
+        masked,
+        all_logits: false,
+    }
+}
+
 /// A step in flight: its submission and its readback slot.
 struct InFlight {
     index: wgpu::SubmissionIndex,
@@ -259,27 +279,12 @@ impl Session {
             // Nothing to sample: the prompt is only prefilled, as step by step.
             return self.generate_step_by_step(prompt, params, 0, top_logprobs, on_token);
         }
-        check_request(params, top_logprobs)?;
-        let vocab = self.model.config.vocab_size;
-        check_prompt(prompt, vocab, self.history.len(), self.capacity())
-            .map_err(|p| Error::Request(p.to_string()))?;
-        self.model.ctx.check_alive("running the model")?;
+        let mut matcher = self.check_generation(prompt, params, top_logprobs)?;
         let want_lp = top_logprobs.is_some();
         let k = params.candidates().max(top_logprobs.unwrap_or(0)).max(1);
-        let mut matcher = (params.constraint.as_deref())
-            .map(|c| self.constraint_matcher(c))
-            .transpose()?;
-        // With a constraint one step is in flight (see the module docs).
+        // With a constraint one step's head is in flight (see the module docs).
         let depth = if matcher.is_some() { 1 } else { DEPTH };
-        let spec = |tokens| StepSpec {
-            tokens,
-            k,
-            penalty: params.has_penalties().then_some(Penalty::History),
-            logsumexp: want_lp,
-            sample: true,
-            masked: params.constraint.is_some(),
-            all_logits: false,
-        };
+        let spec = sampling_spec(params, k, want_lp);
         self.seq
             .write_sampler(&self.model, &SamplerParams::from(params))?;
         let mut rb = Readback::new(&self.model.ctx, k, want_lp);
@@ -379,6 +384,24 @@ impl Session {
             prefill_seconds,
             decode_seconds: t1.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The request's checks (parameters, prompt, device) and, for a constrained one, its
+    /// grammar's matcher.
+    fn check_generation(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        top_logprobs: Option<usize>,
+    ) -> Result<Option<ConstraintMatcher>> {
+        check_request(params, top_logprobs)?;
+        let vocab = self.model.config.vocab_size;
+        check_prompt(prompt, vocab, self.history.len(), self.capacity())
+            .map_err(|p| Error::Request(p.to_string()))?;
+        self.model.ctx.check_alive("running the model")?;
+        (params.constraint.as_deref())
+            .map(|c| self.constraint_matcher(c))
+            .transpose()
     }
 
     /// A fresh matcher of `c`, which must have been compiled for this session's model (its

@@ -228,3 +228,29 @@ pub fn random_quant_weight(
     let bytes = fado::quant::gpu_layout(dtype, n, k, &gguf).expect("layout");
     (bytes, wv)
 }
+
+/// The GPU sampler's parameters for a draw (no penalties).
+#[allow(dead_code)]
+pub fn sampler_params(
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    min_p: f32,
+    seed: u64,
+) -> fado::ops::sample::SamplerParams {
+    fado::ops::sample::SamplerParams {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        seed_lo: seed as u32,
+        seed_hi: (seed >> 32) as u32,
+        inv_temperature: if temperature > 0.0 {
+            1.0 / temperature
+        } else {
+            0.0
+        },
+        repeat_penalty: 1.0,
+        ..Default::default()
+    }
+}

@@ -20,6 +20,7 @@
 mod error;
 mod request;
 mod response;
+mod tools;
 
 pub use error::ApiError;
 pub use request::{
