@@ -208,7 +208,7 @@ fn a_stop_discards_queued_steps_and_the_session_continues_cleanly() {
     assert_eq!(cont.tokens, want.tokens);
 }
 
-/// SmolLM2 with the GPU-style kernels: 64 greedy tokens equal the step-by-step path, a step is
+/// SmolLM2 with the GPU-style kernels: 24 greedy tokens equal the step-by-step path, a step is
 /// at most 5 dispatches per layer plus 4, and steady-state decoding leaves the GPU without
 /// work at most 0.05 times per token. (The integer GEMV path uses the same dispatches, as
 /// defines of the same kernels; its pipelined tokens are checked on a quantized fixture above:
@@ -218,15 +218,18 @@ fn smollm2_gpu_style_pipeline_dispatches_and_host_waits() {
     let m = load_on(ctx_variant(false, true), default_model());
     let prompt = fado::generate::encode_raw(&m, "The capital of Portugal is").unwrap();
     let mut s = Session::new(m.clone(), CTX).unwrap();
-    let g = s.generate(&prompt, &greedy(), 64, &mut |_| true).unwrap();
+    // 24 tokens: one idle wait (the last token's) is 0.04 per token. GPU-style kernels run at
+    // ~1 token/s on lavapipe, so this test's length is CI time.
+    let n = 24;
+    let g = s.generate(&prompt, &greedy(), n, &mut |_| true).unwrap();
     let st = s.decode_stats();
     let mut r = Session::new(m.clone(), CTX).unwrap();
     let want = r
-        .generate_step_by_step(&prompt, &greedy(), 64, None, &mut |_, _| true)
+        .generate_step_by_step(&prompt, &greedy(), n, None, &mut |_, _| true)
         .unwrap();
-    assert_eq!(g.tokens, want.tokens, "64 greedy tokens");
+    assert_eq!(g.tokens, want.tokens, "{n} greedy tokens");
     eprintln!("{st:?}");
-    assert_eq!(st.tokens, 64);
+    assert_eq!(st.tokens, n as u64);
     assert!(
         st.idle_waits as f64 / st.tokens as f64 <= 0.05,
         "{} idle waits for {} tokens",
