@@ -660,3 +660,81 @@ async fn served_model_names_are_answered_to_and_reported() {
     assert_eq!(m["data"][0]["id"], "gpt-4o-mini");
     h.shutdown().await;
 }
+
+/// The value of a sample line of `/metrics` (`name` with its labels).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_tokens_cache_hits_and_latencies() {
+    let (h, base) = start(cfg(1)).await;
+    let c = client();
+    let url = format!("{base}/v1/chat/completions");
+    // The same prompt twice: the second reuses the slot's cached prefix.
+    let mut usage = Vec::new();
+    for stream in [false, false, true] {
+        let mut body = chat_body("Tell me about the sea.", 8, stream);
+        body["stream_options"] = json!({"include_usage": true});
+        let r = post(&c, &url, &body, "chat").await;
+        let u = if stream {
+            let ev = sse(r).await;
+            let last: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+            last["usage"].clone()
+        } else {
+            r.json::<Value>().await.unwrap()["usage"].clone()
+        };
+        usage.push(u);
+    }
+    let bad = post(&c, &url, &json!({"messages": []}), "bad").await;
+    assert_eq!(bad.status(), 400);
+    let r = c.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let t = r.text().await.unwrap();
+    let sum = |k: &str| usage.iter().map(|u| u[k].as_u64().unwrap()).sum::<u64>() as f64;
+    let cached: f64 = usage
+        .iter()
+        .map(|u| {
+            u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum::<u64>() as f64;
+    assert!(
+        cached > 0.0,
+        "the repeated prompt reused the cache: {usage:?}"
+    );
+    assert_eq!(metric(&t, "fado:prompt_tokens_total"), sum("prompt_tokens"));
+    assert_eq!(
+        metric(&t, "fado:generation_tokens_total"),
+        sum("completion_tokens")
+    );
+    assert_eq!(
+        metric(&t, "fado:prefix_cache_queries_total"),
+        sum("prompt_tokens")
+    );
+    assert_eq!(metric(&t, "fado:prefix_cache_hits_total"), cached);
+    let finished: f64 = ["stop", "length"]
+        .iter()
+        .filter_map(|r| {
+            let name = format!("fado:request_success_total{{finished_reason=\"{r}\"}}");
+            t.contains(&name).then(|| metric(&t, &name))
+        })
+        .sum();
+    assert_eq!(finished, 3.0, "{t}");
+    assert_eq!(metric(&t, "fado:time_to_first_token_seconds_count"), 3.0);
+    assert_eq!(metric(&t, "fado:e2e_request_latency_seconds_count"), 3.0);
+    assert_eq!(metric(&t, "fado:request_queue_time_seconds_count"), 3.0);
+    assert!(metric(&t, "fado:inter_token_latency_seconds_count") >= 3.0);
+    assert_eq!(metric(&t, "fado:num_requests_running"), 0.0);
+    assert_eq!(metric(&t, "fado:num_requests_waiting"), 0.0);
+    // One slot of CTX rows holds the last conversation.
+    let kv = metric(&t, "fado:kv_cache_usage_perc");
+    assert!(kv > 0.0 && kv <= 1.0, "{kv}");
+    h.shutdown().await;
+}

@@ -2,7 +2,8 @@
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE streaming),
 //! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (slot occupancy and counters; 503
-//! `"unhealthy"` once the GPU device is lost, when requests get 503 `device_lost` too).
+//! `"unhealthy"` once the GPU device is lost, when requests get 503 `device_lost` too),
+//! `GET /metrics` (Prometheus text, [`metrics`]).
 //! Errors use OpenAI's JSON shape ([`api::ApiError`]).
 //!
 //! Requests are parsed and tokenized on the async side (tokenizing on a blocking thread), then
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod metrics;
 mod respond;
 pub mod scheduler;
 
@@ -49,6 +51,7 @@ use crate::model::Model;
 use crate::session::{KvType, SessionOptions};
 use crate::tools::{call_grammar, Tool, ToolChoice};
 use api::{text_request, ApiError, Endpoint, GenParams, Prompt, ResponseMeta};
+use metrics::Metrics;
 use respond::{stream_response, whole_response};
 use scheduler::{Job, Rejected, Scheduler, Stats};
 
@@ -100,6 +103,7 @@ struct Inner {
     /// Names a request's `model` may use; the first is the one reported.
     names: Vec<String>,
     counter: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// A configured server: the model, its slots and the HTTP routes.
@@ -147,6 +151,7 @@ impl Server {
         if cfg.max_tokens_cap == 0 {
             return Err(Error::Config("--max-tokens-cap must be at least 1".into()));
         }
+        let metrics = Arc::new(Metrics::new());
         let sched = Scheduler::start(
             model.clone(),
             cfg.parallel,
@@ -156,6 +161,7 @@ impl Server {
             },
             cfg.queue,
             cfg.prefix_cache,
+            metrics.clone(),
         )?;
         let mut names = cfg.served_model_names.clone();
         if names.is_empty() {
@@ -179,6 +185,7 @@ impl Server {
                 sched,
                 names,
                 counter: AtomicU64::new(0),
+                metrics,
             }),
         })
     }
@@ -203,6 +210,7 @@ impl Server {
             .route_layer(middleware::from_fn_with_state(self.clone(), check_api_key));
         Router::new()
             .route("/health", get(health))
+            .route("/metrics", get(metrics_text))
             .nest("/v1", v1)
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -293,7 +301,7 @@ async fn not_found(req: Request) -> ApiError {
         "invalid_request_error",
         format!(
             "unknown endpoint {} {}; this server has POST /v1/chat/completions, \
-             POST /v1/completions, GET /v1/models, GET /health",
+             POST /v1/completions, GET /v1/models, GET /health, GET /metrics",
             req.method(),
             req.uri().path()
         ),
@@ -338,6 +346,24 @@ async fn health(State(s): State<Server>) -> Response {
         ));
     }
     (code, Json(body)).into_response()
+}
+
+/// Prometheus / OpenMetrics text (see [`metrics`]); like `/health`, no API key needed.
+async fn metrics_text(State(s): State<Server>) -> Response {
+    let st = s.stats();
+    let total = st.slots * s.inner.cfg.ctx;
+    let body = s
+        .inner
+        .metrics
+        .render(st.busy, st.queued, st.kv_used, total);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn model_object(s: &Server) -> Value {
@@ -516,6 +542,7 @@ async fn start(
         top_logprobs: gen.logprobs,
         echo: gen.echo,
         events: tx,
+        arrived: std::time::Instant::now(),
     };
     s.inner.sched.submit(job).map_err(|r| match r {
         Rejected::QueueFull { capacity } => ApiError::new(

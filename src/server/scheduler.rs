@@ -20,9 +20,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::generate::{generate_text_with_logprobs, TextRequest};
 use crate::model::Model;
@@ -79,6 +81,8 @@ pub struct Job {
     /// Where the slot sends the job's [`Event`]s: text pieces, then one `Done` or `Failed`.
     /// Once the receiver is dropped the job is cancelled (skipped if still queued).
     pub events: mpsc::UnboundedSender<Event>,
+    /// When the request arrived (latency metrics count from here).
+    pub arrived: Instant,
 }
 
 /// Why a job was not queued.
@@ -112,6 +116,8 @@ pub struct Stats {
     pub failed: u64,
     /// Refused because the queue was full.
     pub rejected: u64,
+    /// KV-cache rows the slots hold (running and cached sequences), as of their last job.
+    pub kv_used: usize,
 }
 
 struct Queue {
@@ -129,6 +135,9 @@ struct Shared {
     cancelled: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
+    /// Per slot: the KV rows its session holds after its last job.
+    kv_used: Vec<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -153,6 +162,7 @@ impl Scheduler {
         opts: SessionOptions,
         queue_capacity: usize,
         prefix_cache: bool,
+        metrics: Arc<Metrics>,
     ) -> Result<Scheduler> {
         if slots == 0 {
             return Err(Error::Config("--parallel must be at least 1".into()));
@@ -170,6 +180,8 @@ impl Scheduler {
             cancelled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            kv_used: (0..slots).map(|_| AtomicUsize::new(0)).collect(),
+            metrics,
         });
         let mut sessions = Vec::with_capacity(slots);
         for _ in 0..slots {
@@ -180,7 +192,7 @@ impl Scheduler {
             let sh = shared.clone();
             let h = std::thread::Builder::new()
                 .name(format!("fado-slot-{i}"))
-                .spawn(move || worker(sh, session, prefix_cache))
+                .spawn(move || worker(sh, i, session, prefix_cache))
                 .map_err(|e| Error::Config(format!("could not start slot thread {i}: {e}")))?;
             workers.push(h);
         }
@@ -200,6 +212,7 @@ impl Scheduler {
         q.jobs.retain(|j| !j.events.is_closed());
         if q.jobs.len() >= self.shared.capacity {
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.rejected();
             return Err(Rejected::QueueFull {
                 capacity: self.shared.capacity,
             });
@@ -223,6 +236,7 @@ impl Scheduler {
             cancelled: s.cancelled.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
+            kv_used: s.kv_used.iter().map(|k| k.load(Ordering::Relaxed)).sum(),
         }
     }
 
@@ -270,15 +284,17 @@ fn next_job(sh: &Shared) -> Option<Job> {
     }
 }
 
-fn worker(sh: Arc<Shared>, mut session: Session, prefix_cache: bool) {
+fn worker(sh: Arc<Shared>, slot: usize, mut session: Session, prefix_cache: bool) {
     while let Some(job) = next_job(&sh) {
+        sh.metrics.queue_time(job.arrived.elapsed().as_secs_f64());
         if job.events.is_closed() {
             sh.cancelled.fetch_add(1, Ordering::Relaxed);
+            sh.metrics.finished(FinishReason::Cancelled, 0, 0, 0);
             continue;
         }
         sh.busy.fetch_add(1, Ordering::SeqCst);
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            run_job(&mut session, &job, prefix_cache)
+            run_job(&mut session, &job, prefix_cache, &sh.metrics)
         }));
         let outcome = match r {
             Ok(r) => r,
@@ -303,15 +319,25 @@ fn worker(sh: Arc<Shared>, mut session: Session, prefix_cache: bool) {
                 } else {
                     sh.completed.fetch_add(1, Ordering::Relaxed);
                 }
+                let m = &sh.metrics;
+                m.finished(
+                    f.finish_reason,
+                    f.prompt_tokens,
+                    f.cached_tokens,
+                    f.completion_tokens,
+                );
+                m.end_to_end(job.arrived.elapsed().as_secs_f64());
                 Event::Done(f)
             }
             Err(e) => {
                 // The cache may hold a partial prompt; start clean next time.
                 session.reset();
                 sh.failed.fetch_add(1, Ordering::Relaxed);
+                sh.metrics.failed();
                 Event::Failed(e)
             }
         };
+        sh.kv_used[slot].store(session.history().len(), Ordering::Relaxed);
         sh.busy.fetch_sub(1, Ordering::SeqCst);
         let _ = job.events.send(event);
     }
@@ -335,7 +361,12 @@ fn log_job(job: &Job, outcome: &Result<Finished>) {
     }
 }
 
-fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finished> {
+fn run_job(
+    session: &mut Session,
+    job: &Job,
+    prefix_cache: bool,
+    metrics: &Metrics,
+) -> Result<Finished> {
     let prompt = &job.prompt;
     let events = &job.events;
     if job.echo {
@@ -357,6 +388,7 @@ fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finis
         0
     };
     let mut sent = 0usize;
+    let mut last: Option<Instant> = None;
     let out = generate_text_with_logprobs(
         session,
         &prompt[common..],
@@ -364,6 +396,14 @@ fn run_job(session: &mut Session, job: &Job, prefix_cache: bool) -> Result<Finis
         job.top_logprobs,
         &mut |t, lps| {
             sent += lps.len();
+            if !t.is_empty() {
+                let now = Instant::now();
+                match last {
+                    None => metrics.first_token((now - job.arrived).as_secs_f64()),
+                    Some(l) => metrics.inter_token((now - l).as_secs_f64()),
+                }
+                last = Some(now);
+            }
             events
                 .send(Event::Text(t.to_string(), lps.to_vec()))
                 .is_ok()
