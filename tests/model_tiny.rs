@@ -238,3 +238,45 @@ fn f16_kv_cache_is_half_the_bytes_of_f32() {
     let e = KvType::parse("q4").unwrap_err();
     assert!(e.contains("q4") && e.contains("f16"), "{e}");
 }
+
+/// A session that adopts another's cached prefix (`Session::adopt_prefix`: the rows copied on
+/// the GPU) generates exactly what a session that prefilled the whole prompt generates, and
+/// prefills only the rest; both KV types.
+#[test]
+fn an_adopted_prefix_continues_like_a_full_prefill() {
+    use fado::session::{KvType, SessionOptions};
+    let m = load(fixture("tiny-llama"));
+    let shared: Vec<u32> = (0..90).map(|i| (i * 7 + 3) % 500).collect();
+    let mut prompt = shared.clone();
+    prompt.extend([11, 12, 13, 14]);
+    let greedy = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    for kv_type in [KvType::F16, KvType::F32] {
+        let opts = SessionOptions { ctx: 256, kv_type };
+        let mut full = Session::with_options(m.clone(), opts).unwrap();
+        let want = full.generate(&prompt, &greedy, 12, &mut |_| true).unwrap();
+
+        // The source holds `shared` and something after it; the copy takes the prefix only.
+        let mut src = Session::with_options(m.clone(), opts).unwrap();
+        let mut other = shared.clone();
+        other.extend([400, 401]);
+        src.generate(&other, &greedy, 5, &mut |_| true).unwrap();
+        let mut dst = Session::with_options(m.clone(), opts).unwrap();
+        dst.generate(&[1, 2, 3], &greedy, 3, &mut |_| true).unwrap();
+        dst.adopt_prefix(&src.kv_cache(), &src.history()[..shared.len()])
+            .unwrap();
+        assert_eq!(dst.history(), &shared[..]);
+        let kept = dst.reuse_prefix(&prompt);
+        assert_eq!(kept, shared.len());
+        let got = dst
+            .generate(&prompt[kept..], &greedy, 12, &mut |_| true)
+            .unwrap();
+        assert_eq!(got.prompt_tokens, 4, "only the suffix is prefilled");
+        assert_eq!(got.tokens, want.tokens, "{kv_type:?}");
+        // A prefix longer than the source's cache is an error, not a bad copy.
+        let long: Vec<u32> = vec![1; 300];
+        assert!(dst.adopt_prefix(&src.kv_cache(), &long).is_err());
+    }
+}

@@ -11,6 +11,7 @@ use server_common::*;
 
 use std::time::Instant;
 
+use fado::chat_template::Message;
 use fado::generate::{encode_chat, encode_raw};
 use fado::sampling::SamplingParams;
 use fado::server::ServerConfig;
@@ -736,5 +737,47 @@ async fn metrics_count_requests_tokens_cache_hits_and_latencies() {
     // One slot of CTX rows holds the last conversation.
     let kv = metric(&t, "fado:kv_cache_usage_perc");
     assert!(kv > 0.0 && kv <= 1.0, "{kv}");
+    h.shutdown().await;
+}
+
+/// Six requests sharing a long system prompt, one after another on four slots: whichever slot
+/// takes a request, it prefills only what no idle slot holds — a slot without the prefix
+/// copies it from one that has it — and the answers equal fresh sessions' (the copied rows
+/// are the right ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_system_prompt_is_prefilled_once_across_slots() {
+    let (h, base) = start(cfg(4)).await;
+    let c = client();
+    let system = "You are a museum guide in Lisbon. ".repeat(10);
+    let questions = [
+        "apples?", "rivers?", "tiles?", "trams?", "fado?", "bridges?",
+    ];
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
+    for (i, q) in questions.iter().enumerate() {
+        let msgs = vec![
+            Message::new("system", system.as_str()),
+            Message::new("user", *q),
+        ];
+        let ids = encode_chat(&model(), &msgs, true).unwrap();
+        let body = json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}],
+            "temperature": 0, "max_tokens": 6});
+        let v = post_json(&c, format!("{base}/v1/chat/completions"), &body, q).await;
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("request {i}: {v}")) as usize;
+        let lcp = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let expect = prompts.iter().map(|p| lcp(p, &ids)).max().unwrap_or(0);
+        assert!(
+            i == 0 || expect > 100,
+            "the system prompt is long: {expect}"
+        );
+        assert_eq!(cached, expect.min(ids.len() - 1), "request {i}: {v}");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            direct(&ids, 6, &[]),
+            "request {i}"
+        );
+        prompts.push(ids);
+    }
     h.shutdown().await;
 }

@@ -22,6 +22,7 @@ pub use crate::config::LlamaConfig;
 /// Per-dispatch timings of one step ([`StepGraph::profile`]).
 pub use crate::graph::Profile;
 pub use crate::ops::sample::SamplerParams;
+pub use llama::KvCache;
 pub use step::{KvType, Penalty, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN, PREFILL_CHUNK};
 pub use weights::WeightPolicy;
 

@@ -187,6 +187,51 @@ impl Sequence {
         })
     }
 
+    /// The KV cache (its tensors are shared handles: a clone refers to the same memory).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Copy the keys and values of positions `0..rows` from `from` (another sequence of the
+    /// same model and KV type) into this one's cache, on the GPU queue: work queued before
+    /// this call on either cache is ordered before the copy, later work after it.
+    pub fn copy_prefix_from(&self, model: &Model, from: &KvCache, rows: usize) -> Result<()> {
+        let mine = &self.cache;
+        if rows > mine.capacity.min(from.capacity) || from.k.len() != mine.k.len() {
+            return Err(Error::op(
+                "copy_prefix",
+                format!(
+                    "{rows} rows of a {}-layer cache of {} rows into a {}-layer cache of {}",
+                    from.k.len(),
+                    from.capacity,
+                    mine.k.len(),
+                    mine.capacity
+                ),
+            ));
+        }
+        let mut enc = model.ctx.device.create_command_encoder(&Default::default());
+        let pairs = from.k.iter().zip(&mine.k).chain(from.v.iter().zip(&mine.v));
+        for (src, dst) in pairs {
+            if src.desc != dst.desc {
+                return Err(Error::op(
+                    "copy_prefix",
+                    format!("{} into {}: the KV types differ", src.desc, dst.desc),
+                ));
+            }
+            // Rows are position-major ([ctx, kv_heads, head_dim]): a prefix is contiguous.
+            let bytes = src.size_bytes() / from.capacity as u64 * rows as u64;
+            let (Some((sb, so)), Some((db, doff))) = (src.buffer(), dst.buffer()) else {
+                return Err(Error::op(
+                    "copy_prefix",
+                    "a KV cache lives in a texel image",
+                ));
+            };
+            enc.copy_buffer_to_buffer(sb, so, db, doff, bytes);
+        }
+        model.ctx.queue.submit(Some(enc.finish()));
+        Ok(())
+    }
+
     /// Token positions the KV cache holds.
     pub fn capacity(&self) -> usize {
         self.cache.capacity

@@ -11,7 +11,11 @@
 //!
 //! A slot keeps its KV cache after a job; the next job on that slot prefills only what follows
 //! the longest common prefix of its prompt and the cached tokens (a multi-turn chat re-sends
-//! the conversation, so most of it is reused).
+//! the conversation, so most of it is reused). Across slots: when another, idle slot holds a
+//! longer prefix of the job's prompt (a shared system prompt, a conversation that ran on
+//! another slot), its keys and values are copied into the taking slot's cache on the GPU
+//! before the prefill. The copy is queued while the queue's lock is held, and a slot takes a
+//! job only under that lock, so the source's rows cannot be overwritten before the copy.
 
 #![warn(missing_docs)]
 
@@ -27,8 +31,9 @@ use tokio::sync::mpsc;
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::generate::{generate_text_with_logprobs, TextRequest};
+use crate::model::KvCache;
 use crate::model::Model;
-use crate::session::{FinishReason, Session, SessionOptions, TokenLogprobs};
+use crate::session::{common_prefix, FinishReason, Session, SessionOptions, TokenLogprobs};
 
 /// What a job sends back.
 #[derive(Debug)]
@@ -123,6 +128,18 @@ pub struct Stats {
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// What each slot's cache holds, for prefix sharing across slots.
+    slots: Vec<SlotCache>,
+}
+
+/// A slot's cache as other slots see it.
+struct SlotCache {
+    /// Running a job (its cache is changing: not a source).
+    busy: bool,
+    /// The tokens its cache holds after its last job.
+    history: Vec<u32>,
+    /// Its cache's shared handles.
+    kv: KvCache,
 }
 
 struct Shared {
@@ -167,10 +184,23 @@ impl Scheduler {
         if slots == 0 {
             return Err(Error::Config("--parallel must be at least 1".into()));
         }
+        let mut sessions = Vec::with_capacity(slots);
+        for _ in 0..slots {
+            sessions.push(Session::with_options(model.clone(), opts)?);
+        }
+        let caches = sessions
+            .iter()
+            .map(|s| SlotCache {
+                busy: false,
+                history: Vec::new(),
+                kv: s.kv_cache(),
+            })
+            .collect();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
+                slots: caches,
             }),
             ready: Condvar::new(),
             capacity: queue_capacity,
@@ -183,10 +213,6 @@ impl Scheduler {
             kv_used: (0..slots).map(|_| AtomicUsize::new(0)).collect(),
             metrics,
         });
-        let mut sessions = Vec::with_capacity(slots);
-        for _ in 0..slots {
-            sessions.push(Session::with_options(model.clone(), opts)?);
-        }
         let mut workers = Vec::with_capacity(slots);
         for (i, session) in sessions.into_iter().enumerate() {
             let sh = shared.clone();
@@ -271,25 +297,55 @@ impl Drop for Scheduler {
     }
 }
 
-fn next_job(sh: &Shared) -> Option<Job> {
+/// The next job for `slot` (blocking), its cache marked busy; with `share`, the longest prefix
+/// of the job's prompt that an idle slot holds is copied into `session` first when it is
+/// longer than what `session` holds.
+fn next_job(sh: &Shared, slot: usize, session: &mut Session, share: bool) -> Option<Job> {
     let mut q = sh.lock();
     loop {
         if q.closed {
             return None;
         }
         if let Some(j) = q.jobs.pop_front() {
+            q.slots[slot].busy = true;
+            if share && !j.echo && !j.events.is_closed() {
+                adopt_best_prefix(&q.slots, slot, session, &j.prompt);
+            }
             return Some(j);
         }
         q = sh.ready.wait(q).unwrap_or_else(|p| p.into_inner());
     }
 }
 
+/// Copy into `session` (slot `me`) the longest prefix of `prompt` an idle slot holds, when it
+/// is longer than `session`'s own. A failed copy only loses the reuse (logged).
+fn adopt_best_prefix(slots: &[SlotCache], me: usize, session: &mut Session, prompt: &[u32]) {
+    let own = session.common_prefix(prompt);
+    let best = slots
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i != me && !c.busy)
+        .map(|(i, c)| (common_prefix(&c.history, prompt), i))
+        .max();
+    if let Some((n, i)) = best.filter(|&(n, _)| n > own) {
+        let c = &slots[i];
+        match session.adopt_prefix(&c.kv, &c.history[..n]) {
+            Ok(()) => tracing::debug!("slot {me}: {n} prompt tokens copied from slot {i}'s cache"),
+            Err(e) => {
+                tracing::warn!("slot {me}: copying slot {i}'s prefix failed ({e}); prefilling it");
+                session.reset();
+            }
+        }
+    }
+}
+
 fn worker(sh: Arc<Shared>, slot: usize, mut session: Session, prefix_cache: bool) {
-    while let Some(job) = next_job(&sh) {
+    while let Some(job) = next_job(&sh, slot, &mut session, prefix_cache) {
         sh.metrics.queue_time(job.arrived.elapsed().as_secs_f64());
         if job.events.is_closed() {
             sh.cancelled.fetch_add(1, Ordering::Relaxed);
             sh.metrics.finished(FinishReason::Cancelled, 0, 0, 0);
+            publish(&sh, slot, &session);
             continue;
         }
         sh.busy.fetch_add(1, Ordering::SeqCst);
@@ -338,9 +394,17 @@ fn worker(sh: Arc<Shared>, slot: usize, mut session: Session, prefix_cache: bool
             }
         };
         sh.kv_used[slot].store(session.history().len(), Ordering::Relaxed);
+        publish(&sh, slot, &session);
         sh.busy.fetch_sub(1, Ordering::SeqCst);
         let _ = job.events.send(event);
     }
+}
+
+/// Slot `slot` is idle again: others may copy from what its cache holds.
+fn publish(sh: &Shared, slot: usize, session: &Session) {
+    let mut q = sh.lock();
+    q.slots[slot].busy = false;
+    q.slots[slot].history = session.history().to_vec();
 }
 
 /// One line per generation request at info level: what `fado serve` prints by default.

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::model::{Model, Penalty, Profile, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN};
+use crate::model::{
+    KvCache, Model, Penalty, Profile, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN,
+};
 use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
 
 pub use crate::model::KvType;
@@ -181,18 +183,34 @@ impl Session {
         self.history.truncate(n);
     }
 
+    /// How many leading tokens of `prompt` [`Session::reuse_prefix`] would keep.
+    pub fn common_prefix(&self, prompt: &[u32]) -> usize {
+        common_prefix(&self.history, prompt)
+    }
+
+    /// The KV cache's shared handles, for [`Session::adopt_prefix`] into another session.
+    pub fn kv_cache(&self) -> KvCache {
+        self.seq.cache().clone()
+    }
+
+    /// Take `tokens`, held at positions `0..tokens.len()` of `from` (another session's cache,
+    /// [`Session::kv_cache`], of the same model), as this session's history: their keys and
+    /// values are copied on the GPU queue, so the next prefill reuses them. `from`'s owner must
+    /// not queue writes to those rows before this call returns (the copy is queued first).
+    pub fn adopt_prefix(&mut self, from: &KvCache, tokens: &[u32]) -> Result<()> {
+        self.seq.copy_prefix_from(&self.model, from, tokens.len())?;
+        self.seq.write_tokens(&self.model, 0, tokens)?;
+        self.history = tokens.to_vec();
+        self.last = None;
+        Ok(())
+    }
+
     /// Keep the longest cached prefix of `prompt` (but always leave at least one token to
     /// prefill: its logits start generation) and return its length; prefill `prompt[kept..]`
     /// next. A multi-turn chat re-sends the whole conversation, so a turn prefills only what is
     /// new.
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let common = self
-            .history
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len().saturating_sub(1));
+        let common = self.common_prefix(prompt);
         self.truncate(common);
         common
     }
@@ -380,4 +398,15 @@ fn check_request(params: &SamplingParams, top_logprobs: Option<usize>) -> Result
         }
     }
     Ok(())
+}
+
+/// The longest common prefix of a cached `history` and `prompt`, leaving at least one token of
+/// `prompt` to prefill (its logits start generation).
+pub fn common_prefix(history: &[u32], prompt: &[u32]) -> usize {
+    history
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(prompt.len().saturating_sub(1))
 }
