@@ -781,3 +781,64 @@ async fn a_shared_system_prompt_is_prefilled_once_across_slots() {
     }
     h.shutdown().await;
 }
+
+/// `n` answers to one prompt: each is what a fresh session samples with seed + its index, the
+/// prompt is counted (and prefilled) once, and a stream carries every answer under its index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_answers_share_one_prefill_and_sample_their_own_seeds() {
+    let (h, base) = start(cfg(1)).await;
+    let c = client();
+    let prompt = "Once upon a time";
+    let ids = encode_raw(&model(), prompt).unwrap();
+    let params = |seed| SamplingParams {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.0,
+        seed,
+        ..SamplingParams::default()
+    };
+    let want: Vec<String> = (0..3)
+        .map(|i| direct_with(&ids, params(5 + i), 10, &[]))
+        .collect();
+    assert!(
+        want[0] != want[1] || want[1] != want[2],
+        "the seeds differ: {want:?}"
+    );
+    let body = json!({"prompt": prompt, "n": 3, "temperature": 0.9, "top_k": 40, "top_p": 0.95,
+        "min_p": 0.0, "seed": 5, "max_tokens": 10});
+    let v = post_json(&c, format!("{base}/v1/completions"), &body, "n=3").await;
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{v}");
+    for (i, ch) in choices.iter().enumerate() {
+        assert_eq!(ch["index"], i);
+        assert_eq!(ch["text"], want[i], "answer {i}");
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    let generated: u64 = 30;
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= generated);
+
+    // Streamed chat: every answer under its own index, each equal to the whole response's.
+    let mut chat = chat_body("Tell me about the sea.", 8, true);
+    chat["n"] = json!(2);
+    chat["temperature"] = json!(0.8);
+    chat["seed"] = json!(11);
+    let ev = sse(post(&c, format!("{base}/v1/chat/completions"), &chat, "stream").await).await;
+    let mut texts = [String::new(), String::new()];
+    let mut finished = [false, false];
+    for e in &ev[..ev.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        for ch in v["choices"].as_array().unwrap() {
+            let i = ch["index"].as_u64().unwrap() as usize;
+            texts[i].push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+            finished[i] |= !ch["finish_reason"].is_null();
+        }
+    }
+    assert_eq!(finished, [true, true], "{ev:?}");
+    chat["stream"] = json!(false);
+    let v = post_json(&c, format!("{base}/v1/chat/completions"), &chat, "whole").await;
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(v["choices"][i]["message"]["content"], *t, "answer {i}");
+    }
+    h.shutdown().await;
+}

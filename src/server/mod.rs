@@ -541,6 +541,7 @@ async fn start(
         req,
         top_logprobs: gen.logprobs,
         echo: gen.echo,
+        n: gen.n,
         events: tx,
         arrived: std::time::Instant::now(),
     };
@@ -576,6 +577,7 @@ async fn start(
             gen.include_usage,
             lp,
             tools,
+            gen.n,
         ))
     } else {
         whole_response(endpoint, meta, rx, lp, tools).await

@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::api::{self, ApiError, Endpoint, ResponseMeta};
+use super::api::{self, ApiError, Choice, Endpoint, ResponseMeta};
 use super::scheduler::{Event, Finished};
 use crate::model::Model;
 use crate::session::{FinishReason, TokenLogprobs};
@@ -64,6 +64,8 @@ pub(super) async fn whole_response(
     let mut text = String::new();
     let mut lps = Vec::new();
     let mut echo = None;
+    let mut choices = Vec::new();
+    let mut ids = call_ids(&meta);
     loop {
         match rx.recv().await {
             Some(Event::Text(t, l)) => {
@@ -74,18 +76,28 @@ pub(super) async fn whole_response(
                 text.insert_str(0, &t);
                 echo = Some((ids, l));
             }
-            Some(Event::Done(f)) => {
+            Some(Event::EndChoice(finish)) => {
+                let lps = std::mem::take(&mut lps);
                 let lp = match (&echo, &logprobs_model) {
                     (Some((ids, plps)), Some(m)) => {
                         api::echo_logprobs(ids, plps, &lps, &|id| m.tokenizer.token_bytes(id))
                     }
                     _ => logprobs_value(endpoint, logprobs_model.as_ref(), &lps, &mut 0),
                 };
+                let text = std::mem::take(&mut text);
                 let (text, calls) = match &tools {
-                    Some(t) => split_tool_calls(&text, t, call_ids(&meta)),
+                    Some(t) => split_tool_calls(&text, t, &mut ids),
                     None => (text, vec![]),
                 };
-                let body = meta.full(endpoint, &text, &calls, f.finish_reason, usage_of(&f), lp);
+                choices.push(Choice {
+                    text,
+                    calls,
+                    finish,
+                    logprobs: lp,
+                });
+            }
+            Some(Event::Done(f)) => {
+                let body = meta.full(endpoint, &choices, usage_of(&f));
                 return Ok(Json(body).into_response());
             }
             Some(Event::Failed(e)) => return Err(e.into()),
@@ -114,6 +126,8 @@ struct StreamState {
     text_offset: usize,
     /// Tool calls are parsed from the answer (see [`StreamState::text`]).
     calls: Option<StreamCalls>,
+    /// The answer the next text belongs to (`n` > 1 streams them one after another).
+    index: usize,
 }
 
 /// A stream's tool-call state: text is passed on until a `<tool_call>` block starts (a
@@ -145,7 +159,7 @@ impl StreamState {
         };
         let c = self
             .meta
-            .chunk(self.endpoint, self.first, Some(t), None, lp);
+            .chunk(self.endpoint, self.index, self.first, Some(t), None, lp);
         self.first = false;
         self.push(c);
     }
@@ -199,15 +213,26 @@ impl StreamState {
                 &lps,
                 &mut self.text_offset,
             );
-            let c = self.meta.calls_chunk(&calls, lp);
+            let c = self.meta.calls_chunk(self.index, &calls, lp);
             self.push(c);
-            let c = self.meta.calls_finish_chunk();
+            let c = self.meta.calls_finish_chunk(self.index);
             self.push(c);
         } else {
-            let c = self
-                .meta
-                .chunk(self.endpoint, self.first, None, Some(f), Value::Null);
+            let c = self.meta.chunk(
+                self.endpoint,
+                self.index,
+                self.first,
+                None,
+                Some(f),
+                Value::Null,
+            );
             self.push(c);
+        }
+        // The next answer starts clean.
+        self.index += 1;
+        self.text_offset = 0;
+        if let Some(c) = self.calls.as_mut() {
+            c.in_call = false;
         }
     }
 }
@@ -222,6 +247,7 @@ pub(super) fn stream_response(
     include_usage: bool,
     logprobs_model: Option<Arc<Model>>,
     tools: Option<Arc<Vec<Tool>>>,
+    n: usize,
 ) -> Response {
     let calls = tools.map(|tools| StreamCalls {
         tools,
@@ -241,11 +267,16 @@ pub(super) fn stream_response(
         logprobs_model,
         text_offset: 0,
         calls,
+        index: 0,
     };
     if endpoint == Endpoint::Chat {
-        // The role comes first, before any text (as OpenAI sends it).
-        let c = st.meta.chunk(endpoint, true, Some(""), None, Value::Null);
-        st.push(c);
+        // The role comes first, before any text (as OpenAI sends it), for every answer.
+        for i in 0..n.max(1) {
+            let c = st
+                .meta
+                .chunk(endpoint, i, true, Some(""), None, Value::Null);
+            st.push(c);
+        }
         st.first = false;
     }
     let stream = futures::stream::unfold(st, |mut st| async move {
@@ -260,8 +291,8 @@ pub(super) fn stream_response(
                 Some(Event::Text(t, l)) => st.text(t, l),
                 // Requests with `echo` are not streamed (refused when parsed).
                 Some(Event::Prompt(..)) => {}
+                Some(Event::EndChoice(f)) => st.finish(f),
                 Some(Event::Done(f)) => {
-                    st.finish(f.finish_reason);
                     if st.include_usage {
                         let u = st.meta.usage_chunk(st.endpoint, usage_of(&f));
                         st.push(u);

@@ -46,7 +46,10 @@ pub enum Event {
     /// when log-probabilities were asked for, those of its tokens after the first (entry `i` is
     /// about token `i + 1`).
     Prompt(String, Vec<u32>, Vec<TokenLogprobs>),
-    /// Generation ended normally.
+    /// One of the request's `n` answers ended (they come one after another, in index order;
+    /// the text events before it belong to it).
+    EndChoice(FinishReason),
+    /// Generation ended normally (every answer).
     Done(Finished),
     /// Generation failed (the message is for the client).
     Failed(Error),
@@ -55,12 +58,13 @@ pub enum Event {
 /// The outcome of a job that ended normally (the counts are the response's `usage`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Finished {
-    /// Why generation ended; a stop string gives `Stop`.
+    /// Why generation ended (the last answer's, with `n` > 1); a stop string gives `Stop`.
     pub finish_reason: FinishReason,
-    /// The whole prompt, including any part reused from the slot's cache.
+    /// The whole prompt, including any part reused from the slot's cache (counted once for
+    /// `n` answers).
     pub prompt_tokens: usize,
-    /// Tokens generated, counting an end-of-sequence token and the tokens that completed a
-    /// stop string, although their text is not part of the answer.
+    /// Tokens generated over all answers, counting an end-of-sequence token and the tokens
+    /// that completed a stop string, although their text is not part of the answer.
     pub completion_tokens: usize,
     /// Prompt tokens whose KV came from the slot's cache.
     pub cached_tokens: usize,
@@ -83,6 +87,9 @@ pub struct Job {
     pub top_logprobs: Option<usize>,
     /// Send the prompt back first ([`Event::Prompt`]), scored when `top_logprobs` is set.
     pub echo: bool,
+    /// Answers to generate (OpenAI's `n`): one after another on the slot, each continuing
+    /// from the prompt's cached rows (prefilled once), answer `i` sampled with seed + `i`.
+    pub n: usize,
     /// Where the slot sends the job's [`Event`]s: text pieces, then one `Done` or `Failed`.
     /// Once the receiver is dropped the job is cancelled (skipped if still queued).
     pub events: mpsc::UnboundedSender<Event>,
@@ -451,35 +458,56 @@ fn run_job(
         session.reset();
         0
     };
-    let mut sent = 0usize;
     let mut last: Option<Instant> = None;
-    let out = generate_text_with_logprobs(
-        session,
-        &prompt[common..],
-        &job.req,
-        job.top_logprobs,
-        &mut |t, lps| {
-            sent += lps.len();
-            if !t.is_empty() {
-                let now = Instant::now();
-                match last {
-                    None => metrics.first_token((now - job.arrived).as_secs_f64()),
-                    Some(l) => metrics.inter_token((now - l).as_secs_f64()),
+    let mut generated = 0usize;
+    let mut out = None;
+    for i in 0..job.n.max(1) {
+        if i > 0 {
+            // The prompt's rows are cached: only its last token runs again.
+            session.reuse_prefix(prompt);
+        }
+        let from = session.history().len();
+        let mut req = job.req.clone();
+        req.params.seed = req.params.seed.wrapping_add(i as u64);
+        let mut sent = 0usize;
+        let o = generate_text_with_logprobs(
+            session,
+            &prompt[from..],
+            &req,
+            job.top_logprobs,
+            &mut |t, lps| {
+                sent += lps.len();
+                if !t.is_empty() {
+                    let now = Instant::now();
+                    match last {
+                        None => metrics.first_token((now - job.arrived).as_secs_f64()),
+                        Some(l) => metrics.inter_token((now - l).as_secs_f64()),
+                    }
+                    last = Some(now);
                 }
-                last = Some(now);
-            }
-            events
-                .send(Event::Text(t.to_string(), lps.to_vec()))
-                .is_ok()
-        },
-    )?;
-    if out.logprobs.len() > sent {
-        let _ = events.send(Event::Text(String::new(), out.logprobs[sent..].to_vec()));
+                events
+                    .send(Event::Text(t.to_string(), lps.to_vec()))
+                    .is_ok()
+            },
+        )?;
+        if o.logprobs.len() > sent {
+            let _ = events.send(Event::Text(String::new(), o.logprobs[sent..].to_vec()));
+        }
+        generated += o.generation.tokens.len();
+        let _ = events.send(Event::EndChoice(o.generation.finish_reason));
+        let cancelled = o.generation.finish_reason == FinishReason::Cancelled;
+        out = Some(o);
+        if cancelled {
+            break;
+        }
     }
+    let Some(out) = out else {
+        return Err(Error::Request("nothing was generated".into()));
+    };
     Ok(Finished {
         finish_reason: out.generation.finish_reason,
         prompt_tokens: prompt.len(),
-        completion_tokens: out.generation.tokens.len(),
+        completion_tokens: generated,
         cached_tokens: common,
         prefill_seconds: out.generation.prefill_seconds,
         decode_seconds: out.generation.decode_seconds,

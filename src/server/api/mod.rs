@@ -4,7 +4,7 @@
 //! Requests are parsed field by field from a `serde_json::Value`, so a wrong type says which
 //! field (`"temperature": invalid type: string "hot", expected f32`) and carries it in `param`.
 //! Unknown fields are ignored (clients send many); fields that would change the output in a way
-//! this server cannot honour (`n` > 1, the deprecated `functions`) are refused with a 400 rather than
+//! this server cannot honour (`n` > 16, the deprecated `functions`) are refused with a 400 rather than
 //! silently ignored.
 //!
 //! Log-probabilities: chat takes `logprobs: true` and `top_logprobs: 0..=20` and answers
@@ -25,11 +25,11 @@ mod tools;
 pub use error::ApiError;
 pub use request::{
     parse_chat, parse_completion, parse_object, text_request, ChatRequest, CompletionRequest,
-    GenParams, Prompt, MAX_STOP_STRINGS,
+    GenParams, Prompt, MAX_N, MAX_STOP_STRINGS,
 };
 pub use response::{
-    chat_logprobs, completion_logprobs, echo_logprobs, finish_str, usage, ResponseMeta, TokenBytes,
-    SYSTEM_FINGERPRINT,
+    chat_logprobs, completion_logprobs, echo_logprobs, finish_str, usage, Choice, ResponseMeta,
+    TokenBytes, SYSTEM_FINGERPRINT,
 };
 
 /// Which endpoint's bodies to produce.

@@ -18,6 +18,9 @@ use crate::tools::{Tool, ToolChoice};
 /// The most stop strings a request may give.
 pub const MAX_STOP_STRINGS: usize = 16;
 
+/// The most answers (`n`) one request may ask for.
+pub const MAX_N: usize = 16;
+
 pub(super) type Obj = Map<String, Value>;
 
 /// Parse a request body into its top-level JSON object.
@@ -96,6 +99,8 @@ pub struct GenParams {
     pub echo: bool,
     /// `response_format` `json_object` or `json_schema`: what the answer is constrained to.
     pub response_format: Option<GrammarSpec>,
+    /// Answers to generate for the prompt (`n`, 1 to [`MAX_N`]).
+    pub n: usize,
 }
 
 /// OpenAI's default temperature and top_p; top_k and min_p (extensions) default to Fado's CLI
@@ -116,13 +121,11 @@ fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
             .param("stream_options"))
         }
     };
-    if let Some(n) = field::<u32>(obj, "n")? {
-        if n != 1 {
-            return Err(ApiError::invalid(format!(
-                "`n` = {n}: this server returns one choice; use n = 1"
-            ))
-            .param("n"));
-        }
+    let n = field::<u32>(obj, "n")?.unwrap_or(1) as usize;
+    if !(1..=MAX_N).contains(&n) {
+        return Err(
+            ApiError::invalid(format!("`n` = {n} is out of range (1 to {MAX_N})")).param("n"),
+        );
     }
     let logprobs = logprobs_param(obj, endpoint)?;
     for p in ["functions", "function_call"] {
@@ -170,6 +173,11 @@ fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
             .param("echo")
             .code("unsupported_parameter"));
     }
+    if echo && n > 1 {
+        return Err(ApiError::invalid("`echo` with `n` > 1 is not supported")
+            .param("echo")
+            .code("unsupported_parameter"));
+    }
     let stop = match field::<StopField>(obj, "stop").map_err(|_| {
         ApiError::invalid("`stop` must be a string or a list of strings")
             .param("stop")
@@ -200,6 +208,7 @@ fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
         logprobs,
         echo,
         response_format,
+        n,
     })
 }
 
@@ -582,7 +591,8 @@ mod tests {
     fn unsupported_features_are_refused() {
         let m = r#""messages":[{"role":"user","content":"hi"}]"#;
         for extra in [
-            r#""n":2"#,
+            r#""n":0"#,
+            r#""n":17"#,
             r#""functions":[{"name":"f"}]"#,
             r#""function_call":"auto""#,
         ] {

@@ -150,52 +150,30 @@ impl ResponseMeta {
         m
     }
 
-    /// A whole (non-streamed) response; `logprobs` is the endpoint's logprobs object or null.
-    /// With `calls` (chat only) the message carries `tool_calls`, its `content` is null when
-    /// there is no text, and `finish_reason` is `"tool_calls"`.
-    pub fn full(
-        &self,
-        e: Endpoint,
-        text: &str,
-        calls: &[ToolCall],
-        finish: FinishReason,
-        usage: Value,
-        logprobs: Value,
-    ) -> Value {
+    /// A whole (non-streamed) response of `choices` (index order) and `usage`.
+    pub fn full(&self, e: Endpoint, choices: &[Choice], usage: Value) -> Value {
         let mut m = self.base(e, false);
-        let choice = match e {
-            Endpoint::Chat if !calls.is_empty() => json!({
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": if text.is_empty() { Value::Null } else { text.into() },
-                    "tool_calls": calls.iter().map(ToolCall::to_openai).collect::<Vec<_>>(),
-                },
-                "logprobs": logprobs,
-                "finish_reason": "tool_calls",
-            }),
-            Endpoint::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs,
-                "finish_reason": finish_str(finish),
-            }),
-            Endpoint::Completion => json!({
-                "index": 0,
-                "text": text,
-                "logprobs": logprobs,
-                "finish_reason": finish_str(finish),
-            }),
-        };
-        m.insert("choices".into(), json!([choice]));
+        let list: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = choice_body(e, &c.text, &c.calls, c.finish, c.logprobs.clone());
+                v["index"] = json!(i);
+                v
+            })
+            .collect();
+        m.insert("choices".into(), Value::Array(list));
         m.insert("usage".into(), usage);
         Value::Object(m)
     }
 
-    /// A stream chunk: `role` in the first chat chunk, `text` as the delta, `finish` in the last.
+    /// A stream chunk of answer `index`: `role` in the first chat chunk, `text` as the delta,
+    /// `finish` in the last.
+    #[allow(clippy::too_many_arguments)]
     pub fn chunk(
         &self,
         e: Endpoint,
+        index: usize,
         first: bool,
         text: Option<&str>,
         finish: Option<FinishReason>,
@@ -212,10 +190,10 @@ impl ResponseMeta {
                 if let Some(t) = text {
                     delta.insert("content".into(), t.into());
                 }
-                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": fr})
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": fr})
             }
             Endpoint::Completion => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": fr})
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": fr})
             }
         };
         m.insert("choices".into(), json!([choice]));
@@ -224,7 +202,7 @@ impl ResponseMeta {
 
     /// A chat chunk whose delta carries whole tool calls (`delta.tool_calls[k]` with `index`,
     /// `id`, `type` and `function`), as OpenAI's first delta of each call does.
-    pub fn calls_chunk(&self, calls: &[ToolCall], logprobs: Value) -> Value {
+    pub fn calls_chunk(&self, index: usize, calls: &[ToolCall], logprobs: Value) -> Value {
         let mut m = self.base(Endpoint::Chat, true);
         let deltas: Vec<Value> = calls
             .iter()
@@ -237,17 +215,17 @@ impl ResponseMeta {
             .collect();
         m.insert(
             "choices".into(),
-            json!([{"index": 0, "delta": {"tool_calls": deltas}, "logprobs": logprobs, "finish_reason": null}]),
+            json!([{"index": index, "delta": {"tool_calls": deltas}, "logprobs": logprobs, "finish_reason": null}]),
         );
         Value::Object(m)
     }
 
-    /// A chat chunk with only a `finish_reason` of `"tool_calls"`.
-    pub fn calls_finish_chunk(&self) -> Value {
+    /// A chat chunk of answer `index` with only a `finish_reason` of `"tool_calls"`.
+    pub fn calls_finish_chunk(&self, index: usize) -> Value {
         let mut m = self.base(Endpoint::Chat, true);
         m.insert(
             "choices".into(),
-            json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}]),
+            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}]),
         );
         Value::Object(m)
     }
@@ -259,6 +237,54 @@ impl ResponseMeta {
         m.insert("usage".into(), usage);
         Value::Object(m)
     }
+}
+
+/// One choice of a whole response. With `calls` (chat only) the message carries `tool_calls`,
+/// its `content` is null when there is no text, and `finish_reason` is `"tool_calls"`.
+fn choice_body(
+    e: Endpoint,
+    text: &str,
+    calls: &[ToolCall],
+    finish: FinishReason,
+    logprobs: Value,
+) -> Value {
+    match e {
+        Endpoint::Chat if !calls.is_empty() => json!({
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": if text.is_empty() { Value::Null } else { text.into() },
+                "tool_calls": calls.iter().map(ToolCall::to_openai).collect::<Vec<_>>(),
+            },
+            "logprobs": logprobs,
+            "finish_reason": "tool_calls",
+        }),
+        Endpoint::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": logprobs,
+            "finish_reason": finish_str(finish),
+        }),
+        Endpoint::Completion => json!({
+            "index": 0,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish_str(finish),
+        }),
+    }
+}
+
+/// One answer of a whole response.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    /// Its text (tool calls taken out).
+    pub text: String,
+    /// The tool calls parsed from it.
+    pub calls: Vec<ToolCall>,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// The endpoint's logprobs object, or null.
+    pub logprobs: Value,
 }
 
 /// The `system_fingerprint` of every response: `fado-` and the crate version.
