@@ -45,7 +45,9 @@ fn small_config() -> LlamaConfig {
     LlamaConfig {
         vocab_size: 512,
         hidden_size: 256,
-        intermediate_size: 512,
+        // Rows of 8448 values: the CPU-style down projection binds each prefill window of x
+        // as 8 uniform bindings (every grouping's declarations).
+        intermediate_size: 8448,
         num_hidden_layers: 1,
         num_attention_heads: 4,
         num_key_value_heads: 2,

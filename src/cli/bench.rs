@@ -39,7 +39,8 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Time every op of one decode step with timestamp queries and print the time per op kind.
+    /// Time every op of one decode step and of one prefill chunk of --prompt-tokens with
+    /// timestamp queries and print the time per op kind.
     #[arg(long)]
     pub profile: bool,
 }
@@ -202,7 +203,20 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         );
     }
     if a.profile {
-        print_profile(&session.profile_decode()?);
+        // A decode step after the prompt (the timed runs may have filled the cache), then the
+        // prompt's first chunk from an empty cache.
+        session.reset();
+        session.prefill(&prompt, 1)?;
+        print_profile(
+            &format!("decode step at position {}", a.pp),
+            &session.profile_decode()?,
+        );
+        session.reset();
+        let pp = a.pp.min(fado::model::PREFILL_CHUNK);
+        print_profile(
+            &format!("prefill of {pp} tokens"),
+            &session.profile_step(pp)?,
+        );
     }
     Ok(())
 }
@@ -281,11 +295,11 @@ fn time_reps(a: &BenchArgs, model: &Model, session: &mut Session, prompt: &[u32]
     Ok(Runs { pp, tg, stats })
 }
 
-/// The time of one decode step by op kind and by kernel entry point (`--profile`).
-fn print_profile(p: &fado::model::Profile) {
+/// The time of one step by op kind and by kernel entry point (`--profile`).
+fn print_profile(what: &str, p: &fado::model::Profile) {
     let total: f64 = p.entries.iter().map(|e| e.2).sum();
     eprintln!(
-        "decode step profile ({} dispatches, {:.3} ms GPU time):",
+        "{what} profile ({} dispatches, {:.3} ms GPU time):",
         p.entries.len(),
         total * 1e3
     );

@@ -559,8 +559,8 @@ impl StepGraph {
         self.exe.read_f32(self.logits)
     }
 
-    /// Time every dispatch of one run at `pos` (timestamp queries).
-    pub fn profile(&self, pos: usize) -> Result<Profile> {
-        self.exe.run_profiled(Step::new(pos as u32, 1))
+    /// Time every dispatch of one run of `tokens` tokens at `pos` (timestamp queries).
+    pub fn profile(&self, pos: usize, tokens: usize) -> Result<Profile> {
+        self.exe.run_profiled(Step::new(pos as u32, tokens as u32))
     }
 }

@@ -320,16 +320,24 @@ impl Session {
     /// It writes the KV-cache row of the next position, so a full cache is an error rather
     /// than a damaged last row.
     pub fn profile_decode(&mut self) -> Result<Profile> {
+        self.profile_step(1)
+    }
+
+    /// Time every dispatch of one step of `tokens` tokens (a prefill chunk, at most
+    /// [`PREFILL_CHUNK`]) at the current position, as [`Session::profile_decode`]: the tokens
+    /// are whatever the history holds there, and nothing is added to it.
+    pub fn profile_step(&mut self, tokens: usize) -> Result<Profile> {
         let pos = self.history.len();
-        if pos >= self.seq.capacity() {
+        let tokens = tokens.clamp(1, PREFILL_CHUNK);
+        if pos + tokens > self.seq.capacity() {
             return Err(Error::Request(format!(
-                "the context is full ({pos} of {} positions): profile a decode step before it \
-                 fills, or use a larger context",
+                "the context has {pos} of {} positions filled: profile a step of {tokens} \
+                 tokens before it fills, or use a larger context",
                 self.seq.capacity()
             )));
         }
-        let spec = StepSpec::plain(1, 1);
-        self.graph(spec)?.profile(pos)
+        let spec = StepSpec::plain(tokens, 1);
+        self.graph(spec)?.profile(pos, tokens)
     }
 
     /// Append `tokens` to the cache and return the top-k candidates for the next token.

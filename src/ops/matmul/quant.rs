@@ -102,7 +102,7 @@ pub fn kernels_int(
 ) -> Result<Vec<KernelCall>> {
     let (m, n, k) = check("matmul", x, w)?;
     let cpu_style =
-        caps.cpu && rows::fits(caps, k, w.dtype) && rows::window(caps, m, k as u64 * 4).is_some();
+        caps.cpu && rows::fits(caps, k, w.dtype) && rows::windows(caps, m, k as u64 * 4).is_some();
     if cpu_style {
         return rows::calls("matmul", caps, (m, n, k), w, add_into);
     }
