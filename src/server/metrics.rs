@@ -172,7 +172,7 @@ impl Metrics {
         self.tokens(prompt, cached, generated);
     }
 
-    /// A request ended with an error after `generated` tokens.
+    /// A request ended with an error.
     pub fn failed(&self) {
         self.failure.inc();
     }
