@@ -8,6 +8,10 @@ struct Step {
     kv_len: u32,  // valid keys/values in the cache after this execution
     _p0: u32,
     _p1: u32,
+    // A batched step's rows (ops::RowStep; unused by single-sequence steps): row t is one token
+    // of its own sequence — x its position, y the sequence's first row in the pooled KV cache,
+    // z its first word in the pooled token history, w its index in the pooled sampler params.
+    rows: array<vec4<u32>, 16>,
 }
 
 fn bf16_lo(w: u32) -> f32 { return bitcast<f32>(w << 16u); }

@@ -70,7 +70,7 @@ fn check(
     let step = Step {
         pos: kv_len - 1,
         kv_len,
-        _pad: [0; 2],
+        ..Step::default()
     };
     let bytes = exe.run_read(step, out, (8 * k) as u64).expect("run");
     let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);

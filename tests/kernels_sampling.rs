@@ -243,7 +243,7 @@ fn step_at(kv_len: u32) -> Step {
     Step {
         pos: kv_len.saturating_sub(1),
         kv_len,
-        _pad: [0; 2],
+        ..Step::default()
     }
 }
 

@@ -38,6 +38,27 @@ pub struct Step {
     pub kv_len: u32,
     /// Padding to 16 bytes (uniform layout).
     pub _pad: [u32; 2],
+    /// A batched step's rows ([`RowStep`]): row `t` is one token of its own sequence. Unused
+    /// (zero) in single-sequence steps.
+    pub rows: [[u32; 4]; MAX_ROWS],
+}
+
+/// Most rows (sequences) a batched step advances at once.
+pub const MAX_ROWS: usize = 16;
+
+/// Where one row of a batched step lives: each row is the next token of its own sequence, whose
+/// buffers are slices of pooled ones (the KV cache, the token history, the sampler's
+/// parameters). Mirrors `step.rows[t]` in `shaders/common.wgsl` (x, y, z, w).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowStep {
+    /// The row's position in its sequence (it attends to cache rows `0 ..= pos`).
+    pub pos: u32,
+    /// The sequence's first row in the pooled KV cache.
+    pub cache_base: u32,
+    /// The sequence's first word in the pooled token history.
+    pub history_base: u32,
+    /// The sequence's index in the pooled sampler parameters.
+    pub slot: u32,
 }
 
 impl Step {
@@ -46,8 +67,23 @@ impl Step {
         Step {
             pos,
             kv_len: pos + tokens,
-            _pad: [0; 2],
+            ..Step::default()
         }
+    }
+
+    /// A batched step of `rows.len()` (≤ [`MAX_ROWS`]) rows; `pos`/`kv_len` are unused.
+    pub fn batch(rows: &[RowStep]) -> Result<Self> {
+        if rows.len() > MAX_ROWS {
+            return Err(Error::op(
+                "step",
+                format!("{} rows in one step: at most {MAX_ROWS}", rows.len()),
+            ));
+        }
+        let mut s = Step::default();
+        for (dst, r) in s.rows.iter_mut().zip(rows) {
+            *dst = [r.pos, r.cache_base, r.history_base, r.slot];
+        }
+        Ok(s)
     }
 }
 
