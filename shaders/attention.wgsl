@@ -22,6 +22,10 @@
 //   nothing, and the reduce pass does not read it.
 // Entry `attn_reduce` (define REDUCE) — one workgroup per query head merges the non-empty chunks:
 //   out = Σ_c e^(m_c − M)·O_c / Σ_c e^(m_c − M)·l_c.  Bindings: 2 part, 3 ml, 4 out f32 [1, HQ·D].
+// BATCH (with SPLIT, `attn_rows` and `attn_reduce`): q and out are [B, HQ·D], one row per
+//   sequence; grid z is the row b (dispatches (S, HKV, B), (S, 1, B), (HQ, 1, B)); part and ml
+//   hold B·S slots, row b's at b·S·HQ ..; row b reads its own sequence's rows of the pooled
+//   caches (kv_len_at, cache_base below).
 // Features: none (workgroup memory only). D a multiple of 4; the host sizes BQ, BK to the
 // device's workgroup storage.
 #include "common.wgsl"
@@ -35,8 +39,19 @@ const NEG: f32 = -3.0e38;     // masked score
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 
-// Valid cache rows; never past the capacity, even for a step the host should have refused.
-fn kv_len() -> u32 { return min(step.kv_len, p.cap); }
+// Valid cache rows of batch row b; never past the capacity, even for a step the host should
+// have refused. BATCH (decode of several sequences, ops::RowStep): row b attends to rows
+// 0 ..= step.rows[b].x of its own sequence, which start at row step.rows[b].y of the pooled
+// caches; cap is one sequence's capacity. Otherwise b is 0 and the one sequence starts at row 0.
+#if BATCH
+fn kv_len_at(b: u32) -> u32 { return min(step.rows[b].x + 1u, p.cap); }
+fn cache_base(b: u32) -> u32 { return step.rows[b].y; }
+fn last_key(b: u32, tok: u32) -> u32 { return step.rows[b].x; }
+#else
+fn kv_len_at(b: u32) -> u32 { return min(step.kv_len, p.cap); }
+fn cache_base(b: u32) -> u32 { return 0u; }
+fn last_key(b: u32, tok: u32) -> u32 { return step.pos + tok; }
+#endif
 
 #if !REDUCE
 #if ROWS
@@ -96,21 +111,23 @@ const ACC: u32 = D4 / LH;
 @compute @workgroup_size({{WG}})
 fn attn_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let chunk = wg.x;
+    let b = wg.z;
     let hk = li / LH;
     let l = li % LH;
-    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
+    let kvl = kv_len_at(b);
+    let clen = max(p.min_chunk, (kvl + p.chunks - 1u) / p.chunks);
     let k_begin = chunk * clen;
-    if (k_begin >= kv_len()) {
+    if (k_begin >= kvl) {
         return;
     }
-    let k_end = min(kv_len(), k_begin + clen);
+    let k_end = min(kvl, k_begin + clen);
     var qv: array<vec4<f32>, G * ACC>;
     var acc: array<vec4<f32>, G * ACC>;
     var m: array<f32, G>;
     var sum: array<f32, G>;
     for (var g = 0u; g < G; g++) {
         for (var a = 0u; a < ACC; a++) {
-            qv[g * ACC + a] = q[(hk * G + g) * D4 + l * ACC + a] * p.scale;
+            qv[g * ACC + a] = q[(b * p.hq + hk * G + g) * D4 + l * ACC + a] * p.scale;
             acc[g * ACC + a] = vec4<f32>(0.0);
         }
         m[g] = NEG;
@@ -119,7 +136,7 @@ fn attn_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     var kv: array<vec4<f32>, ACC>;
     var vv: array<vec4<f32>, ACC>;
     for (var j = k_begin; j < k_end; j++) {
-        let base = ((j * p.hkv + hk) * D4 + l * ACC) / 2u;
+        let base = (((cache_base(b) + j) * p.hkv + hk) * D4 + l * ACC) / 2u;
         for (var a = 0u; a < ACC / 2u; a++) {
             let k8 = load8_k(base + a);
             kv[2u * a] = k8.a;
@@ -145,7 +162,7 @@ fn attn_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         }
     }
     for (var g = 0u; g < G; g++) {
-        let slot = chunk * p.hq + hk * G + g;
+        let slot = (b * p.chunks + chunk) * p.hq + hk * G + g;
         for (var a = 0u; a < ACC; a++) {
             part[slot * D4 + l * ACC + a] = acc[g * ACC + a];
         }
@@ -164,23 +181,26 @@ fn attn_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 @compute @workgroup_size({{WG}})
 fn attn_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wg.x;
-    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
-    let n = min(p.chunks, (kv_len() + clen - 1u) / clen);
+    let b = wg.z;
+    let kvl = kv_len_at(b);
+    let clen = max(p.min_chunk, (kvl + p.chunks - 1u) / p.chunks);
+    let n = min(p.chunks, (kvl + clen - 1u) / clen);
+    let s0 = b * p.chunks * p.hq + h; // slot of (row b, chunk 0, head h)
     var mx = NEG;
     for (var c = 0u; c < n; c++) {
-        mx = max(mx, ml[c * p.hq + h].x);
+        mx = max(mx, ml[s0 + c * p.hq].x);
     }
     var l = 0.0;
     for (var c = 0u; c < n; c++) {
-        let v = ml[c * p.hq + h];
+        let v = ml[s0 + c * p.hq];
         l += exp(v.x - mx) * v.y;
     }
     for (var i = li; i < D4; i += WG) {
         var o = vec4<f32>(0.0);
         for (var c = 0u; c < n; c++) {
-            o += exp(ml[c * p.hq + h].x - mx) * part[(c * p.hq + h) * D4 + i];
+            o += exp(ml[s0 + c * p.hq].x - mx) * part[(s0 + c * p.hq) * D4 + i];
         }
-        out[h * D4 + i] = o / l;
+        out[(b * p.hq + h) * D4 + i] = o / l;
     }
 }
 
@@ -215,20 +235,22 @@ var<workgroup> a_sh: array<f32, {{R}}>;
 @compute @workgroup_size({{WG}})
 fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let hk = wg.y;
+    let b = wg.z;
+    let kvl = kv_len_at(b);
 #if SPLIT
     let chunk = wg.x;
-    let clen = max(p.min_chunk, (kv_len() + p.chunks - 1u) / p.chunks);
+    let clen = max(p.min_chunk, (kvl + p.chunks - 1u) / p.chunks);
     let k_begin = chunk * clen;
-    if (k_begin >= kv_len()) {
+    if (k_begin >= kvl) {
         return;
     }
-    let k_end = min(kv_len(), k_begin + clen);
+    let k_end = min(kvl, k_begin + clen);
     let t0 = 0u;
 #else
     let t0 = wg.x * BQ;
     let t_last = min(t0 + BQ, p.t) - 1u;
     let k_begin = 0u;
-    let k_end = min(kv_len(), step.pos + t_last + 1u);
+    let k_end = min(kvl, step.pos + t_last + 1u);
 #endif
 
     // Q rows of this block, pre-scaled; rows past the last token are zero and never written.
@@ -239,7 +261,7 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let h = hk * G + row % G;
         var v = vec4<f32>(0.0);
         if (tok < p.t) {
-            v = q[(tok * p.hq + h) * D4 + c] * p.scale;
+            v = q[((b + tok) * p.hq + h) * D4 + c] * p.scale;
         }
         qs[row * DS + c] = v;
     }
@@ -261,7 +283,7 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var kv = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
             if (j < nk) {
-                let g = ((k0 + j) * p.hkv + hk) * D4 + c;
+                let g = ((cache_base(b) + k0 + j) * p.hkv + hk) * D4 + c;
                 kv = load_k(g);
                 vv = load_v(g);
             }
@@ -288,7 +310,7 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             for (var m = 0u; m < RB; m++) {
                 let row = rg + RG * m;
                 let tok = t0 + row / G;
-                let ok = j < nk && tok < p.t && k0 + j <= step.pos + tok;
+                let ok = j < nk && tok < p.t && k0 + j <= last_key(b, tok);
                 if (row < R) {
                     ss[row * BK + j] = select(NEG, s[m], ok);
                 }
@@ -322,7 +344,7 @@ fn attn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let tok = t0 + row / G;
             let h = hk * G + row % G;
 #if SPLIT
-            let slot = chunk * p.hq + h;
+            let slot = (b * p.chunks + chunk) * p.hq + h;
             part[slot * D4 + c] = acc[a];
             if (c == 0u) {
                 ml[slot] = vec2<f32>(m_sh[row], l_sh[row]);

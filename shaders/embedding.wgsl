@@ -7,6 +7,8 @@
 //           3 table: f32[vocab*n] (W_F32), u32[vocab*n/2] packed f16 (W_F16) / bf16 (W_BF16),
 //             or u32[] block-quantized in the GPU layout of src/quant/mod.rs (QUANT plus one of
 //             Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K, decoded by quant_blocks.wgsl; BL = values per block);
+//             or with ROWS the pooled token history, row t's id at step.rows[t].z + step.rows[t].x
+//             (a batched step: each row the next token of its own sequence);
 //           4 y: f32[tokens*n]. With TEX (CPU devices) binding 3 is the table's texel image
 //             `wt: texture_2d<u32>` (src/gpu/texels.rs), the same words 4 to a texel.
 // Dispatch: float tables: one thread per output value, ceil(tokens*n / WG) workgroups;
@@ -26,7 +28,11 @@ struct Params { tokens: u32, n: u32, vocab: u32, gx: u32, nbr: u32, scales_word:
 // The id of the step's token t (an out-of-range position reads as an invalid id).
 fn token_id(t: u32) -> u32 {
 #if AT_POS
+#if ROWS
+    let at = step.rows[t].z + step.rows[t].x;
+#else
     let at = step.pos + t;
+#endif
     if (at >= arrayLength(&ids)) {
         return 0xffffffffu;
     }

@@ -13,6 +13,9 @@
 //           4 k_cache, 5 v_cache (f32, or f16 packed two per u32 with KV_F16); 6 q f32.
 // Dispatch: one thread per 4 values of a head (two rotation pairs, so an f16 cache gets whole
 //           u32 words), T·(HQ+2·HKV)·D/4 threads in workgroups of WG, spread over (gx, gy).
+// ROWS (a batched step, ops::RowStep): token t sits at position p = step.rows[t].x of its own
+//   sequence, whose cache rows start at step.rows[t].y of the pooled cache: K and V go to row
+//   step.rows[t].y + p, written when p < cap (one sequence's capacity).
 // Features: KV_F16 uses pack2x16float only (no shader-f16 needed). D must be a multiple of 4.
 #include "common.wgsl"
 
@@ -85,7 +88,15 @@ fn rope_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let head = r / quads;
     let m = r % quads;
     let src = t * heads * d + head * d;
+#if ROWS
+    // A batched step: token t is the next one of its own sequence, whose cache rows start at
+    // step.rows[t].y of the pooled cache (cap is then one sequence's capacity).
+    let pos = step.rows[t].x;
+    let row = step.rows[t].y + pos;
+#else
     let pos = step.pos + t;
+    let row = pos;
+#endif
     let row_ok = pos < p.cap;
 
     if (head >= p.hq + p.hkv) {
@@ -94,7 +105,7 @@ fn rope_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             let kvh = head - p.hq - p.hkv;
             let e = 4u * m;
             let v = vec4<f32>(qkv[src + e], qkv[src + e + 1u], qkv[src + e + 2u], qkv[src + e + 3u]);
-            store(false, (pos * p.hkv + kvh) * d, e, e + 2u, v);
+            store(false, (row * p.hkv + kvh) * d, e, e + 2u, v);
         }
         return;
     }
@@ -122,7 +133,7 @@ fn rope_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         q[dst + a1] = r1.x;
         q[dst + b1] = r1.y;
     } else if (row_ok) {
-        let base = (pos * p.hkv + head - p.hq) * d;
+        let base = (row * p.hkv + head - p.hq) * d;
 #if INTERLEAVED
         // Elements a0, b0, a1, b1 are 4m .. 4m+3.
         store(true, base, a0, a1, vec4<f32>(r0.x, r0.y, r1.x, r1.y));

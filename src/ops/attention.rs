@@ -155,26 +155,32 @@ impl Attention {
         Ok(vec![q.clone()])
     }
 
-    fn scratch_with(&self, split: DecodeSplit, inputs: &[&TensorDesc]) -> Vec<u64> {
-        if inputs.first().is_none_or(|q| q.rows() != 1) {
+    fn scratch_with(&self, split: DecodeSplit, inputs: &[&TensorDesc], batch: bool) -> Vec<u64> {
+        let rows = inputs.first().map_or(0, |q| q.rows());
+        if rows == 0 || (rows != 1 && !batch) {
             return Vec::new();
         }
-        let slots = split.chunks as u64 * self.n_heads as u64;
+        let slots = rows as u64 * split.chunks as u64 * self.n_heads as u64;
         vec![slots * self.head_dim as u64 * 4, slots * 8]
     }
 
-    /// The kernel calls with an explicit decode split.
+    /// The kernel calls with an explicit decode split; `batch`: a batched decode step over
+    /// sequences of that many rows each ([`AttentionRows`]).
     pub(crate) fn kernels_with(
         &self,
         split: DecodeSplit,
         caps: &Caps,
         inputs: &[&TensorDesc],
+        batch: Option<usize>,
     ) -> Result<Vec<KernelCall>> {
         let (q, kc) = (inputs[0], inputs[1]);
         let (hq, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let g = hq / hkv;
         let t = q.rows();
-        let decode = t == 1;
+        let decode = t == 1 || batch.is_some();
+        // Decode grids take one workgroup layer per row (sequence) of a batched step.
+        let rows = if batch.is_some() { t as u32 } else { 1 };
+        let cap = batch.unwrap_or(kc.shape[0]);
         let tiles = choose_tiles(g, d, decode, caps.max_workgroup_storage).ok_or_else(|| {
             Error::op(
                 "attention",
@@ -195,7 +201,7 @@ impl Attention {
             fbits(self.scale),
             split.chunks.max(1),
             split.min_chunk.max(1),
-            kc.shape[0] as u32,
+            cap as u32,
             0,
         ];
         let call = KernelCall::new("attention.wgsl", "attn")
@@ -211,6 +217,7 @@ impl Attention {
             .define("VS_LEN", tiles.bk * d4)
             .define("SS_LEN", r * tiles.bk)
             .define("KV_F16", (kc.dtype == DType::F16) as u32)
+            .define("BATCH", batch.is_some() as u32)
             .params(&params);
         if !decode {
             let blocks = t.div_ceil(tiles.bq) as u32;
@@ -226,7 +233,7 @@ impl Attention {
         }
         let chunks = split.chunks.max(1);
         let sg = caps.subgroup_min;
-        let qu_bytes = (hq * d * 4) as u64;
+        let qu_bytes = (t * hq * d * 4) as u64;
         if caps.cpu
             && caps.subgroups
             && sg > 0
@@ -244,6 +251,7 @@ impl Attention {
                     .define("WG", hkv as u32 * sg)
                     .define("QU", caps.uniform_window / 16)
                     .define("KV_F16", (kc.dtype == DType::F16) as u32)
+                    .define("BATCH", batch.is_some() as u32)
                     .params(&params)
                     .args(&[
                         Arg::Uniform(0),
@@ -252,8 +260,8 @@ impl Attention {
                         Arg::Scratch(0),
                         Arg::Scratch(1),
                     ])
-                    .workgroups(chunks, 1, 1),
-                reduce_call(d4, &params),
+                    .workgroups(chunks, 1, rows),
+                reduce_call(d4, &params, batch.is_some(), rows),
             ]);
         }
         Ok(vec![
@@ -265,21 +273,22 @@ impl Attention {
                     Arg::Scratch(0),
                     Arg::Scratch(1),
                 ])
-                .workgroups(chunks, hkv as u32, 1),
-            reduce_call(d4, &params),
+                .workgroups(chunks, hkv as u32, rows),
+            reduce_call(d4, &params, batch.is_some(), rows),
         ])
     }
 }
 
-/// The split-decode reduce pass: one workgroup per query head.
-fn reduce_call(d4: usize, params: &[u32; 8]) -> KernelCall {
+/// The split-decode reduce pass: one workgroup per (query head, row).
+fn reduce_call(d4: usize, params: &[u32; 8], batch: bool, rows: u32) -> KernelCall {
     KernelCall::new("attention.wgsl", "attn_reduce")
         .define("REDUCE", 1)
         .define("D4", d4)
         .define("WG", REDUCE_WG)
+        .define("BATCH", batch as u32)
         .params(params)
         .args(&[Arg::Scratch(0), Arg::Scratch(1), Arg::Out(0)])
-        .workgroups(params[1], 1, 1)
+        .workgroups(params[1], 1, rows)
 }
 
 fn capacity(inputs: &[&TensorDesc]) -> usize {
@@ -294,10 +303,62 @@ impl Op for Attention {
         self.check(inputs)
     }
     fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {
-        self.scratch_with(DecodeSplit::for_capacity(capacity(inputs)), inputs)
+        self.scratch_with(DecodeSplit::for_capacity(capacity(inputs)), inputs, false)
     }
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
-        self.kernels_with(DecodeSplit::for_capacity(capacity(inputs)), caps, inputs)
+        self.kernels_with(
+            DecodeSplit::for_capacity(capacity(inputs)),
+            caps,
+            inputs,
+            None,
+        )
+    }
+}
+
+/// [`Attention`] for a batched decode step (see [`super::RowStep`]): `q` is `[B, Hq·D]`, row
+/// `b` the next token of its own sequence at position `step.rows[b].x`, attending to that
+/// sequence's rows `0 ..= pos` of the pooled caches (`[rows of every sequence, Hkv, D]`),
+/// which start at row `step.rows[b].y`. Split-K as a decode step, one grid layer per row.
+#[derive(Clone, Debug)]
+pub struct AttentionRows {
+    /// The attention to compute.
+    pub attn: Attention,
+    /// Rows of one sequence's cache.
+    pub capacity: usize,
+}
+
+impl AttentionRows {
+    fn split(&self) -> DecodeSplit {
+        DecodeSplit::for_capacity(self.capacity)
+    }
+}
+
+impl Op for AttentionRows {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let out = self.attn.check(inputs)?;
+        let (rows, pool) = (inputs[0].shape[0], inputs[1].shape[0]);
+        if rows > super::MAX_ROWS || self.capacity == 0 || self.capacity > pool {
+            return Err(Error::op(
+                self.name(),
+                format!(
+                    "a batched step of {rows} rows over sequences of {} rows in a pool of {pool}: \
+                     expected at most {} rows and 1 ..= {pool} rows per sequence",
+                    self.capacity,
+                    super::MAX_ROWS
+                ),
+            ));
+        }
+        Ok(out)
+    }
+    fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {
+        self.attn.scratch_with(self.split(), inputs, true)
+    }
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        self.attn
+            .kernels_with(self.split(), caps, inputs, Some(self.capacity))
     }
 }
 
@@ -318,10 +379,10 @@ impl Op for AttentionSplit {
         self.attn.check(inputs)
     }
     fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {
-        self.attn.scratch_with(self.split, inputs)
+        self.attn.scratch_with(self.split, inputs, false)
     }
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
-        self.attn.kernels_with(self.split, caps, inputs)
+        self.attn.kernels_with(self.split, caps, inputs, None)
     }
 }
 

@@ -189,9 +189,9 @@ impl AttentionDecode {
         }
         let q = self.q_desc();
         let q_bytes = q.size_bytes();
-        let mut attn = self
-            .attention()
-            .kernels_with(split, caps, &[&q, inputs[2], inputs[3]])?;
+        let mut attn =
+            self.attention()
+                .kernels_with(split, caps, &[&q, inputs[2], inputs[3]], None)?;
         for c in &mut attn {
             for a in &mut c.args {
                 *a = match *a {

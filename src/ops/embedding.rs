@@ -69,6 +69,46 @@ impl Op for EmbeddingAt {
     }
 }
 
+/// [`Embedding`] of a batched step's rows (inputs `[history u32 [H], table]`, output f32
+/// `[rows, n]`): row `t` reads its id from the pooled token history at
+/// `step.rows[t].z + step.rows[t].x` (its sequence's first word plus its position; see
+/// [`super::RowStep`]).
+#[derive(Clone, Debug)]
+pub struct EmbeddingRows {
+    /// Rows of the step (sequences advanced at once), 1 ..= [`super::MAX_ROWS`].
+    pub rows: usize,
+}
+
+impl Op for EmbeddingRows {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let mut out = Embedding.infer(inputs)?;
+        if self.rows == 0 || self.rows > super::MAX_ROWS {
+            return Err(Error::op(
+                self.name(),
+                format!(
+                    "a batched step of {} rows: expected 1 ..= {}",
+                    self.rows,
+                    super::MAX_ROWS
+                ),
+            ));
+        }
+        out[0].shape[0] = self.rows;
+        Ok(out)
+    }
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let ids = TensorDesc::new(DType::U32, [self.rows]);
+        let mut calls = Embedding.kernels(caps, &[&ids, inputs[1]])?;
+        for c in &mut calls {
+            c.defines.insert("AT_POS".into(), "1".into());
+            c.defines.insert("ROWS".into(), "1".into());
+        }
+        Ok(calls)
+    }
+}
+
 impl Op for Embedding {
     fn name(&self) -> &'static str {
         "embedding"

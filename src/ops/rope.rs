@@ -129,6 +129,56 @@ impl Op for RopeKv {
     }
 
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        self.calls(caps, inputs, inputs[2].shape[0])
+    }
+}
+
+/// [`RopeKv`] for a batched step (see [`super::RowStep`]): row `t` of `qkv` is the next token
+/// of its own sequence, at position `step.rows[t].x`; its K and V go to row
+/// `step.rows[t].y + pos` of the pooled caches (`[rows of every sequence, Hkv, D]`), written
+/// when `pos < capacity`.
+#[derive(Clone, Debug)]
+pub struct RopeKvRows {
+    /// The rotation.
+    pub rope: RopeKv,
+    /// Rows of one sequence's cache.
+    pub capacity: usize,
+}
+
+impl Op for RopeKvRows {
+    fn name(&self) -> &'static str {
+        "rope_kv"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let out = self.rope.infer(inputs)?;
+        let (rows, pool) = (inputs[0].shape[0], inputs[2].shape[0]);
+        if rows > super::MAX_ROWS || self.capacity == 0 || self.capacity > pool {
+            return Err(Error::op(
+                self.name(),
+                format!(
+                    "a batched step of {rows} rows over sequences of {} rows in a pool of {pool}: \
+                     expected at most {} rows and 1 ..= {pool} rows per sequence",
+                    self.capacity,
+                    super::MAX_ROWS
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let mut calls = self.rope.calls(caps, inputs, self.capacity)?;
+        for c in &mut calls {
+            c.defines.insert("ROWS".into(), "1".into());
+        }
+        Ok(calls)
+    }
+}
+
+impl RopeKv {
+    /// The dispatch, writing cache rows below `cap`.
+    fn calls(&self, caps: &Caps, inputs: &[&TensorDesc], cap: usize) -> Result<Vec<KernelCall>> {
         let (qkv, kc) = (inputs[0], inputs[2]);
         let t = qkv.shape[0] as u32;
         let threads = t as u64 * (qkv.shape[1] / 4) as u64;
@@ -148,7 +198,7 @@ impl Op for RopeKv {
                 self.n_heads as u32,
                 self.n_kv_heads as u32,
                 self.head_dim as u32,
-                kc.shape[0] as u32,
+                cap as u32,
                 gx,
                 0,
                 0,
