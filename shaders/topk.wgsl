@@ -15,7 +15,9 @@
 //   mask[i >> 5] is set (constrained decoding), so disallowed tokens never reach the sampler.
 // Entry `topk_final` (FINAL) — bindings 2 cand [n_cand ≤ WG·ITEMS]; 3 out u32 [2K]: K indices, then K
 //   values as f32 bits (-inf bits and index 0xFFFFFFFF where fewer than K candidates exist).
-//   Dispatch (1, 1, 1).
+//   Dispatch (1, 1, 1). SAMPLE (ops::sample::TopKSample): 4 sp SamplerParams; 5 history u32
+//   [C] (C in p._a); thread 0 chooses among the K (sampler_choose.wgsl) and writes the token
+//   at history[kv_len] when kv_len < C.
 // Entry `penalize` (PENALIZE) — bindings 2 logits f32 [V] (in place); 3 ids u32 [P]; 4 counts
 //   f32 [P]. One thread per entry; id 0xFFFFFFFF (or ≥ V) is an unused slot. Ids must be distinct.
 // Entry `penalize_history` (PENALIZE_HISTORY) — bindings 2 logits f32 [V] (in place); 3 sp
@@ -27,6 +29,16 @@
 // Entry `logsumexp` (LOGSUMEXP) — bindings 2 logits f32 [V]; 3 out f32 [1] = log Σ exp(logits),
 //   NaN skipped, -inf when nothing but -inf/NaN, +inf when any logit is +inf. Dispatch (1, 1, 1).
 // Features: SUBGROUPS reduces each round with subgroupMax/Min, else through workgroup memory.
+// ROWS (batched decode: ops::topk::{PenalizeHistoryRows, LogSumExpRows},
+//   ops::sample::TopKSampleRows): logits are [B, V] and each entry's grid gets z = B, row
+//   t = workgroup_id.z; step.rows[t] = (pos, _, base, slot) places row t in its own sequence.
+//   topk_partial reads logits[t·V ..] and writes cand[t·n ..] (n = p.n = NB·K; the padding
+//   workgroups of a grid split over (gx, gy) return); topk_final reads cand[t·n ..], writes
+//   out[t·2K ..] and with SAMPLE binds 4 sp as array<SamplerParams> (the pooled params, slot s
+//   at words 16·s) and 5 the pooled history, writing history[base + pos + 1] when
+//   pos + 1 < p._a (the per-sequence history length) at u = uniform_at(seed, pos + 1).
+//   penalize_history: logits[t·V ..], params sp[slot], history[base .. base + p.n) with
+//   end = min(pos + 1, p.n). logsumexp: logits[t·V ..] → out[t].
 #include "common.wgsl"
 
 struct Params { v: u32, n: u32, gx: u32, seg: u32, repeat: f32, presence: f32, frequency: f32, _a: u32 }
@@ -60,22 +72,37 @@ fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
 #include "sampler_params.wgsl"
 
 @group(0) @binding(2) var<storage, read_write> logits: array<f32>;
+#if ROWS
+@group(0) @binding(3) var<storage, read> sp_pool: array<SamplerParams>;
+#else
 @group(0) @binding(3) var<storage, read> sp: SamplerParams;
+#endif
 @group(0) @binding(4) var<storage, read> history: array<u32>;
 
 @compute @workgroup_size({{WG}})
-fn penalize_history(@builtin(local_invocation_index) li: u32) {
+fn penalize_history(@builtin(local_invocation_index) li: u32,
+                    @builtin(workgroup_id) wg: vec3<u32>) {
+#if ROWS
+    let rs = step.rows[wg.z];
+    let sp = sp_pool[rs.w];
+    let h0 = rs.z;           // the sequence's history: history[h0 .. h0 + p.n)
+    let l0 = wg.z * p.v;     // the row's logits
+    let end = min(rs.x + 1u, p.n);
+#else
+    let h0 = 0u;
+    let l0 = 0u;
     let end = min(step.kv_len, p.n);
+#endif
     let start = end - min(end, sp.window);
     for (var i = start + li; i < end; i += {{WG}}u) {
-        let id = history[i];
+        let id = history[h0 + i];
         if (id >= p.v) {
             continue;
         }
         var count = 0u;
         var last = true;
         for (var j = start; j < end; j++) {
-            if (history[j] == id) {
+            if (history[h0 + j] == id) {
                 if (j > i) {
                     last = false;
                     break;
@@ -84,9 +111,9 @@ fn penalize_history(@builtin(local_invocation_index) li: u32) {
             }
         }
         if (last) {
-            var l = logits[id];
+            var l = logits[l0 + id];
             l = select(l * sp.repeat_penalty, l / sp.repeat_penalty, l > 0.0);
-            logits[id] = l - (sp.presence + sp.frequency * f32(count));
+            logits[l0 + id] = l - (sp.presence + sp.frequency * f32(count));
         }
     }
 }
@@ -111,10 +138,15 @@ fn merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 }
 
 @compute @workgroup_size({{WG}})
-fn logsumexp(@builtin(local_invocation_index) li: u32) {
+fn logsumexp(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+#if ROWS
+    let row = wg.z;
+#else
+    let row = 0u;
+#endif
     var acc = vec2<f32>(LOW, 0.0);
     for (var i = li; i < p.v; i += {{WG}}u) {
-        let l = logits[i];
+        let l = logits[row * p.v + i];
         if ((bitcast<u32>(l) & 0x7fffffffu) <= 0x7f800000u) { // not NaN
             acc = merge(acc, vec2<f32>(l, 1.0));
         }
@@ -130,7 +162,7 @@ fn logsumexp(@builtin(local_invocation_index) li: u32) {
     if (li == 0u) {
         let r = red[0];
         // Sum 0 (every logit -inf or NaN): log(0) = -inf.
-        out[0] = r.x + log(r.y);
+        out[row] = r.x + log(r.y);
     }
 }
 #else
@@ -145,10 +177,18 @@ const ITEMS: u32 = {{ITEMS}}u;
 #if SAMPLE
 // The sampler on the merged candidates (ops::sample::TopKSample): one dispatch fewer per step.
 #include "sampler_params.wgsl"
+#if ROWS
+// The row's params and candidates, set by thread 0 before it calls choose().
+@group(0) @binding(4) var<storage, read> sp_pool: array<SamplerParams>;
+var<private> sp: SamplerParams;
+var<private> out_base: u32;
+#else
 @group(0) @binding(4) var<storage, read> sp: SamplerParams;
+const out_base = 0u;
+#endif
 @group(0) @binding(5) var<storage, read_write> history: array<u32>;
 fn cand_count() -> u32 { return K; }
-fn cand_word(i: u32) -> u32 { return out[i]; }
+fn cand_word(i: u32) -> u32 { return out[out_base + i]; }
 #include "sampler_choose.wgsl"
 #endif
 #else
@@ -185,7 +225,7 @@ fn above(a: vec2<u32>, b: vec2<u32>) -> bool {
 @compute @workgroup_size({{WG}})
 #if SUBGROUPS
 #if FINAL
-fn topk_final(@builtin(local_invocation_index) li: u32,
+fn topk_final(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
               @builtin(subgroup_invocation_id) sg_lane: u32,
               @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32) {
     let b = 0u;
@@ -197,17 +237,32 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 #endif
 #else
 #if FINAL
-fn topk_final(@builtin(local_invocation_index) li: u32) {
+fn topk_final(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let b = 0u;
 #else
 fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let b = wg_linear(wg, p.gx);
 #endif
 #endif
+#if ROWS
+    let row = wg.z;
+#else
+    let row = 0u;
+#endif
+    // This row's candidates in the scratch (p.n = NB·K per row), and (FINAL) its output.
+    let c0 = row * p.n;
 #if FINAL
+    let o0 = row * 2u * K;
     let begin = 0u;
     let n = p.n;
 #else
+#if ROWS
+    // Padding workgroups of a grid split over (gx, gy) would write the next row's candidates.
+    if (b * K >= p.n) {
+        return;
+    }
+#endif
+    let l0 = row * p.v;
     let begin = b * p.seg;
     let n = min(p.v, begin + p.seg) - min(p.v, begin);
 #endif
@@ -222,10 +277,10 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         var cnd = vec2<u32>(0u, NONE);
         if (i < n) {
 #if FINAL
-            let c = cand[i];
+            let c = cand[c0 + i];
             cnd = vec2<u32>(c.y, c.x);
 #else
-            cnd = vec2<u32>(okey(logits[begin + i]), begin + i);
+            cnd = vec2<u32>(okey(logits[l0 + begin + i]), begin + i);
 #if MASK
             // A disallowed token is no candidate at all (not -inf): the sampler never sees it.
             if (((mask[(begin + i) >> 5u] >> ((begin + i) & 31u)) & 1u) == 0u) {
@@ -291,10 +346,10 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         let w = win;
         if (li == 0u) {
 #if FINAL
-            out[r] = w.y;
-            out[K + r] = unkey(w.x);
+            out[o0 + r] = w.y;
+            out[o0 + K + r] = unkey(w.x);
 #else
-            cand[b * K + r] = vec2<u32>(w.y, w.x);
+            cand[c0 + b * K + r] = vec2<u32>(w.y, w.x);
 #endif
         }
         // Indices are unique, so exactly one thread owns a real winner.
@@ -306,9 +361,22 @@ fn topk_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 #if SAMPLE
     // Thread 0 wrote every `out` word itself, so it reads them back without a barrier; the
     // token at position kv_len goes where the next step's embedding reads it (p._a = C).
+#if ROWS
+    // Row t samples the token after its own position, into its own sequence's history (p._a
+    // words each); the pooled buffer's end is checked too, as an out-of-range write may be
+    // clamped onto another sequence's last word rather than dropped.
+    let rs = step.rows[row];
+    let at = rs.x + 1u;
+    if (li == 0u && at < p._a && rs.z + at < arrayLength(&history)) {
+        sp = sp_pool[rs.w];
+        out_base = o0;
+        history[rs.z + at] = choose(uniform_at(sp.seed_lo, sp.seed_hi, at));
+    }
+#else
     if (li == 0u && step.kv_len < p._a) {
         history[step.kv_len] = choose(uniform_at(sp.seed_lo, sp.seed_hi, step.kv_len));
     }
+#endif
 #endif
 }
 #endif

@@ -85,6 +85,39 @@ fn exercise(model: &Arc<Model>) {
         .expect("constrained decode");
 }
 
+/// Build batched decode's sampling head (the `ROWS` variants; no model builds it yet): top-k
+/// with k 1 and k > 1, penalties, log-sum-exp. Compiling creates the pipelines.
+fn exercise_rows(ctx: &Arc<GpuContext>) {
+    use fado::graph::Graph;
+    use fado::ops::sample::TopKSampleRows;
+    use fado::ops::topk::{LogSumExpRows, PenalizeHistoryRows};
+    use fado::tensor::TensorDesc;
+    let u32s = |name, n: usize| {
+        let desc = TensorDesc::new(DType::U32, [n]);
+        ctx.upload(name, desc, &vec![0u8; 4 * n]).expect("upload")
+    };
+    let logits = ctx
+        .upload_f32("logits", &[3, 1000], &[0.0; 3000])
+        .expect("upload");
+    let (params, history) = (u32s("params", 4 * 16), u32s("history", 4 * 32));
+    for k in [1, 40] {
+        let mut g = Graph::new();
+        let ins = [
+            g.external("logits", &logits),
+            g.external("params", &params),
+            g.external("history", &history),
+        ];
+        let history_len = 32;
+        g.add0(PenalizeHistoryRows { history_len }, &ins)
+            .expect("penalties");
+        let c = g
+            .add1(TopKSampleRows { k, history_len }, &ins)
+            .expect("top-k");
+        let l = g.add1(LogSumExpRows, &ins[..1]).expect("lse");
+        g.compile(ctx, &[c, l]).expect("compile the batched head");
+    }
+}
+
 /// Validate `key`'s WGSL with naga and translate it to MSL and HLSL.
 fn translate(key: &PipelineKey) -> Result<(), String> {
     let src = shader::preprocess(key.shader, &key.defines).map_err(|e| e.to_string())?;
@@ -152,6 +185,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 .expect("synthetic model");
             exercise(&m);
         }
+        exercise_rows(&ctx);
         for k in ctx.pipelines.keys() {
             shaders.insert(k.shader);
             keys.push((style, k));
@@ -176,6 +210,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             "{family} never built: {shaders:?}"
         );
     }
+    let rows = keys
+        .iter()
+        .filter(|(_, k)| k.defines.get("ROWS").is_some_and(|v| v == "1"))
+        .count();
+    assert!(rows >= 4, "only {rows} batched (ROWS) variants built");
     let failures: Vec<String> = keys
         .iter()
         .filter_map(|(style, k)| {

@@ -8,12 +8,14 @@
 //! random number for the token at position `p` is [`uniform_at`]`(seed, p)`: stateless, so the
 //! GPU needs no RNG state either. [`choose`] is the one definition of the sampling arithmetic;
 //! the CPU sampler (`crate::sampling::sample`) calls it, so CPU and GPU agree token for token.
+//!
+//! [`TopKSampleRows`] is [`TopKSample`] for a batched step: one logits row per sequence, each
+//! with its own slot of pooled sampler params and its own slice of a pooled history.
 
 #![warn(missing_docs)]
 
-use super::topk::{TopK, MAX_K, NO_TOKEN};
-use super::Arg;
-use super::{expect_dtype, expect_inputs, expect_rank, KernelCall, Op};
+use super::topk::{batch_vocab, topk_cpu, TopK, MAX_K, NO_TOKEN};
+use super::{expect_dtype, expect_inputs, expect_rank, Arg, KernelCall, Op, RowStep};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::rng::uniform_at;
@@ -265,16 +267,118 @@ impl Op for TopKSample {
             first.defines.insert("MASK".into(), "1".into());
             first.args.push(Arg::In(3));
         }
-        let last = calls
-            .last_mut()
-            .ok_or_else(|| Error::op(self.name(), "top-k built no final pass"))?;
-        // The final pass's last params word carries the history's capacity.
-        last.params[7] = inputs[2].numel() as u32;
-        last.defines.insert("SAMPLE".into(), "1".into());
-        last.defines.insert("MAX_K".into(), self.k.to_string());
-        last.args.extend([Arg::In(1), Arg::InOut(2)]);
+        fold_sampler(self.name(), &mut calls, self.k, inputs[2].numel())?;
         Ok(calls)
     }
+}
+
+/// The sampler folded into the top-k's final pass: params (input 1) and history (input 2)
+/// bound after the candidates; `history_words` (the capacity, or the per-sequence length of a
+/// batched step) bounds the position written.
+fn fold_sampler(
+    op: &'static str,
+    calls: &mut [KernelCall],
+    k: usize,
+    history_words: usize,
+) -> Result<()> {
+    let last = calls
+        .last_mut()
+        .ok_or_else(|| Error::op(op, "top-k built no final pass"))?;
+    // The final pass's last params word is free for it.
+    last.params[7] = history_words as u32;
+    last.defines.insert("SAMPLE".into(), "1".into());
+    last.defines.insert("MAX_K".into(), k.to_string());
+    last.args.extend([Arg::In(1), Arg::InOut(2)]);
+    Ok(())
+}
+
+/// [`TopKSample`] for a batched step (one row per sequence, see [`RowStep`]): inputs (0)
+/// logits f32 `[B, V]`, 1 ≤ B ≤ [`super::MAX_ROWS`], (1) the pooled [`SamplerParams`] u32 `[S·16]`
+/// (slot `s` at words `16s ..`), (2) the pooled token history u32 `[H]`, written in place;
+/// output u32 `[B, 2k]`, row `t` its logits' top-k exactly as [`TopKSample`]'s `[2k]`. With
+/// `Step::rows[t] = (pos, _, base, slot)`, row `t`'s token is [`sample_cpu`] of its candidates
+/// with slot `slot`'s params at `kv_len = pos + 1`, written to `history[base + pos + 1]` when
+/// `pos + 1 < history_len` — bit for bit what [`TopKSample`] does on that row alone. No
+/// allowed-token mask: constrained sequences are not batched (a fourth input is an error).
+#[derive(Clone, Debug)]
+pub struct TopKSampleRows {
+    /// Candidates kept per row (1 ..= [`MAX_K`]).
+    pub k: usize,
+    /// Words of each sequence's history (its context + 1), the same for every sequence.
+    pub history_len: usize,
+}
+
+impl Op for TopKSampleRows {
+    fn name(&self) -> &'static str {
+        "topk_sample_rows"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let name = self.name();
+        if inputs.len() == 4 {
+            return Err(Error::op(
+                name,
+                format!(
+                    "4 inputs (logits, sampler params, history and a mask {}): masked \
+                     (constrained) sampling is not supported in a batched step; run \
+                     constrained sequences alone with TopKSample {{ masked: true }}",
+                    inputs[3]
+                ),
+            ));
+        }
+        expect_inputs(name, inputs, 3)?;
+        let (b, _) = batch_vocab(name, inputs[0])?;
+        expect_params_pool(name, inputs[1])?;
+        expect_history_pool(name, inputs[2], self.history_len)?;
+        if self.k == 0 || self.k > MAX_K {
+            return Err(Error::op(
+                name,
+                format!("k = {}: expected 1 ..= {MAX_K}", self.k),
+            ));
+        }
+        Ok(vec![TensorDesc::new(DType::U32, [b, 2 * self.k])])
+    }
+
+    fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {
+        let (b, v) = inputs.first().map_or((1, 1), |l| (l.rows(), l.cols()));
+        vec![TopK { k: self.k }.scratch_bytes(v, b)]
+    }
+
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let (b, v) = batch_vocab(self.name(), inputs[0])?;
+        let mut calls = TopK { k: self.k }.calls(caps, v, Some(b))?;
+        fold_sampler(self.name(), &mut calls, self.k, self.history_len)?;
+        Ok(calls)
+    }
+}
+
+/// CPU reference of [`TopKSampleRows`]: each row's candidate words ([`topk_cpu`], u32 `[2k]`
+/// per row, concatenated) and, in `history`, each row's token at `base + pos + 1` when
+/// `pos + 1 < history_len`. Slots and history windows must lie inside `params` and `history`.
+pub fn topk_sample_rows_cpu(
+    logits: &[f32],
+    k: usize,
+    rows: &[RowStep],
+    params: &[SamplerParams],
+    history: &mut [u32],
+    history_len: usize,
+) -> Vec<u32> {
+    let v = logits.len() / rows.len().max(1);
+    let mut out = Vec::with_capacity(rows.len() * 2 * k);
+    for (l, r) in logits.chunks(v).zip(rows) {
+        let (ids, vals) = topk_cpu(l, k);
+        let words: Vec<u32> = ids
+            .into_iter()
+            .chain(vals.iter().map(|x| x.to_bits()))
+            .collect();
+        let at = r.pos + 1;
+        if (at as usize) < history_len {
+            history[r.history_base as usize + at as usize] =
+                sample_cpu(&words, &params[r.slot as usize], at);
+        }
+        out.extend(words);
+    }
+    out
 }
 
 /// Candidates u32 `[2k]`, 1 ≤ k ≤ [`MAX_K`].
@@ -311,6 +415,43 @@ pub(crate) fn expect_history(op: &'static str, t: &TensorDesc) -> Result<()> {
         return Err(Error::op(
             op,
             format!("history is {t}: expected at least one slot"),
+        ));
+    }
+    Ok(())
+}
+
+/// The pooled [`SamplerParams`] of a batched step, u32 `[S·16]`, S ≥ 1.
+pub(crate) fn expect_params_pool(op: &'static str, t: &TensorDesc) -> Result<()> {
+    expect_dtype(op, "sampler params", t, &[DType::U32])?;
+    let n = t.numel();
+    if t.rank() != 1 || n == 0 || !n.is_multiple_of(SAMPLER_PARAMS_WORDS) {
+        return Err(Error::op(
+            op,
+            format!(
+                "sampler params is {t}: expected u32 [slots · {SAMPLER_PARAMS_WORDS}] (one \
+                 SamplerParams per slot, at least one)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The pooled token history of a batched step, u32 `[H]`, holding at least one sequence's
+/// `history_len ≥ 1` words.
+pub(crate) fn expect_history_pool(
+    op: &'static str,
+    t: &TensorDesc,
+    history_len: usize,
+) -> Result<()> {
+    expect_history(op, t)?;
+    if history_len == 0 || history_len > t.numel() {
+        return Err(Error::op(
+            op,
+            format!(
+                "history is {t} with history_len {history_len}: expected 1 ≤ history_len ≤ {} \
+                 (each sequence's words in the pooled history)",
+                t.numel()
+            ),
         ));
     }
     Ok(())

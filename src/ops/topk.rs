@@ -15,11 +15,21 @@
 //!
 //! [`LogSumExp`]: logits f32 `[1, V]` → f32 `[1]`, `log Σ exp(l)`: with it the log-probability of
 //! any returned candidate is `logit − lse`, so log-probs need 4 more bytes of readback, not `4V`.
+//!
+//! Batched decode ([`PenalizeHistoryRows`], [`LogSumExpRows`], and
+//! [`super::sample::TopKSampleRows`]): the same kernels over logits `[B, V]`, one row per
+//! sequence, the row as the grid's z (the `ROWS` variants); each row reads its own sequence's
+//! place in the pooled history and sampler params from `Step::rows`.
 
 #![warn(missing_docs)]
 
-use super::sample::{expect_history, expect_params, SamplerParams};
-use super::{expect_dtype, expect_inputs, expect_rank, fbits, grid_2d, Arg, KernelCall, Op};
+use super::sample::{
+    expect_history, expect_history_pool, expect_params, expect_params_pool, SamplerParams,
+};
+use super::{
+    expect_dtype, expect_inputs, expect_rank, fbits, grid_2d, Arg, KernelCall, Op, RowStep,
+    MAX_ROWS,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::tensor::{DType, TensorDesc};
@@ -87,36 +97,92 @@ impl Op for TopK {
 
     fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {
         let v = inputs.first().map_or(1, |l| l.cols());
-        vec![self.blocks(v) as u64 * self.k as u64 * 8]
+        vec![self.scratch_bytes(v, 1)]
     }
 
     fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
-        let v = vocab(self.name(), inputs[0])? as u32;
+        let v = vocab(self.name(), inputs[0])?;
+        self.calls(caps, v, None)
+    }
+}
+
+impl TopK {
+    /// The two passes over logits rows of `v`: one row (`rows` None), or `rows = Some(B)` rows
+    /// of a batched step (the `ROWS` variants, row = `workgroup_id.z`; scratch and output are
+    /// per row).
+    pub(crate) fn calls(
+        &self,
+        caps: &Caps,
+        v: usize,
+        rows: Option<usize>,
+    ) -> Result<Vec<KernelCall>> {
+        let v = v as u32;
         let nb = self.blocks(v as usize);
         let [gx, gy, _] = grid_2d(nb, caps.max_workgroups_per_dim);
+        let gz = batch_grid(self.name(), caps, rows)?;
         let k = self.k as u32;
         let n_cand = nb * k;
         let params = [v, n_cand, gx, self.seg(), 0, 0, 0, 0];
         let common = |entry| {
-            KernelCall::new("topk.wgsl", entry)
+            let c = KernelCall::new("topk.wgsl", entry)
                 .define("K", k)
                 .define("WG", WORKGROUP)
                 .define("SUBGROUPS", caps.subgroups as u32)
                 .define("K1", (k == 1) as u32)
-                .params(&params)
+                .params(&params);
+            match rows {
+                Some(_) => c.define("ROWS", 1),
+                None => c,
+            }
         };
         Ok(vec![
             common("topk_partial")
                 .define("ITEMS", self.items())
                 .args(&[Arg::In(0), Arg::Scratch(0)])
-                .workgroups(gx, gy, 1),
+                .workgroups(gx, gy, gz),
             common("topk_final")
                 .define("FINAL", 1)
                 .define("ITEMS", n_cand.div_ceil(WORKGROUP))
                 .args(&[Arg::Scratch(0), Arg::Out(0)])
-                .workgroups(1, 1, 1),
+                .workgroups(1, 1, gz),
         ])
     }
+
+    /// Scratch bytes for `rows` rows of `v` logits: each row's per-workgroup candidates.
+    pub(crate) fn scratch_bytes(&self, v: usize, rows: usize) -> u64 {
+        rows as u64 * self.blocks(v) as u64 * self.k as u64 * 8
+    }
+}
+
+/// A batched step's logits f32 `[B, V]`, 1 ≤ B ≤ [`MAX_ROWS`], V ≥ 1: (B, V).
+pub(crate) fn batch_vocab(op: &'static str, logits: &TensorDesc) -> Result<(usize, usize)> {
+    expect_dtype(op, "logits", logits, &[DType::F32])?;
+    let (b, v) = (logits.rows(), logits.cols());
+    if logits.rank() != 2 || b == 0 || b > MAX_ROWS || v == 0 {
+        return Err(Error::op(
+            op,
+            format!(
+                "logits is {logits}: expected [rows, vocab] with 1 ≤ rows ≤ {MAX_ROWS} (one row \
+                 per sequence of a batched step) and vocab ≥ 1"
+            ),
+        ));
+    }
+    Ok((b, v))
+}
+
+/// The z extent of a grid whose z is the batched step's row (1 for single-row kernels).
+fn batch_grid(op: &'static str, caps: &Caps, rows: Option<usize>) -> Result<u32> {
+    let b = rows.unwrap_or(1) as u32;
+    if b > caps.max_workgroups_per_dim {
+        return Err(Error::op(
+            op,
+            format!(
+                "{b} rows: the device dispatches at most {} workgroups per dimension",
+                caps.max_workgroups_per_dim
+            ),
+        ));
+    }
+    Ok(b)
 }
 
 /// CPU reference: the `k` best (id, value) pairs, value descending, ties by lower id, NaN
@@ -258,6 +324,63 @@ impl Op for PenalizeHistory {
     }
 }
 
+/// [`PenalizeHistory`] for a batched step (one row per sequence, see [`RowStep`]): inputs (0)
+/// logits f32 `[B, V]` (in place), (1) the pooled [`SamplerParams`] u32 `[S·16]`, (2) the
+/// pooled token history u32 `[H]`. Row `t`, with `Step::rows[t] = (pos, _, base, slot)`, is
+/// penalised exactly as [`PenalizeHistory`] penalises one row at `kv_len = pos + 1`, with slot
+/// `slot`'s params and the history `history[base .. base + history_len]` (the window ends at
+/// `min(pos + 1, history_len)`). No outputs. One workgroup per row (grid z).
+#[derive(Clone, Debug)]
+pub struct PenalizeHistoryRows {
+    /// Words of each sequence's history (its context + 1), the same for every sequence.
+    pub history_len: usize,
+}
+
+impl Op for PenalizeHistoryRows {
+    fn name(&self) -> &'static str {
+        "penalize_history_rows"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        let name = self.name();
+        expect_inputs(name, inputs, 3)?;
+        batch_vocab(name, inputs[0])?;
+        expect_params_pool(name, inputs[1])?;
+        expect_history_pool(name, inputs[2], self.history_len)?;
+        Ok(Vec::new())
+    }
+
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let (b, v) = batch_vocab(self.name(), inputs[0])?;
+        let gz = batch_grid(self.name(), caps, Some(b))?;
+        Ok(vec![KernelCall::new("topk.wgsl", "penalize_history")
+            .define("PENALIZE_HISTORY", 1)
+            .define("ROWS", 1)
+            .define("WG", WORKGROUP)
+            .params(&[v as u32, self.history_len as u32, 0, 0, 0, 0, 0, 0])
+            .args(&[Arg::InOut(0), Arg::In(1), Arg::In(2)])
+            .workgroups(1, 1, gz)])
+    }
+}
+
+/// CPU reference of [`PenalizeHistoryRows`]: [`penalize_history_cpu`] on each row of `logits`
+/// (`rows.len()` rows of `logits.len() / rows.len()`) with its slot's params and its sequence's
+/// history. Slots and history windows must lie inside `params` and `history`.
+pub fn penalize_history_rows_cpu(
+    logits: &mut [f32],
+    rows: &[RowStep],
+    params: &[SamplerParams],
+    history: &[u32],
+    history_len: usize,
+) {
+    let v = logits.len() / rows.len().max(1);
+    for (l, r) in logits.chunks_mut(v).zip(rows) {
+        let base = r.history_base as usize;
+        let h = &history[base..base + history_len];
+        penalize_history_cpu(l, h, r.pos + 1, &params[r.slot as usize]);
+    }
+}
+
 /// CPU reference of [`PenalizeHistory`]: the window's distinct ids and counts (as the session
 /// computes its penalty window), then [`penalize_cpu`].
 pub fn penalize_history_cpu(logits: &mut [f32], history: &[u32], kv_len: u32, p: &SamplerParams) {
@@ -305,6 +428,36 @@ impl Op for LogSumExp {
             .params(&[v, 0, 0, 0, 0, 0, 0, 0])
             .args(&[Arg::In(0), Arg::Out(0)])
             .workgroups(1, 1, 1)])
+    }
+}
+
+/// [`LogSumExp`] of each row of a batched step: logits f32 `[B, V]` (1 ≤ B ≤ [`MAX_ROWS`]) →
+/// f32 `[B]`, row `t`'s value exactly [`LogSumExp`]'s of that row alone (the same kernel, its
+/// row = grid z; CPU reference: [`logsumexp_cpu`] per row).
+#[derive(Clone, Debug)]
+pub struct LogSumExpRows;
+
+impl Op for LogSumExpRows {
+    fn name(&self) -> &'static str {
+        "logsumexp_rows"
+    }
+
+    fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
+        expect_inputs(self.name(), inputs, 1)?;
+        let (b, _) = batch_vocab(self.name(), inputs[0])?;
+        Ok(vec![TensorDesc::f32([b])])
+    }
+
+    fn kernels(&self, caps: &Caps, inputs: &[&TensorDesc]) -> Result<Vec<KernelCall>> {
+        let (b, v) = batch_vocab(self.name(), inputs[0])?;
+        let gz = batch_grid(self.name(), caps, Some(b))?;
+        Ok(vec![KernelCall::new("topk.wgsl", "logsumexp")
+            .define("LOGSUMEXP", 1)
+            .define("ROWS", 1)
+            .define("WG", WORKGROUP)
+            .params(&[v as u32, 0, 0, 0, 0, 0, 0, 0])
+            .args(&[Arg::In(0), Arg::Out(0)])
+            .workgroups(1, 1, gz)])
     }
 }
 
