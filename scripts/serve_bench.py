@@ -7,8 +7,13 @@
 Starts `--clients` threads; each sends `--requests / --clients` non-streaming chat requests at
 temperature 0 (different prompts, so no prefix sharing between clients) and waits for the
 answer. Prints one JSON line: requests, completion tokens, wall seconds, aggregate completion
-tokens/s, mean request latency. Run it once against `--parallel 1` and once against
-`--parallel 4` on the same machine to compare (BENCHMARKS.md).
+tokens/s, mean request latency.
+
+    fado serve --parallel 16 --port 8080 &
+    scripts/serve_bench.py --sweep 1,2,4,8,16 --per-client 2 --max-tokens 32
+
+`--sweep` runs each client count in turn against the same server (each client sending
+`--per-client` requests) and adds each count's speed-up over the first (BENCHMARKS.md).
 """
 
 import argparse
@@ -55,14 +60,28 @@ def main():
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--api-key", default="")
+    ap.add_argument("--sweep", default="", help="client counts to run in turn, e.g. 1,2,4,8")
+    ap.add_argument("--per-client", type=int, default=2, help="requests per client (--sweep)")
     a = ap.parse_args()
 
     # Model name: whatever the server serves.
     with urllib.request.urlopen(a.url + "/v1/models", timeout=60) as r:
         model = json.loads(r.read())["data"][0]["id"]
 
+    if a.sweep:
+        base = None
+        for clients in [int(c) for c in a.sweep.split(",")]:
+            r = measure(a, model, clients, a.per_client)
+            base = base or r["aggregate_tokens_per_s"]
+            r["speedup"] = round(r["aggregate_tokens_per_s"] / base, 2)
+            print(json.dumps(r), flush=True)
+    else:
+        r = measure(a, model, a.clients, max(1, a.requests // a.clients))
+        print(json.dumps(r))
+
+
+def measure(a, model, clients, per):
     results, lock = [], threading.Lock()
-    per = max(1, a.requests // a.clients)
 
     def client(c):
         for i in range(per):
@@ -72,25 +91,21 @@ def main():
                 results.append((n, dt))
 
     t0 = time.time()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(a.clients)]
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.time() - t0
     toks = sum(n for n, _ in results)
-    print(
-        json.dumps(
-            {
-                "clients": a.clients,
-                "requests": len(results),
-                "completion_tokens": toks,
-                "wall_s": round(wall, 2),
-                "aggregate_tokens_per_s": round(toks / wall, 3),
-                "mean_latency_s": round(sum(d for _, d in results) / len(results), 2),
-            }
-        )
-    )
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "completion_tokens": toks,
+        "wall_s": round(wall, 2),
+        "aggregate_tokens_per_s": round(toks / wall, 3),
+        "mean_latency_s": round(sum(d for _, d in results) / len(results), 2),
+    }
 
 
 if __name__ == "__main__":

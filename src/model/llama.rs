@@ -14,18 +14,18 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::{
-    attention::Attention,
+    attention::{Attention, AttentionRows},
     attention_decode::AttentionDecode,
     concat::ConcatCols,
-    embedding::EmbeddingAt,
+    embedding::{EmbeddingAt, EmbeddingRows},
     matmul,
     matmul::norm::NormMatmul,
     matmul::swiglu::SwiGluMatmulAddInto,
     rmsnorm::RmsNorm,
-    rope::RopeKv,
-    sample::TopKSample,
+    rope::{RopeKv, RopeKvRows},
+    sample::{TopKSample, TopKSampleRows},
     take_last_row::TakeLastRow,
-    topk::{LogSumExp, Penalize, PenalizeHistory, TopK},
+    topk::{LogSumExp, LogSumExpRows, Penalize, PenalizeHistory, PenalizeHistoryRows, TopK},
 };
 use crate::tensor::Tensor;
 
@@ -192,64 +192,10 @@ pub fn forward_with(
     let mut g = Graph::new();
     let ids = g.external("history", history);
     let embed = g.external("embed_tokens", &w.embed);
-    let inv_freq = g.external("rope_inv_freq", &w.inv_freq);
-    let sync = g.external("attention_sync", &cache.sync);
     let eps = cfg.rms_norm_eps;
 
     let x = g.add1(EmbeddingAt { tokens }, &[ids, embed])?;
-    for (i, l) in w.layers.iter().enumerate() {
-        g.set_prefix(format!("blk.{i}."));
-        let attn_norm = g.external("attn_norm", &l.attn_norm);
-        let qkv_w = externals(&mut g, "qkv", &l.qkv);
-        let o_w = g.external("o", &l.o);
-        let mlp_norm = g.external("mlp_norm", &l.mlp_norm);
-        let gate_up_w = externals(&mut g, "gate_up", &l.gate_up);
-        let down_w = g.external("down", &l.down);
-        let k_cache = g.external("k_cache", &cache.k[i]);
-        let v_cache = g.external("v_cache", &cache.v[i]);
-
-        // Attention.
-        let qkv = norm_project(&mut g, eps, x, attn_norm, &qkv_w)?;
-        let a = if tokens == 1 {
-            // Decode: RoPE, the cache write and split attention in one op (one dispatch with
-            // GPU-style kernels).
-            g.add1(
-                AttentionDecode {
-                    n_heads: cfg.num_attention_heads,
-                    n_kv_heads: cfg.num_key_value_heads,
-                    head_dim: cfg.head_dim,
-                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-                    interleaved: false,
-                },
-                &[qkv, inv_freq, k_cache, v_cache, sync],
-            )?
-        } else {
-            let q = g.add1(
-                RopeKv {
-                    n_heads: cfg.num_attention_heads,
-                    n_kv_heads: cfg.num_key_value_heads,
-                    head_dim: cfg.head_dim,
-                    interleaved: false,
-                },
-                &[qkv, inv_freq, k_cache, v_cache],
-            )?;
-            g.add1(
-                Attention {
-                    n_heads: cfg.num_attention_heads,
-                    n_kv_heads: cfg.num_key_value_heads,
-                    head_dim: cfg.head_dim,
-                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-                },
-                &[q, k_cache, v_cache],
-            )?
-        };
-        g.add0(matmul::MatmulAddInto, &[a, o_w, x])?;
-
-        // MLP.
-        let gu = norm_project(&mut g, eps, x, mlp_norm, &gate_up_w)?;
-        g.add0(SwiGluMatmulAddInto, &[gu, down_w, x])?;
-    }
-    g.set_prefix("");
+    blocks(&mut g, cfg, w, cache, x, tokens == 1, None)?;
     let norm = g.external("norm", &w.norm);
     let lm_head = g.external("lm_head", &w.lm_head);
     if head.all_rows && (head.topk.is_some() || head.penalize.is_some() || head.logsumexp) {
@@ -277,6 +223,149 @@ pub fn forward_with(
         topk,
         logsumexp,
         mask,
+    })
+}
+
+/// The decoder blocks over the residual stream `x`, in place. `decode`: one token (RoPE, the
+/// cache write and attention fused); `batched`: a batched step over pooled caches whose
+/// sequences hold that many rows each (each row its own sequence, [`RopeKvRows`],
+/// [`AttentionRows`]); otherwise a prefill chunk.
+fn blocks(
+    g: &mut Graph,
+    cfg: &LlamaConfig,
+    w: &Weights,
+    cache: &KvCache,
+    x: TensorId,
+    decode: bool,
+    batched: Option<usize>,
+) -> Result<()> {
+    let eps = cfg.rms_norm_eps;
+    let inv_freq = g.external("rope_inv_freq", &w.inv_freq);
+    let sync = g.external("attention_sync", &cache.sync);
+    let rope = RopeKv {
+        n_heads: cfg.num_attention_heads,
+        n_kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        interleaved: false,
+    };
+    let attention = Attention {
+        n_heads: cfg.num_attention_heads,
+        n_kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+    };
+    for (i, l) in w.layers.iter().enumerate() {
+        g.set_prefix(format!("blk.{i}."));
+        let attn_norm = g.external("attn_norm", &l.attn_norm);
+        let qkv_w = externals(g, "qkv", &l.qkv);
+        let o_w = g.external("o", &l.o);
+        let mlp_norm = g.external("mlp_norm", &l.mlp_norm);
+        let gate_up_w = externals(g, "gate_up", &l.gate_up);
+        let down_w = g.external("down", &l.down);
+        let k_cache = g.external("k_cache", &cache.k[i]);
+        let v_cache = g.external("v_cache", &cache.v[i]);
+
+        // Attention.
+        let qkv = norm_project(g, eps, x, attn_norm, &qkv_w)?;
+        let a = if let Some(capacity) = batched {
+            let rope = RopeKvRows {
+                rope: rope.clone(),
+                capacity,
+            };
+            let q = g.add1(rope, &[qkv, inv_freq, k_cache, v_cache])?;
+            let attn = AttentionRows {
+                attn: attention.clone(),
+                capacity,
+            };
+            g.add1(attn, &[q, k_cache, v_cache])?
+        } else if decode {
+            // Decode: RoPE, the cache write and split attention in one op (one dispatch with
+            // GPU-style kernels).
+            g.add1(
+                AttentionDecode {
+                    n_heads: attention.n_heads,
+                    n_kv_heads: attention.n_kv_heads,
+                    head_dim: attention.head_dim,
+                    scale: attention.scale,
+                    interleaved: false,
+                },
+                &[qkv, inv_freq, k_cache, v_cache, sync],
+            )?
+        } else {
+            let q = g.add1(rope.clone(), &[qkv, inv_freq, k_cache, v_cache])?;
+            g.add1(attention.clone(), &[q, k_cache, v_cache])?
+        };
+        g.add0(matmul::MatmulAddInto, &[a, o_w, x])?;
+
+        // MLP.
+        let gu = norm_project(g, eps, x, mlp_norm, &gate_up_w)?;
+        g.add0(SwiGluMatmulAddInto, &[gu, down_w, x])?;
+    }
+    g.set_prefix("");
+    Ok(())
+}
+
+/// What a batched step's head does after the lm_head, on every row ([`forward_rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowsHead {
+    /// Candidates per row (the most any row's sampler or log-probabilities need: the top-k
+    /// of a larger k begins with the top-k of a smaller one).
+    pub k: usize,
+    /// Apply each row's history penalties first (rows without penalties have a window of 0).
+    pub penalize: bool,
+    /// Also reduce each row's logits to their log-sum-exp.
+    pub logsumexp: bool,
+}
+
+/// The forward pass of a batched decode step: `rows` sequences of the pool (`cache` and
+/// `history` pooled, `sampler` the pooled sampler parameters, `capacity` rows per sequence)
+/// each advance by one token — row `t` is `Step::rows[t]`'s sequence at its position. Every
+/// row's logits go through [`RowsHead`] and its sampler, which writes the row's next token
+/// into its history. Returns the logits `[rows, vocab]`, top-k `[rows, 2k]` and log-sum-exp
+/// `[rows]` ([`Forward`]).
+pub fn forward_rows(
+    cfg: &LlamaConfig,
+    w: &Weights,
+    cache: &KvCache,
+    history: &Tensor,
+    sampler: &Tensor,
+    rows: usize,
+    capacity: usize,
+    head: RowsHead,
+) -> Result<Forward> {
+    let mut g = Graph::new();
+    let ids = g.external("history", history);
+    let sampler = g.external("sampler", sampler);
+    let embed = g.external("embed_tokens", &w.embed);
+    let x = g.add1(EmbeddingRows { rows }, &[ids, embed])?;
+    blocks(&mut g, cfg, w, cache, x, false, Some(capacity))?;
+    let norm = g.external("norm", &w.norm);
+    let lm_head = g.external("lm_head", &w.lm_head);
+    let logits = g.add1(
+        NormMatmul {
+            eps: cfg.rms_norm_eps,
+        },
+        &[x, norm, lm_head],
+    )?;
+    let history_len = capacity + 1;
+    if head.penalize {
+        g.add0(PenalizeHistoryRows { history_len }, &[logits, sampler, ids])?;
+    }
+    let topk = TopKSampleRows {
+        k: head.k,
+        history_len,
+    };
+    let topk = g.add1(topk, &[logits, sampler, ids])?;
+    let logsumexp = head
+        .logsumexp
+        .then(|| g.add1(LogSumExpRows, &[logits]))
+        .transpose()?;
+    Ok(Forward {
+        graph: g,
+        logits,
+        topk: Some(topk),
+        logsumexp,
+        mask: None,
     })
 }
 

@@ -2,6 +2,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod llama;
 pub mod step;
 pub mod synthetic;
@@ -22,7 +23,8 @@ pub use crate::config::LlamaConfig;
 /// Per-dispatch timings of one step ([`StepGraph::profile`]).
 pub use crate::graph::Profile;
 pub use crate::ops::sample::SamplerParams;
-pub use llama::KvCache;
+pub use batch::{BatchGraph, Pool};
+pub use llama::{KvCache, RowsHead};
 pub use step::{KvType, Penalty, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN, PREFILL_CHUNK};
 pub use weights::WeightPolicy;
 

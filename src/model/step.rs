@@ -8,6 +8,8 @@
 
 #![warn(missing_docs)]
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::graph::{Executable, Profile, TensorId};
 use crate::ops::sample::{SamplerParams, SAMPLER_PARAMS_WORDS};
@@ -86,6 +88,9 @@ pub struct Sequence {
     pen_ids: Tensor,
     pen_counts: Tensor,
     mask: Tensor,
+    /// A pooled sequence's entry in the pool's sampler parameters (the tensor and the byte
+    /// offset), which batched steps read; [`Sequence::write_sampler`] writes it too.
+    pooled_sampler: Option<(Tensor, u64)>,
 }
 
 impl Sequence {
@@ -93,66 +98,9 @@ impl Sequence {
     /// before the device is touched, with overflow-safe arithmetic, so a huge context is an
     /// error naming the numbers, not an overflow or a driver abort.
     pub fn new(model: &Model, ctx: usize, kv: KvType) -> Result<Sequence> {
+        check_cache_size(model, ctx, ctx, kv)?;
         let cfg = &model.config;
-        if ctx == 0 {
-            return Err(Error::Request("the context size must be at least 1".into()));
-        }
         let gpu = &model.ctx;
-        gpu.check_alive("creating a session")?;
-        let row = (cfg.num_key_value_heads * cfg.head_dim) as u64 * kv.bytes();
-        let buffers = 2 * cfg.num_hidden_layers as u64; // keys and values per layer
-        let per_buffer = (ctx as u64).checked_mul(row);
-        let total = per_buffer.and_then(|b| b.checked_mul(buffers));
-        let trained = cfg.max_position_embeddings;
-        // The limit is the smaller of one cache buffer within the adapter's max_buffer_size and
-        // the whole cache within the memory the device has (where that is known).
-        let max = gpu.caps.max_buffer;
-        let budget = gpu.memory_budget();
-        let fit_buffer = max / row.max(1);
-        let fit = budget.map_or(fit_buffer, |m| fit_buffer.min(m / (row * buffers).max(1)));
-        if ctx as u64 > fit {
-            let (needed, available, limit) = match (per_buffer, budget) {
-                (Some(b), _) if b > max => {
-                    (b, max, "per cache buffer (the adapter's max_buffer_size)")
-                }
-                (_, Some(m)) => (
-                    total.unwrap_or(u64::MAX),
-                    m,
-                    "for the whole cache (the memory available)",
-                ),
-                _ => (
-                    per_buffer.unwrap_or(u64::MAX),
-                    max,
-                    "per cache buffer (the adapter's max_buffer_size)",
-                ),
-            };
-            return Err(Error::OutOfMemory {
-                what: format!(
-                    "creating a session of {ctx} tokens (KV cache: {} layers × keys and values, \
-                     {} in all)",
-                    cfg.num_hidden_layers,
-                    total.map_or_else(|| "more than 2^64 bytes".to_string(), gib)
-                ),
-                needed,
-                available,
-                hint: format!(
-                    " {limit}; use a smaller --ctx: at most {fit} tokens fit (the model was \
-                     trained for {trained})"
-                ),
-            });
-        }
-        if ctx > trained && trained > 0 {
-            tracing::warn!(
-                "--ctx {ctx} is beyond the {trained} tokens {} was trained for; output past \
-                 {trained} tokens degrades",
-                model.name
-            );
-        }
-        tracing::debug!(
-            "KV cache: {ctx} tokens × {} layers, {kv}, {} bytes",
-            cfg.num_hidden_layers,
-            total.unwrap_or(u64::MAX)
-        );
         let kv_desc = TensorDesc::new(kv.dtype(), [ctx, cfg.num_key_value_heads, cfg.head_dim]);
         let mut k = Vec::new();
         let mut v = Vec::new();
@@ -160,6 +108,24 @@ impl Sequence {
             k.push(gpu.empty(&format!("k_cache.{i}"), kv_desc.clone())?);
             v.push(gpu.empty(&format!("v_cache.{i}"), kv_desc.clone())?);
         }
+        // One row past the context: the step at the last position still samples a token.
+        let history = gpu.empty("history", TensorDesc::new(DType::U32, [ctx + 1]))?;
+        Sequence::with_buffers(model, k, v, history, None)
+    }
+
+    /// A sequence over the given KV cache tensors (per layer `[ctx, kv_heads, head_dim]`) and
+    /// token history (`[ctx + 1]`), with its own small buffers; `pooled_sampler`: where a
+    /// pool's batched steps read its sampler parameters.
+    pub(super) fn with_buffers(
+        model: &Model,
+        k: Vec<Tensor>,
+        v: Vec<Tensor>,
+        history: Tensor,
+        pooled_sampler: Option<(Tensor, u64)>,
+    ) -> Result<Sequence> {
+        let cfg = &model.config;
+        let gpu = &model.ctx;
+        let ctx = history.desc.numel().saturating_sub(1);
         Ok(Sequence {
             cache: KvCache {
                 k,
@@ -171,8 +137,7 @@ impl Sequence {
                     TensorDesc::new(DType::U32, [cfg.num_key_value_heads]),
                 )?,
             },
-            // One row past the context: the step at the last position still samples a token.
-            history: gpu.empty("history", TensorDesc::new(DType::U32, [ctx + 1]))?,
+            history,
             sampler: gpu.empty(
                 "sampler",
                 TensorDesc::new(DType::U32, [SAMPLER_PARAMS_WORDS]),
@@ -184,6 +149,7 @@ impl Sequence {
                 "token_mask",
                 TensorDesc::new(DType::U32, [cfg.vocab_size.div_ceil(32)]),
             )?,
+            pooled_sampler,
         })
     }
 
@@ -226,7 +192,19 @@ impl Sequence {
                     "a KV cache lives in a texel image",
                 ));
             };
-            enc.copy_buffer_to_buffer(sb, so, db, doff, bytes);
+            if Arc::ptr_eq(sb, db) {
+                // Two sequences of one pool: wgpu copies only between distinct buffers.
+                let tmp = model.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("copy_prefix staging"),
+                    size: bytes.max(4),
+                    usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                enc.copy_buffer_to_buffer(sb, so, &tmp, 0, bytes);
+                enc.copy_buffer_to_buffer(&tmp, 0, db, doff, bytes);
+            } else {
+                enc.copy_buffer_to_buffer(sb, so, db, doff, bytes);
+            }
         }
         model.ctx.queue.submit(Some(enc.finish()));
         Ok(())
@@ -272,9 +250,13 @@ impl Sequence {
     /// Write the parameters the sampling steps' head reads ([`StepSpec::sample`],
     /// [`Penalty::History`]).
     pub fn write_sampler(&self, model: &Model, p: &SamplerParams) -> Result<()> {
+        let words = p.words();
+        if let Some((pool, at)) = &self.pooled_sampler {
+            model.ctx.write(pool, *at, bytemuck::cast_slice(&words))?;
+        }
         model
             .ctx
-            .write(&self.sampler, 0, bytemuck::cast_slice(&p.words()))
+            .write(&self.sampler, 0, bytemuck::cast_slice(&words))
     }
 
     /// Write the allowed-token mask the next masked step reads ([`StepSpec::masked`]): one bit
@@ -359,6 +341,78 @@ impl Sequence {
             split,
         })
     }
+}
+
+/// Check that a KV cache of `rows` rows (`ctx` per sequence) fits the device before it is
+/// touched, with overflow-safe arithmetic, so a huge context is an error naming the numbers, not
+/// an overflow or a driver abort.
+pub(super) fn check_cache_size(model: &Model, ctx: usize, rows: usize, kv: KvType) -> Result<()> {
+    let cfg = &model.config;
+    if ctx == 0 {
+        return Err(Error::Request("the context size must be at least 1".into()));
+    }
+    let gpu = &model.ctx;
+    gpu.check_alive("creating a session")?;
+    let row = (cfg.num_key_value_heads * cfg.head_dim) as u64 * kv.bytes();
+    let buffers = 2 * cfg.num_hidden_layers as u64; // keys and values per layer
+    let per_buffer = (rows as u64).checked_mul(row);
+    let total = per_buffer.and_then(|b| b.checked_mul(buffers));
+    let trained = cfg.max_position_embeddings;
+    // The limit is the smaller of one cache buffer within the adapter's max_buffer_size and
+    // the whole cache within the memory the device has (where that is known).
+    let max = gpu.caps.max_buffer;
+    let budget = gpu.memory_budget();
+    let fit_buffer = max / row.max(1);
+    let fit = budget.map_or(fit_buffer, |m| fit_buffer.min(m / (row * buffers).max(1)));
+    if rows as u64 > fit {
+        let (needed, available, limit) = match (per_buffer, budget) {
+            (Some(b), _) if b > max => (b, max, "per cache buffer (the adapter's max_buffer_size)"),
+            (_, Some(m)) => (
+                total.unwrap_or(u64::MAX),
+                m,
+                "for the whole cache (the memory available)",
+            ),
+            _ => (
+                per_buffer.unwrap_or(u64::MAX),
+                max,
+                "per cache buffer (the adapter's max_buffer_size)",
+            ),
+        };
+        return Err(Error::OutOfMemory {
+            what: format!(
+                "creating a session of {ctx} tokens (KV cache: {} layers × keys and values, \
+                     {} in all)",
+                cfg.num_hidden_layers,
+                total.map_or_else(|| "more than 2^64 bytes".to_string(), gib)
+            ),
+            needed,
+            available,
+            hint: format!(
+                " {limit}; use a smaller --ctx{}: at most {} tokens fit{} (the model was \
+                     trained for {trained})",
+                if rows > ctx {
+                    " or fewer --parallel slots"
+                } else {
+                    ""
+                },
+                fit / rows.div_ceil(ctx) as u64,
+                if rows > ctx { " per slot" } else { "" },
+            ),
+        });
+    }
+    if ctx > trained && trained > 0 {
+        tracing::warn!(
+            "--ctx {ctx} is beyond the {trained} tokens {} was trained for; output past \
+                 {trained} tokens degrades",
+            model.name
+        );
+    }
+    tracing::debug!(
+        "KV cache: {ctx} tokens × {} layers, {kv}, {} bytes",
+        cfg.num_hidden_layers,
+        total.unwrap_or(u64::MAX)
+    );
+    Ok(())
 }
 
 /// `bytes` as GiB for messages.

@@ -5,9 +5,10 @@
 //! receiving side is gone (the client disconnected, so axum dropped the response) the next send
 //! fails, the generate callback returns `false` and the slot is free for the next job.
 //!
-//! This is not continuous batching: each slot runs its own decode steps, and steps of several
-//! slots interleave on the GPU queue. Batched decode (one step for all slots) is the target
-//! design for later; this layer would then hand all active jobs to one batched session.
+//! With several slots, the sessions are a [`Batcher`]'s: their KV caches are slices of one
+//! pool, and each decode step of every slot that is decoding runs as one batched step (each
+//! weight read once for all of them; `session::batch`). Each slot's thread keeps its own
+//! generation loop — prefill, stop strings, streaming, cancellation — as with one slot.
 //!
 //! A slot keeps its KV cache after a job; the next job on that slot prefills only what follows
 //! the longest common prefix of its prompt and the cached tokens (a multi-turn chat re-sends
@@ -33,7 +34,9 @@ use crate::error::{Error, Result};
 use crate::generate::{generate_text_with_logprobs, TextRequest};
 use crate::model::KvCache;
 use crate::model::Model;
-use crate::session::{common_prefix, FinishReason, Session, SessionOptions, TokenLogprobs};
+use crate::session::{
+    common_prefix, Batcher, FinishReason, Session, SessionOptions, TokenLogprobs,
+};
 
 /// What a job sends back.
 #[derive(Debug)]
@@ -191,8 +194,15 @@ impl Scheduler {
         if slots == 0 {
             return Err(Error::Config("--parallel must be at least 1".into()));
         }
+        // Several slots share one pooled cache and batcher, so their decode steps run as one
+        // batched step (each weight read once for all of them); one slot needs neither.
         let mut sessions = Vec::with_capacity(slots);
-        for _ in 0..slots {
+        if slots > 1 {
+            let batcher = Batcher::new(model.clone(), slots, opts)?;
+            for i in 0..slots {
+                sessions.push(batcher.session(i)?);
+            }
+        } else {
             sessions.push(Session::with_options(model.clone(), opts)?);
         }
         let caches = sessions

@@ -20,6 +20,7 @@ use crate::sampling::{SamplingParams, MAX_TOP_LOGPROBS};
 
 pub use crate::model::KvType;
 
+pub mod batch;
 pub mod kl_divergence;
 pub mod logits_file;
 pub mod perplexity;
@@ -28,6 +29,7 @@ mod prompt;
 mod score;
 mod stepwise;
 
+pub use batch::{BatchStats, Batcher};
 pub use pipeline::{DecodeStats, DEPTH};
 pub use prompt::{check_prompt, room_for_generation, PromptProblem};
 pub use score::log_sum_exp;
@@ -114,6 +116,11 @@ pub struct Session {
     last: Option<StepSpec>,
     /// Counters of pipelined decoding.
     stats: DecodeStats,
+    /// The batcher this session's plain decode steps go through, and its slot in the pool
+    /// ([`Batcher::session`]).
+    batch: Option<(Arc<Batcher>, usize)>,
+    /// In the decode loop with a batcher: plain decode steps go to it.
+    batching: bool,
 }
 
 /// How a [`Session`] is set up.
@@ -143,14 +150,21 @@ impl Session {
 
     /// A session set up as `opts` says.
     pub fn with_options(model: Arc<Model>, opts: SessionOptions) -> Result<Session> {
-        Ok(Session {
-            seq: Sequence::new(&model, opts.ctx, opts.kv_type)?,
+        let seq = Sequence::new(&model, opts.ctx, opts.kv_type)?;
+        Ok(Session::from_sequence(model, seq))
+    }
+
+    fn from_sequence(model: Arc<Model>, seq: Sequence) -> Session {
+        Session {
+            seq,
             graphs: HashMap::new(),
             history: Vec::new(),
             last: None,
             stats: DecodeStats::default(),
             model,
-        })
+            batch: None,
+            batching: false,
+        }
     }
 
     /// The model this session runs.

@@ -192,6 +192,35 @@ impl Session {
         if let Some(m) = matcher {
             self.seq.write_mask(&self.model, m.mask()?)?;
         }
+        let batched = self.batching && spec.tokens == 1 && !spec.masked && !forwarded;
+        let index = match (&self.batch, batched) {
+            (Some((b, bslot)), true) => {
+                let penalize = spec.penalty.is_some();
+                b.step(
+                    *bslot,
+                    pos,
+                    rb.k,
+                    penalize,
+                    rb.logprobs,
+                    &rb.slots[slot].buf,
+                )?
+            }
+            _ => self.submit_alone(spec, pos, rb, slot, forwarded)?,
+        };
+        rb.map(slot);
+        self.stats.steps += 1;
+        Ok(InFlight { index, slot })
+    }
+
+    /// [`Session::submit_sampled`]'s step through this session's own graph.
+    fn submit_alone(
+        &mut self,
+        spec: StepSpec,
+        pos: usize,
+        rb: &Readback,
+        slot: usize,
+        forwarded: bool,
+    ) -> Result<wgpu::SubmissionIndex> {
         self.graph(spec)?;
         let g = &self.graphs[&spec];
         let kv_len = (pos + spec.tokens) as u64;
@@ -208,14 +237,11 @@ impl Session {
             })?;
             copies.push((lse, 0, buf, 4 + 8 * k, 4));
         }
-        let index = if forwarded {
-            g.submit_masked_head(&copies)?
+        if forwarded {
+            g.submit_masked_head(&copies)
         } else {
-            g.submit(pos, spec.tokens, &copies)?
-        };
-        rb.map(slot);
-        self.stats.steps += 1;
-        Ok(InFlight { index, slot })
+            g.submit(pos, spec.tokens, &copies)
+        }
     }
 
     /// Wait for a step's readback. `idle` says no later step is queued (the wait leaves the
@@ -293,6 +319,11 @@ impl Session {
         let mut queue =
             VecDeque::from([self.queue_prefill(prompt, spec, &mut rb, matcher.as_mut())?]);
         self.last = None;
+        // With a batcher, the decode steps from here on go through it (module docs of
+        // `session::batch`); it counts this session in until the guard drops.
+        let batcher = self.batch.as_ref().map(|(b, _)| b.clone());
+        let _active = batcher.as_ref().map(|b| b.enter());
+        self.batching = batcher.is_some();
 
         // Token i comes from the step at position `first + i − 1`; `submitted` counts tokens
         // whose step is queued.
@@ -372,6 +403,7 @@ impl Session {
         };
         // Steps still queued ran past the end: drain them (one wait) so their readbacks can
         // be reused, and keep only what the caller saw.
+        self.batching = false;
         let drained = self.drain(&mut rb, queue);
         self.history
             .extend_from_slice(&tokens[..tokens.len().saturating_sub(1)]);

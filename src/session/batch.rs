@@ -1,0 +1,218 @@
+//! Continuous batching of the decode steps of several sessions.
+//!
+//! Sessions made by [`Batcher::session`] share one [`Pool`]. Each keeps running its own
+//! generation loop (prefill, stop strings, log-probabilities, cancellation: `pipeline.rs`
+//! unchanged), but hands each plain decode step to the batcher instead of submitting it. The
+//! batcher gathers the steps of every session in its decode loop and submits them as one
+//! [`BatchGraph`] run — each weight read once for all of them — whose rows table says where
+//! each session's token, cache rows and sampler live. A session's request waits until every
+//! session in its decode loop has a step pending (they run in lockstep, each with its pipeline
+//! of steps in flight) or a short timeout passes (a slow session does not hold the others).
+//! Each row's token (and its candidates and log-sum-exp, when asked for) is copied into that
+//! session's own readback buffer, so the session reads it exactly as it reads its own steps.
+//!
+//! The batched head is the same for all rows: the largest candidate count any row needs (the
+//! top-k of a larger k begins with the top-k of a smaller one; the sampler cuts to each row's
+//! own top-k), penalties when any row has them (a row without has a window of 0) and the
+//! log-sum-exp when any row wants log-probabilities. Constrained steps are not batched: their
+//! mask is per sequence and written between steps, so those sessions submit their own.
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{Session, SessionOptions};
+use crate::error::{Error, Result};
+use crate::model::{BatchGraph, Model, Pool, RowsHead};
+use crate::ops::MAX_ROWS;
+use crate::sampling::MAX_CANDIDATES;
+
+/// How long a pending step waits for the other sessions' before it is submitted without them.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// Counters of batched decoding, cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Batched runs submitted.
+    pub batches: u64,
+    /// Rows (decode steps of sessions) they advanced.
+    pub rows: u64,
+    /// Batches submitted because the gather timed out, before every session had a step.
+    pub timeouts: u64,
+}
+
+/// One session's pending decode step.
+struct Ticket {
+    id: u64,
+    slot: usize,
+    pos: usize,
+    k: usize,
+    penalize: bool,
+    logprobs: bool,
+    readback: wgpu::Buffer,
+}
+
+#[derive(Default)]
+struct State {
+    /// Sessions in their decode loop.
+    active: usize,
+    pending: Vec<Ticket>,
+    /// Submitted tickets' outcomes, taken by their sessions.
+    done: HashMap<u64, std::result::Result<wgpu::SubmissionIndex, String>>,
+    next_id: u64,
+    graphs: HashMap<(usize, RowsHead), BatchGraph>,
+    stats: BatchStats,
+}
+
+/// The batcher of a pool's sessions (see the module docs).
+pub struct Batcher {
+    model: Arc<Model>,
+    pool: Pool,
+    state: Mutex<State>,
+    submitted: Condvar,
+}
+
+/// A session's membership in its batcher's decode loop (see [`Batcher::enter`]).
+pub(super) struct Active<'a>(&'a Batcher);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.active = s.active.saturating_sub(1);
+        drop(s);
+        // Sessions waiting for this one now have every step they wait for.
+        self.0.submitted.notify_all();
+    }
+}
+
+impl Batcher {
+    /// A pool of `slots` sequences set up as `opts` says, and its batcher.
+    pub fn new(model: Arc<Model>, slots: usize, opts: SessionOptions) -> Result<Arc<Batcher>> {
+        let pool = Pool::new(&model, slots, opts.ctx, opts.kv_type)?;
+        Ok(Arc::new(Batcher {
+            model,
+            pool,
+            state: Mutex::new(State::default()),
+            submitted: Condvar::new(),
+        }))
+    }
+
+    /// Slot `slot`'s session (each slot at most once: sessions of one slot would share a
+    /// cache).
+    pub fn session(self: &Arc<Self>, slot: usize) -> Result<Session> {
+        let seq = self.pool.sequence(&self.model, slot)?;
+        let mut s = Session::from_sequence(self.model.clone(), seq);
+        s.batch = Some((self.clone(), slot));
+        Ok(s)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> BatchStats {
+        self.lock().stats
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; recover the data if something did.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count a session into the decode loop until the guard drops.
+    pub(super) fn enter(&self) -> Active<'_> {
+        self.lock().active += 1;
+        Active(self)
+    }
+
+    /// Queue slot `slot`'s decode step at `pos` in the next batch: `k` candidates, penalties,
+    /// log-probabilities (candidates and log-sum-exp copied after the token, as
+    /// `pipeline::Readback` lays them out). Returns the submission that fills `readback`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn step(
+        &self,
+        slot: usize,
+        pos: usize,
+        k: usize,
+        penalize: bool,
+        logprobs: bool,
+        readback: &wgpu::Buffer,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let mut s = self.lock();
+        let id = s.next_id;
+        s.next_id += 1;
+        s.pending.push(Ticket {
+            id,
+            slot,
+            pos,
+            k,
+            penalize,
+            logprobs,
+            readback: readback.clone(),
+        });
+        let since = Instant::now();
+        loop {
+            if let Some(out) = s.done.remove(&id) {
+                return out.map_err(|e| Error::op("batch", e));
+            }
+            let waited = since.elapsed();
+            let everyone = s.pending.len() >= s.active.min(MAX_ROWS);
+            if everyone || waited >= GATHER {
+                s.stats.timeouts += !everyone as u64;
+                self.flush(&mut s);
+                self.submitted.notify_all();
+                continue;
+            }
+            s = self
+                .submitted
+                .wait_timeout(s, GATHER - waited)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Submit up to [`MAX_ROWS`] pending steps as one batch and record their outcome.
+    fn flush(&self, s: &mut State) {
+        let n = s.pending.len().min(MAX_ROWS);
+        let batch: Vec<Ticket> = s.pending.drain(..n).collect();
+        let out = self.submit(s, &batch).map_err(|e| e.to_string());
+        s.stats.batches += 1;
+        s.stats.rows += batch.len() as u64;
+        for t in &batch {
+            s.done.insert(t.id, out.clone());
+        }
+    }
+
+    fn submit(&self, s: &mut State, batch: &[Ticket]) -> Result<wgpu::SubmissionIndex> {
+        let k = batch.iter().map(|t| t.k).max().unwrap_or(1);
+        let head = RowsHead {
+            // Powers of two bound the number of graphs.
+            k: k.next_power_of_two().min(MAX_CANDIDATES).max(k),
+            penalize: batch.iter().any(|t| t.penalize),
+            logsumexp: batch.iter().any(|t| t.logprobs),
+        };
+        let key = (batch.len(), head);
+        if !s.graphs.contains_key(&key) {
+            let g = self.pool.compile(&self.model, batch.len(), head)?;
+            s.graphs.insert(key, g);
+        }
+        let g = &s.graphs[&key];
+        let rows: Vec<_> = batch.iter().map(|t| self.pool.row(t.slot, t.pos)).collect();
+        let history = self.pool.history();
+        let topk = g.topk_tensor();
+        let lse = g.logsumexp_tensor();
+        let kb = head.k as u64;
+        let mut copies = Vec::new();
+        for (i, (t, r)) in batch.iter().zip(&rows).enumerate() {
+            let at = (r.history_base + r.pos + 1) as u64 * 4;
+            copies.push((history, at, &t.readback, 0, 4));
+            if t.logprobs {
+                let (i, kt) = (i as u64, t.k as u64);
+                copies.push((topk, i * 8 * kb, &t.readback, 4, 4 * kt));
+                copies.push((topk, (i * 2 * kb + kb) * 4, &t.readback, 4 + 4 * kt, 4 * kt));
+                let lse = lse.ok_or_else(|| Error::op("batch", "no log-sum-exp"))?;
+                copies.push((lse, i * 4, &t.readback, 4 + 8 * kt, 4));
+            }
+        }
+        g.submit(&rows, &copies)
+    }
+}
