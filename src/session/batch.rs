@@ -23,14 +23,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Session, SessionOptions};
+use super::{Generation, Session, SessionOptions};
 use crate::error::{Error, Result};
 use crate::model::{BatchGraph, Model, Pool, RowsHead};
 use crate::ops::MAX_ROWS;
-use crate::sampling::MAX_CANDIDATES;
+use crate::sampling::{SamplingParams, MAX_CANDIDATES};
 
 /// How long a pending step waits for the other sessions' before it is submitted without them.
 const GATHER: Duration = Duration::from_millis(5);
+
+/// The longest a prefilling session waits for the decoding sessions' next batch.
+const YIELD_LIMIT: Duration = Duration::from_secs(2);
 
 /// Counters of batched decoding, cumulative.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +111,47 @@ impl Batcher {
         Ok(s)
     }
 
+    /// Generate for several prompts at once, one slot each (at most [`Batcher::slots`] of
+    /// them): `(prompt, sampling, max_tokens)` per request; the outcomes in the same order.
+    /// Each request runs on its own thread with its slot's session, so their decode steps are
+    /// batched; slot caches start empty.
+    pub fn generate_all(
+        self: &Arc<Self>,
+        requests: &[(Vec<u32>, SamplingParams, usize)],
+    ) -> Result<Vec<Generation>> {
+        if requests.len() > self.pool.slots() {
+            return Err(Error::Request(format!(
+                "{} requests for a pool of {} slots: at most one per slot",
+                requests.len(),
+                self.pool.slots()
+            )));
+        }
+        let sessions = (0..requests.len())
+            .map(|i| self.session(i))
+            .collect::<Result<Vec<_>>>()?;
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = sessions
+                .into_iter()
+                .zip(requests)
+                .map(|(mut s, (prompt, params, max))| {
+                    sc.spawn(move || s.generate(prompt, params, *max, &mut |_| true))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::op("batch", "a generation panicked")))
+                })
+                .collect()
+        })
+    }
+
+    /// Sequences the pool holds.
+    pub fn slots(&self) -> usize {
+        self.pool.slots()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> BatchStats {
         self.lock().stats
@@ -122,6 +166,23 @@ impl Batcher {
     pub(super) fn enter(&self) -> Active<'_> {
         self.lock().active += 1;
         Active(self)
+    }
+
+    /// Wait until a batch after the `seen`-th has been submitted, or no session is decoding
+    /// (then there is nothing to wait for); returns the batches submitted so far. A session
+    /// prefilling calls this between its chunks so the others' steps run in between. Waits
+    /// at most [`YIELD_LIMIT`].
+    pub(super) fn after_a_batch(&self, seen: u64) -> u64 {
+        let since = Instant::now();
+        let mut s = self.lock();
+        while s.stats.batches <= seen && s.active > 0 && since.elapsed() < YIELD_LIMIT {
+            s = self
+                .submitted
+                .wait_timeout(s, YIELD_LIMIT)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        s.stats.batches
     }
 
     /// Queue slot `slot`'s decode step at `pos` in the next batch: `k` candidates, penalties,

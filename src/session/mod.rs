@@ -30,7 +30,7 @@ mod score;
 mod stepwise;
 
 pub use batch::{BatchStats, Batcher};
-pub use pipeline::{DecodeStats, DEPTH};
+pub use pipeline::{DecodeStats, DEPTH, INTERLEAVED_CHUNK};
 pub use prompt::{check_prompt, room_for_generation, PromptProblem};
 pub use score::log_sum_exp;
 

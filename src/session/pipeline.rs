@@ -35,6 +35,11 @@ use crate::gpu::GpuContext;
 use crate::model::{Penalty, SamplerParams, StepSpec};
 use crate::sampling::SamplingParams;
 
+/// Prompt tokens per prefill chunk of a pool's session ([`super::Batcher`]): between two of
+/// them the sessions decoding run a batched step, so a long prompt delays their next tokens by
+/// a chunk of this size, not by the whole prefill (vLLM's chunked prefill).
+pub const INTERLEAVED_CHUNK: usize = 64;
+
 /// Steps in flight at most: enough to hide the host's turn-around (reading a token,
 /// detokenizing, a callback) behind the GPU's work; more only adds steps to discard at a stop.
 pub const DEPTH: usize = 4;
@@ -274,16 +279,31 @@ impl Session {
         rb: &mut Readback,
         matcher: Option<&mut ConstraintMatcher>,
     ) -> Result<InFlight> {
-        let chunks: Vec<&[u32]> = prompt.chunks(PREFILL_CHUNK).collect();
+        // A pool's session prefills in smaller chunks, each after a batch of the others'
+        // decode steps, so the sequences decoding keep producing tokens meanwhile.
+        let batcher = self.batch.as_ref().map(|(b, _)| b.clone());
+        let size = if batcher.is_some() {
+            INTERLEAVED_CHUNK
+        } else {
+            PREFILL_CHUNK
+        };
+        let chunks: Vec<&[u32]> = prompt.chunks(size).collect();
         let (last, rest) = chunks
             .split_last()
             .ok_or_else(|| Error::Request("the prompt is empty".into()))?;
-        for chunk in rest {
+        let mut turn = batcher.as_ref().map_or(0, |b| b.stats().batches);
+        for (i, chunk) in rest.iter().enumerate() {
+            if let (Some(b), true) = (&batcher, i > 0) {
+                turn = b.after_a_batch(turn);
+            }
             let pos = self.history.len();
             self.seq.write_tokens(&self.model, pos, chunk)?;
             self.graph(StepSpec::plain(chunk.len(), 1))?
                 .submit(pos, chunk.len(), &[])?;
             self.history.extend_from_slice(chunk);
+        }
+        if let (Some(b), false) = (&batcher, rest.is_empty()) {
+            b.after_a_batch(turn);
         }
         let pos = self.history.len();
         self.seq.write_tokens(&self.model, pos, last)?;
