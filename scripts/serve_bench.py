@@ -10,7 +10,7 @@ answer. Prints one JSON line: requests, completion tokens, wall seconds, aggrega
 tokens/s, mean request latency.
 
     fado serve --parallel 16 --port 8080 &
-    scripts/serve_bench.py --sweep 1,2,4,8,16 --per-client 2 --max-tokens 32
+    scripts/serve_bench.py --sweep 1,2,4,8,16 --per-client 2 --max-tokens 32 --ignore-eos
 
 `--sweep` runs each client count in turn against the same server (each client sending
 `--per-client` requests) and adds each count's speed-up over the first (BENCHMARKS.md).
@@ -34,15 +34,16 @@ PROMPTS = [
 ]
 
 
-def one(url, model, prompt, max_tokens, key):
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0,
-            "max_tokens": max_tokens,
-        }
-    ).encode()
+def one(url, model, prompt, max_tokens, key, ignore_eos):
+    req = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    }
+    if ignore_eos:
+        req["ignore_eos"] = True
+    body = json.dumps(req).encode()
     req = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST")
     req.add_header("Content-Type", "application/json")
     if key:
@@ -60,6 +61,11 @@ def main():
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--api-key", default="")
+    ap.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="every answer runs to --max-tokens (vLLM's ignore_eos): equal work per request",
+    )
     ap.add_argument("--sweep", default="", help="client counts to run in turn, e.g. 1,2,4,8")
     ap.add_argument("--per-client", type=int, default=2, help="requests per client (--sweep)")
     a = ap.parse_args()
@@ -86,7 +92,7 @@ def measure(a, model, clients, per):
     def client(c):
         for i in range(per):
             p = PROMPTS[(c * per + i) % len(PROMPTS)] + f" (request {c}.{i})"
-            n, dt = one(a.url, model, p, a.max_tokens, a.api_key)
+            n, dt = one(a.url, model, p, a.max_tokens, a.api_key, a.ignore_eos)
             with lock:
                 results.append((n, dt))
 

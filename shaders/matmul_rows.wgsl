@@ -33,6 +33,9 @@
 //           xg4..7), X1 .. X7 (the binding of row r: x or xg{r / RPB}), W4B, one of W_F32 /
 //           W_F16 / W_BF16, or QUANT with one of Q8_0 Q4_0 Q4_1 Q4K Q5K Q6K (quant_blocks.wgsl),
 //           SUBS (32-value chunks per block: 1 or 8), NIB32 (Q4_0/Q4_1), QH (Q5_K/Q6_K);
+//           WR4 / WR8 (MR8 only: the window holds more than 2 / more than 4 rows, so rows 2..3 /
+//           4..7 are computed; a smaller window leaves their multiply-adds out — a batched decode
+//           step of 2 or 4 rows costs what its rows need, not what 8 do);
 //           ADD_INTO; TEX; SGX (MR8 only: x shared through subgroups of at least 8 lanes, a
 //           power of two, within WG).
 // Dispatch: per window of ≤ 8 rows (the host binds each group of the window at its offset; a
@@ -162,12 +165,16 @@ fn accumulate32(a: ptr<function, Acc>, row: u32, b: u32, s: Xs) {
 fn mac(a: ptr<function, Acc>, w: vec4<f32>, v: Xs) {
     (*a).a0 += dot(w, v.x0);
     (*a).a1 += dot(w, v.x1);
+#if WR4
     (*a).a2 += dot(w, v.x2);
     (*a).a3 += dot(w, v.x3);
+#endif
+#if WR8
     (*a).a4 += dot(w, v.x4);
     (*a).a5 += dot(w, v.x5);
     (*a).a6 += dot(w, v.x6);
     (*a).a7 += dot(w, v.x7);
+#endif
 }
 #endif
 
@@ -179,12 +186,16 @@ fn accumulate(a: ptr<function, Acc>, row: u32, c: u32, o: Window) {
         let xb = c * 8u + i;
         (*a).a0 += dot(wv, x[xb]);
         (*a).a1 += dot(wv, {{X1}}[o.o1 + xb]);
+#if WR4
         (*a).a2 += dot(wv, {{X2}}[o.o2 + xb]);
         (*a).a3 += dot(wv, {{X3}}[o.o3 + xb]);
+#endif
+#if WR8
         (*a).a4 += dot(wv, {{X4}}[o.o4 + xb]);
         (*a).a5 += dot(wv, {{X5}}[o.o5 + xb]);
         (*a).a6 += dot(wv, {{X6}}[o.o6 + xb]);
         (*a).a7 += dot(wv, {{X7}}[o.o7 + xb]);
+#endif
     }
 }
 #else
@@ -249,12 +260,16 @@ fn accumulate32(a: ptr<function, Acc>, row: u32, b: u32, s: Xs) {
 fn mac(a: ptr<function, Acc>, w: vec4<f32>, v: Xs) {
     (*a).a0 += w * v.x0;
     (*a).a1 += w * v.x1;
+#if WR4
     (*a).a2 += w * v.x2;
     (*a).a3 += w * v.x3;
+#endif
+#if WR8
     (*a).a4 += w * v.x4;
     (*a).a5 += w * v.x5;
     (*a).a6 += w * v.x6;
     (*a).a7 += w * v.x7;
+#endif
 }
 #endif
 
@@ -263,12 +278,16 @@ fn accumulate(a: ptr<function, Acc>, row: u32, c: u32, o: Window) {
     (*a).a0 += wv * x[c];
 #if MR8
     (*a).a1 += wv * {{X1}}[o.o1 + c];
+#if WR4
     (*a).a2 += wv * {{X2}}[o.o2 + c];
     (*a).a3 += wv * {{X3}}[o.o3 + c];
+#endif
+#if WR8
     (*a).a4 += wv * {{X4}}[o.o4 + c];
     (*a).a5 += wv * {{X5}}[o.o5 + c];
     (*a).a6 += wv * {{X6}}[o.o6 + c];
     (*a).a7 += wv * {{X7}}[o.o7 + c];
+#endif
 #endif
 }
 #else
@@ -292,12 +311,16 @@ fn mac2(a: ptr<function, Acc>, q: vec4<u32>, v0: Xs, v1: Xs) {
     let w1 = vec4<f32>(widen(q.z), widen(q.w));
     (*a).a0 += w0 * v0.x0 + w1 * v1.x0;
     (*a).a1 += w0 * v0.x1 + w1 * v1.x1;
+#if WR4
     (*a).a2 += w0 * v0.x2 + w1 * v1.x2;
     (*a).a3 += w0 * v0.x3 + w1 * v1.x3;
+#endif
+#if WR8
     (*a).a4 += w0 * v0.x4 + w1 * v1.x4;
     (*a).a5 += w0 * v0.x5 + w1 * v1.x5;
     (*a).a6 += w0 * v0.x6 + w1 * v1.x6;
     (*a).a7 += w0 * v0.x7 + w1 * v1.x7;
+#endif
 }
 #endif
 
@@ -309,12 +332,16 @@ fn accumulate(a: ptr<function, Acc>, row: u32, c: u32, o: Window) {
     (*a).a0 += w0 * x[c0] + w1 * x[c0 + 1u];
 #if MR8
     (*a).a1 += w0 * {{X1}}[o.o1 + c0] + w1 * {{X1}}[o.o1 + c0 + 1u];
+#if WR4
     (*a).a2 += w0 * {{X2}}[o.o2 + c0] + w1 * {{X2}}[o.o2 + c0 + 1u];
     (*a).a3 += w0 * {{X3}}[o.o3 + c0] + w1 * {{X3}}[o.o3 + c0 + 1u];
+#endif
+#if WR8
     (*a).a4 += w0 * {{X4}}[o.o4 + c0] + w1 * {{X4}}[o.o4 + c0 + 1u];
     (*a).a5 += w0 * {{X5}}[o.o5 + c0] + w1 * {{X5}}[o.o5 + c0 + 1u];
     (*a).a6 += w0 * {{X6}}[o.o6 + c0] + w1 * {{X6}}[o.o6 + c0 + 1u];
     (*a).a7 += w0 * {{X7}}[o.o7 + c0] + w1 * {{X7}}[o.o7 + c0 + 1u];
+#endif
 #endif
 }
 #endif

@@ -236,3 +236,24 @@ fn long_rows_keep_windows_of_eight_rows_in_several_bindings() {
         }
     }
 }
+
+#[test]
+fn small_batches_take_windows_of_two_or_four_rows() {
+    // A batched decode step of 2 to 4 rows computes only the rows of a 2- or 4-row window
+    // (WR4 / WR8 unset), with x shared through subgroups and without.
+    for (m, rows) in [(2, 2), (3, 4), (4, 4), (5, 8)] {
+        let caps = &ctx_variant(true, true).caps;
+        let win = rows::windows(caps, m, 64 * 4).expect("aligned windows");
+        assert_eq!(win.rows(), rows, "{m} rows");
+    }
+    let mut rng = Rng::new(31);
+    for ctx in [ctx_variant(true, true), ctx_variant(true, false)] {
+        for dtype in DType::WEIGHT_TYPES {
+            for &k in ks(dtype) {
+                for m in [2, 3, 4] {
+                    check(&ctx, &mut rng, dtype, (m, N, k), None);
+                }
+            }
+        }
+    }
+}

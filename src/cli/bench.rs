@@ -8,7 +8,7 @@ use fado::gpu::{GpuContext, GpuOptions};
 use fado::model::{synthetic, Model};
 use fado::rng::Rng;
 use fado::sampling::SamplingParams;
-use fado::session::{Session, SessionOptions};
+use fado::session::{Batcher, Session, SessionOptions};
 use fado::tensor::DType;
 use fado::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// timestamp queries and print the time per op kind.
     #[arg(long)]
     pub profile: bool,
+    /// Also time batched decode: for each count (comma-separated, e.g. 1,4,16), that many
+    /// sequences generate --gen-tokens each at once through one pool (short random prompts),
+    /// and the aggregate tokens/s is reported.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -157,8 +162,17 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         .fold((0, 0, 0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2));
     let host_waits = idle as f64 / tokens.max(1) as f64;
     let host_syncs = syncs as f64 / tokens.max(1) as f64;
+    let batches = bench_batches(&a, &model)?;
     if a.json {
+        let batch: Vec<_> = batches
+            .iter()
+            .map(|b| {
+                serde_json::json!({"streams": b.streams, "tg_tokens_per_s": b.tokens_per_s,
+                    "rows_per_step": b.rows_per_step, "dispatches_per_step": b.dispatches})
+            })
+            .collect();
         let v = serde_json::json!({
+            "batch": batch,
             "model": model.name,
             "adapter": model.ctx.adapter_name(),
             "weights_bytes": model.weights_bytes,
@@ -201,6 +215,13 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
              all ({} steps in flight)",
             fado::session::DEPTH
         );
+        for b in &batches {
+            println!(
+                "batched tg{} × {:>2} streams: {:>7.1} t/s aggregate ({:.1} rows per step, {} \
+                 dispatches per step)",
+                a.tg, b.streams, b.tokens_per_s, b.rows_per_step, b.dispatches
+            );
+        }
     }
     if a.profile {
         // A decode step after the prompt (the timed runs may have filled the cache), then the
@@ -219,6 +240,66 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One `--batch` measurement.
+struct BatchRun {
+    streams: usize,
+    tokens_per_s: f64,
+    rows_per_step: f64,
+    dispatches: usize,
+}
+
+/// `--batch`: for each count, a warm-up (every batch size's graph compiled) and one timed run
+/// of that many sequences generating `a.tg` tokens each at once.
+fn bench_batches(a: &BenchArgs, model: &Arc<Model>) -> Result<Vec<BatchRun>> {
+    let mut out = Vec::new();
+    let vocab = model.config.vocab_size as u32;
+    for &n in &a.batch {
+        if n == 0 || n > fado::ops::MAX_ROWS {
+            return Err(Error::Request(format!(
+                "--batch {n}: expected 1 ..= {} sequences",
+                fado::ops::MAX_ROWS
+            )));
+        }
+        let opts = SessionOptions {
+            ctx: 16 + a.tg + 1,
+            kv_type: a.model.kv_type,
+        };
+        let batcher = Batcher::new(model.clone(), n, opts)?;
+        let mut rng = Rng::new(11);
+        let params = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy()
+        };
+        let reqs = |tokens: usize, rng: &mut Rng| -> Vec<_> {
+            (0..n)
+                .map(|_| {
+                    let p: Vec<u32> = (0..16).map(|_| rng.below(vocab)).collect();
+                    (p, params.clone(), tokens)
+                })
+                .collect()
+        };
+        batcher.generate_all(&reqs(4, &mut rng))?;
+        let before = batcher.stats();
+        let t0 = std::time::Instant::now();
+        let gens = batcher.generate_all(&reqs(a.tg, &mut rng))?;
+        let secs = t0.elapsed().as_secs_f64();
+        let st = batcher.stats();
+        let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+        out.push(BatchRun {
+            streams: n,
+            tokens_per_s: tokens as f64 / secs,
+            rows_per_step: (st.rows - before.rows) as f64
+                / (st.batches - before.batches).max(1) as f64,
+            dispatches: batcher.dispatches(n)?,
+        });
+        if a.profile {
+            let p = batcher.profile(n, 16 + a.tg / 2)?;
+            print_profile(&format!("batched step of {n} rows"), &p);
+        }
+    }
+    Ok(out)
 }
 
 /// The timed repetitions of [`bench`].

@@ -294,4 +294,9 @@ impl BatchGraph {
     pub fn num_dispatches(&self) -> usize {
         self.exe.num_dispatches()
     }
+
+    /// Time every dispatch of one run over `rows` (timestamp queries).
+    pub fn profile(&self, rows: &[RowStep]) -> Result<crate::graph::Profile> {
+        self.exe.run_profiled(Step::batch(rows)?)
+    }
 }

@@ -7,7 +7,8 @@
 //! [`BatchGraph`] run — each weight read once for all of them — whose rows table says where
 //! each session's token, cache rows and sampler live. A session's request waits until every
 //! session in its decode loop has a step pending (they run in lockstep, each with its pipeline
-//! of steps in flight) or a short timeout passes (a slow session does not hold the others).
+//! of steps in flight), or the GPU is down to its last queued batch (waiting longer would leave
+//! it idle), or a timeout passes (a slow session does not hold the others).
 //! Each row's token (and its candidates and log-sum-exp, when asked for) is copied into that
 //! session's own readback buffer, so the session reads it exactly as it reads its own steps.
 //!
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,8 +31,20 @@ use crate::model::{BatchGraph, Model, Pool, RowsHead};
 use crate::ops::MAX_ROWS;
 use crate::sampling::{SamplingParams, MAX_CANDIDATES};
 
-/// How long a pending step waits for the other sessions' before it is submitted without them.
-const GATHER: Duration = Duration::from_millis(5);
+/// A pending step waits for the other sessions' while the GPU has at least this many batches
+/// queued (so waiting costs nothing), and no longer than [`GATHER`].
+const MIN_QUEUED: usize = 2;
+
+/// The longest a pending step waits for the other sessions' before it is submitted without them.
+const GATHER: Duration = Duration::from_millis(200);
+
+/// How long a pending step waits for the others' even when the GPU is running out of work:
+/// their turn-around (reading a token, a callback) takes about this long. (On lavapipe a submit
+/// runs the batch before it returns, so there the GPU never has a batch queued.)
+const GRACE: Duration = Duration::from_millis(5);
+
+/// How often a waiting step looks at the GPU's progress.
+const RECHECK: Duration = Duration::from_millis(2);
 
 /// The longest a prefilling session waits for the decoding sessions' next batch.
 const YIELD_LIMIT: Duration = Duration::from_secs(2);
@@ -42,7 +56,8 @@ pub struct BatchStats {
     pub batches: u64,
     /// Rows (decode steps of sessions) they advanced.
     pub rows: u64,
-    /// Batches submitted because the gather timed out, before every session had a step.
+    /// Batches submitted before every session had a step (the GPU was running out of work,
+    /// or the gather timed out).
     pub timeouts: u64,
 }
 
@@ -75,6 +90,8 @@ pub struct Batcher {
     pool: Pool,
     state: Mutex<State>,
     submitted: Condvar,
+    /// Batches submitted and not yet finished on the GPU.
+    queued: Arc<AtomicUsize>,
 }
 
 /// A session's membership in its batcher's decode loop (see [`Batcher::enter`]).
@@ -99,6 +116,7 @@ impl Batcher {
             pool,
             state: Mutex::new(State::default()),
             submitted: Condvar::new(),
+            queued: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -215,9 +233,12 @@ impl Batcher {
             if let Some(out) = s.done.remove(&id) {
                 return out.map_err(|e| Error::op("batch", e));
             }
-            let waited = since.elapsed();
+            // Completed batches count themselves out during device polls.
+            let _ = self.model.ctx.device.poll(wgpu::PollType::Poll);
             let everyone = s.pending.len() >= s.active.min(MAX_ROWS);
-            if everyone || waited >= GATHER {
+            let waited = since.elapsed();
+            let starving = self.queued.load(Ordering::SeqCst) < MIN_QUEUED && waited >= GRACE;
+            if everyone || starving || waited >= GATHER {
                 s.stats.timeouts += !everyone as u64;
                 self.flush(&mut s);
                 self.submitted.notify_all();
@@ -225,7 +246,7 @@ impl Batcher {
             }
             s = self
                 .submitted
-                .wait_timeout(s, GATHER - waited)
+                .wait_timeout(s, RECHECK)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -236,11 +257,51 @@ impl Batcher {
         let n = s.pending.len().min(MAX_ROWS);
         let batch: Vec<Ticket> = s.pending.drain(..n).collect();
         let out = self.submit(s, &batch).map_err(|e| e.to_string());
+        if out.is_ok() {
+            let queued = self.queued.clone();
+            queued.fetch_add(1, Ordering::SeqCst);
+            self.model.ctx.queue.on_submitted_work_done(move || {
+                queued.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
         s.stats.batches += 1;
         s.stats.rows += batch.len() as u64;
         for t in &batch {
             s.done.insert(t.id, out.clone());
         }
+    }
+
+    /// The batched graph of `rows` rows with `head`, compiled on first use.
+    fn graph<'s>(&self, s: &'s mut State, rows: usize, head: RowsHead) -> Result<&'s BatchGraph> {
+        let key = (rows, head);
+        if !s.graphs.contains_key(&key) {
+            let g = self.pool.compile(&self.model, rows, head)?;
+            s.graphs.insert(key, g);
+        }
+        Ok(&s.graphs[&key])
+    }
+
+    /// Compute dispatches of a batched step of `rows` rows (greedy head): one step for all of
+    /// them, so per sequence this divided by `rows`.
+    pub fn dispatches(&self, rows: usize) -> Result<usize> {
+        let head = RowsHead {
+            k: 1,
+            penalize: false,
+            logsumexp: false,
+        };
+        Ok(self.graph(&mut self.lock(), rows, head)?.num_dispatches())
+    }
+
+    /// Time every dispatch of one greedy batched step of slots `0..rows`, each at position
+    /// `pos` (whatever their caches hold: for timing only).
+    pub fn profile(&self, rows: usize, pos: usize) -> Result<crate::model::Profile> {
+        let head = RowsHead {
+            k: 1,
+            penalize: false,
+            logsumexp: false,
+        };
+        let table: Vec<_> = (0..rows).map(|i| self.pool.row(i, pos)).collect();
+        self.graph(&mut self.lock(), rows, head)?.profile(&table)
     }
 
     fn submit(&self, s: &mut State, batch: &[Ticket]) -> Result<wgpu::SubmissionIndex> {
@@ -251,12 +312,7 @@ impl Batcher {
             penalize: batch.iter().any(|t| t.penalize),
             logsumexp: batch.iter().any(|t| t.logprobs),
         };
-        let key = (batch.len(), head);
-        if !s.graphs.contains_key(&key) {
-            let g = self.pool.compile(&self.model, batch.len(), head)?;
-            s.graphs.insert(key, g);
-        }
-        let g = &s.graphs[&key];
+        let g = self.graph(s, batch.len(), head)?;
         let rows: Vec<_> = batch.iter().map(|t| self.pool.row(t.slot, t.pos)).collect();
         let history = self.pool.history();
         let topk = g.topk_tensor();

@@ -340,10 +340,13 @@ impl Session {
             VecDeque::from([self.queue_prefill(prompt, spec, &mut rb, matcher.as_mut())?]);
         self.last = None;
         // With a batcher, the decode steps from here on go through it (module docs of
-        // `session::batch`); it counts this session in until the guard drops.
+        // `session::batch`); it counts this session in until the guard drops. Constrained steps
+        // run alone (their masks are per sequence), so such a session is not counted.
         let batcher = self.batch.as_ref().map(|(b, _)| b.clone());
-        let _active = batcher.as_ref().map(|b| b.enter());
-        self.batching = batcher.is_some();
+        let active = (batcher.as_ref())
+            .filter(|_| matcher.is_none())
+            .map(|b| b.enter());
+        self.batching = active.is_some();
 
         // Token i comes from the step at position `first + i − 1`; `submitted` counts tokens
         // whose step is queued.
@@ -424,6 +427,7 @@ impl Session {
         // Steps still queued ran past the end: drain them (one wait) so their readbacks can
         // be reused, and keep only what the caller saw.
         self.batching = false;
+        drop(active);
         let drained = self.drain(&mut rb, queue);
         self.history
             .extend_from_slice(&tokens[..tokens.len().saturating_sub(1)]);

@@ -58,14 +58,16 @@ pub fn fits(caps: &Caps, k: usize, w: DType) -> bool {
     }
 }
 
-/// The windows for a product of `m` rows of `row_bytes` bytes: [`ROWS_WINDOW`] rows in the
-/// fewest groups whose `rpb` rows fit one uniform binding and start at multiples of the uniform
-/// offset alignment; else, where no such group exists, as many rows as are so aligned in one
+/// The windows for a product of `m` rows of `row_bytes` bytes: [`ROWS_WINDOW`] rows (or, for
+/// fewer rows — a batched decode step — the next power of two: 2 or 4) in the fewest groups
+/// whose `rpb` rows fit one uniform binding and start at multiples of the uniform offset
+/// alignment; else, where no such group exists, as many rows as are so aligned in one
 /// binding. `None` when `m > 1` and no window size is so aligned.
 pub fn windows(caps: &Caps, m: usize, row_bytes: u64) -> Option<Windows> {
     if m == 1 {
         return Some(Windows { rpb: 1, groups: 1 });
     }
+    let window = m.next_power_of_two().min(ROWS_WINDOW);
     let align = caps.uniform_offset_align.max(1) as u64;
     let ok = |rows: usize| {
         let bytes = rows as u64 * row_bytes;
@@ -73,13 +75,14 @@ pub fn windows(caps: &Caps, m: usize, row_bytes: u64) -> Option<Windows> {
     };
     [8, 4, 2, 1]
         .into_iter()
+        .filter(|&rpb| rpb <= window)
         .find(|&rpb| ok(rpb))
         .map(|rpb| Windows {
             rpb,
-            groups: ROWS_WINDOW / rpb,
+            groups: window / rpb,
         })
         .or_else(|| {
-            (1..ROWS_WINDOW)
+            (1..window)
                 .rev()
                 .find(|&rpb| ok(rpb))
                 .map(|rpb| Windows { rpb, groups: 1 })
@@ -179,6 +182,8 @@ pub fn calls_with(
         .define("XG4", (win.groups >= 4) as u32)
         .define("XG8", (win.groups >= 8) as u32)
         .define("W4B", 4 + win.groups)
+        .define("WR4", (win.rows() > 2) as u32)
+        .define("WR8", (win.rows() > 4) as u32)
         .define(format_define(w), 1)
         .define("ADD_INTO", add_into as u32)
         .define("TEX", texels as u32)

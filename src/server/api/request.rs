@@ -151,6 +151,9 @@ fn gen_params(obj: &Obj, endpoint: Endpoint) -> Result<GenParams, ApiError> {
         frequency_penalty: field(obj, "frequency_penalty")?.unwrap_or(0.0),
         repeat_penalty: field(obj, "repeat_penalty")?.unwrap_or(1.0),
         seed: seed.unwrap_or(0),
+        // vLLM's extension: generate up to the token limit whatever the end-of-sequence token
+        // (benchmarks that need equal-length answers).
+        ignore_eos: field(obj, "ignore_eos")?.unwrap_or(false),
         ..d
     };
     if params.temperature > 2.0 {
@@ -553,7 +556,8 @@ mod tests {
             br#"{"model":"m","messages":[{"role":"developer","content":"be brief"},
                 {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
                 "stream":true,"stream_options":{"include_usage":true},"temperature":0,
-                "stop":"\n","max_completion_tokens":7,"max_tokens":9,"seed":5,"top_k":3}"#,
+                "stop":"\n","max_completion_tokens":7,"max_tokens":9,"seed":5,"top_k":3,
+                "ignore_eos":true}"#,
         )
         .unwrap();
         assert_eq!(r.messages[0].role, "system");
@@ -562,6 +566,7 @@ mod tests {
         assert_eq!(r.gen.max_tokens, Some(7));
         assert_eq!(r.gen.stop, vec!["\n".to_string()]);
         assert_eq!(r.gen.params.top_k, 3);
+        assert!(r.gen.params.ignore_eos);
         assert_eq!(r.gen.params.temperature, 0.0);
     }
 
