@@ -339,6 +339,8 @@ async fn health(State(s): State<Server>) -> Response {
             "failed": st.failed,
             "rejected": st.rejected,
         },
+        // Batched decode: steps run for all decoding slots at once, and the rows they advanced.
+        "batched": {"steps": st.batched_steps, "rows": st.batched_rows},
     });
     if let Some(why) = lost {
         body["error"] = json!(format!(

@@ -133,6 +133,10 @@ pub struct Stats {
     pub rejected: u64,
     /// KV-cache rows the slots hold (running and cached sequences), as of their last job.
     pub kv_used: usize,
+    /// Batched decode steps run (one step for every slot decoding at the time).
+    pub batched_steps: u64,
+    /// Rows (slot decode steps) those advanced.
+    pub batched_rows: u64,
 }
 
 struct Queue {
@@ -165,6 +169,8 @@ struct Shared {
     /// Per slot: the KV rows its session holds after its last job.
     kv_used: Vec<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// The slots' batcher, with several slots.
+    batcher: Option<Arc<Batcher>>,
 }
 
 impl Shared {
@@ -197,11 +203,13 @@ impl Scheduler {
         // Several slots share one pooled cache and batcher, so their decode steps run as one
         // batched step (each weight read once for all of them); one slot needs neither.
         let mut sessions = Vec::with_capacity(slots);
+        let mut batcher = None;
         if slots > 1 {
-            let batcher = Batcher::new(model.clone(), slots, opts)?;
+            let b = Batcher::new(model.clone(), slots, opts)?;
             for i in 0..slots {
-                sessions.push(batcher.session(i)?);
+                sessions.push(b.session(i)?);
             }
+            batcher = Some(b);
         } else {
             sessions.push(Session::with_options(model.clone(), opts)?);
         }
@@ -229,6 +237,7 @@ impl Scheduler {
             rejected: AtomicU64::new(0),
             kv_used: (0..slots).map(|_| AtomicUsize::new(0)).collect(),
             metrics,
+            batcher,
         });
         let mut workers = Vec::with_capacity(slots);
         for (i, session) in sessions.into_iter().enumerate() {
@@ -280,6 +289,8 @@ impl Scheduler {
             failed: s.failed.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
             kv_used: s.kv_used.iter().map(|k| k.load(Ordering::Relaxed)).sum(),
+            batched_steps: s.batcher.as_ref().map_or(0, |b| b.stats().batches),
+            batched_rows: s.batcher.as_ref().map_or(0, |b| b.stats().rows),
         }
     }
 
