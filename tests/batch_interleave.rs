@@ -8,7 +8,7 @@ mod common;
 use common::*;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fado::sampling::SamplingParams;

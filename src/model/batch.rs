@@ -191,8 +191,7 @@ impl Pool {
             &model.config,
             &model.weights,
             &self.cache,
-            &self.history,
-            &self.sampler,
+            (&self.history, &self.sampler),
             rows,
             self.ctx,
             head,
@@ -249,30 +248,6 @@ impl BatchGraph {
             ));
         }
         self.exe.submit_with_copies(Step::batch(rows)?, copies)
-    }
-
-    /// Run over `rows` and wait; returns each row's top-k candidates, best first, and its
-    /// log-sum-exp when the head computes it (tests, benchmarks).
-    pub fn run(&self, rows: &[RowStep]) -> Result<Vec<(Vec<(u32, f32)>, Option<f32>)>> {
-        if rows.len() != self.rows {
-            return Err(Error::op(
-                "batch",
-                format!("{} rows for a graph of {}", rows.len(), self.rows),
-            ));
-        }
-        let k = self.head.k;
-        let mut reads = vec![(self.topk, (self.rows * 2 * k * 4) as u64)];
-        reads.extend(self.logsumexp.map(|l| (l, (self.rows * 4) as u64)));
-        let raw = self.exe.run_read_many(Step::batch(rows)?, &reads)?;
-        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&raw[0]);
-        let lse: Option<Vec<f32>> = raw.get(1).map(|b| bytemuck::pod_collect_to_vec(b));
-        Ok((0..self.rows)
-            .map(|r| {
-                let w = &words[r * 2 * k..(r + 1) * 2 * k];
-                let cands = (0..k).map(|i| (w[i], f32::from_bits(w[k + i]))).collect();
-                (cands, lse.as_ref().map(|l| l[r]))
-            })
-            .collect())
     }
 
     /// The top-k output (u32 `[rows, 2k]`: per row k ids, then k logits as f32 bits).

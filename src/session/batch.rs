@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -273,12 +274,10 @@ impl Batcher {
 
     /// The batched graph of `rows` rows with `head`, compiled on first use.
     fn graph<'s>(&self, s: &'s mut State, rows: usize, head: RowsHead) -> Result<&'s BatchGraph> {
-        let key = (rows, head);
-        if !s.graphs.contains_key(&key) {
-            let g = self.pool.compile(&self.model, rows, head)?;
-            s.graphs.insert(key, g);
-        }
-        Ok(&s.graphs[&key])
+        Ok(match s.graphs.entry((rows, head)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(self.pool.compile(&self.model, rows, head)?),
+        })
     }
 
     /// Compute dispatches of a batched step of `rows` rows (greedy head): one step for all of
