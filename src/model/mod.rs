@@ -23,6 +23,8 @@ pub use crate::config::LlamaConfig;
 /// Per-dispatch timings of one step ([`StepGraph::profile`]).
 pub use crate::graph::Profile;
 pub use crate::ops::sample::SamplerParams;
+/// Most sequences one batched step advances.
+pub use crate::ops::MAX_ROWS;
 pub use batch::{BatchGraph, Pool};
 pub use llama::{KvCache, RowsHead};
 pub use step::{KvType, Penalty, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN, PREFILL_CHUNK};

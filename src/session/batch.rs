@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::{Generation, Session, SessionOptions};
 use crate::error::{Error, Result};
-use crate::model::{BatchGraph, Model, Pool, RowsHead};
-use crate::ops::MAX_ROWS;
+use crate::model::{BatchGraph, Model, Pool, RowsHead, MAX_ROWS};
 use crate::sampling::{SamplingParams, MAX_CANDIDATES};
 
 /// A pending step waits for the other sessions' while the GPU has at least this many batches
@@ -96,9 +95,9 @@ pub struct Batcher {
 }
 
 /// A session's membership in its batcher's decode loop (see [`Batcher::enter`]).
-pub(super) struct Active<'a>(&'a Batcher);
+pub(super) struct Active(Arc<Batcher>);
 
-impl Drop for Active<'_> {
+impl Drop for Active {
     fn drop(&mut self) {
         let mut s = self.0.lock();
         s.active = s.active.saturating_sub(1);
@@ -182,9 +181,9 @@ impl Batcher {
     }
 
     /// Count a session into the decode loop until the guard drops.
-    pub(super) fn enter(&self) -> Active<'_> {
+    pub(super) fn enter(self: &Arc<Self>) -> Active {
         self.lock().active += 1;
-        Active(self)
+        Active(self.clone())
     }
 
     /// Wait until a batch after the `seen`-th has been submitted, or no session is decoding

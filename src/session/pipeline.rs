@@ -217,6 +217,23 @@ impl Session {
         Ok(InFlight { index, slot })
     }
 
+    /// With a batcher, the decode steps from here on go through it (module docs of
+    /// `session::batch`), which counts this session in until the guard drops. Constrained
+    /// steps run alone (their masks are per sequence): such a session is not counted.
+    fn enter_batch(&mut self, unconstrained: bool) -> Option<super::batch::Active> {
+        let active = (self.batch.as_ref())
+            .filter(|_| unconstrained)
+            .map(|(b, _)| b.enter());
+        self.batching = active.is_some();
+        active
+    }
+
+    /// Out of the batcher's decode loop (the guard [`Session::enter_batch`] gave).
+    fn leave_batch(&mut self, active: Option<super::batch::Active>) {
+        self.batching = false;
+        drop(active);
+    }
+
     /// [`Session::submit_sampled`]'s step through this session's own graph.
     fn submit_alone(
         &mut self,
@@ -339,14 +356,7 @@ impl Session {
         let mut queue =
             VecDeque::from([self.queue_prefill(prompt, spec, &mut rb, matcher.as_mut())?]);
         self.last = None;
-        // With a batcher, the decode steps from here on go through it (module docs of
-        // `session::batch`); it counts this session in until the guard drops. Constrained steps
-        // run alone (their masks are per sequence), so such a session is not counted.
-        let batcher = self.batch.as_ref().map(|(b, _)| b.clone());
-        let active = (batcher.as_ref())
-            .filter(|_| matcher.is_none())
-            .map(|b| b.enter());
-        self.batching = active.is_some();
+        let active = self.enter_batch(matcher.is_none());
 
         // Token i comes from the step at position `first + i − 1`; `submitted` counts tokens
         // whose step is queued.
@@ -426,8 +436,7 @@ impl Session {
         };
         // Steps still queued ran past the end: drain them (one wait) so their readbacks can
         // be reused, and keep only what the caller saw.
-        self.batching = false;
-        drop(active);
+        self.leave_batch(active);
         let drained = self.drain(&mut rb, queue);
         self.history
             .extend_from_slice(&tokens[..tokens.len().saturating_sub(1)]);
