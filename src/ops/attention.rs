@@ -13,7 +13,7 @@
 
 #![warn(missing_docs)]
 
-use super::rope::{check_cache, check_fits_cache, check_heads};
+use super::rope::{check_cache, check_fits_cache, check_heads, check_pooled};
 use super::{expect_dtype, expect_inputs, expect_rank, fbits, Arg, KernelCall, Op};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
@@ -339,18 +339,7 @@ impl Op for AttentionRows {
     }
     fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
         let out = self.attn.check(inputs)?;
-        let (rows, pool) = (inputs[0].shape[0], inputs[1].shape[0]);
-        if rows > super::MAX_ROWS || self.capacity == 0 || self.capacity > pool {
-            return Err(Error::op(
-                self.name(),
-                format!(
-                    "a batched step of {rows} rows over sequences of {} rows in a pool of {pool}: \
-                     expected at most {} rows and 1 ..= {pool} rows per sequence",
-                    self.capacity,
-                    super::MAX_ROWS
-                ),
-            ));
-        }
+        check_pooled(self.name(), inputs[0], inputs[1], self.capacity)?;
         Ok(out)
     }
     fn scratch(&self, inputs: &[&TensorDesc]) -> Vec<u64> {

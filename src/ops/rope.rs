@@ -72,6 +72,28 @@ pub(crate) fn check_fits_cache(
     Ok(())
 }
 
+/// A batched step's rows (`x`'s) over a pooled cache of sequences of `capacity` rows each: at
+/// most [`super::MAX_ROWS`] rows, and sequences that fit the pool.
+pub(crate) fn check_pooled(
+    op: &'static str,
+    x: &TensorDesc,
+    pool: &TensorDesc,
+    capacity: usize,
+) -> Result<()> {
+    let (rows, pool) = (x.shape[0], pool.shape[0]);
+    if rows > super::MAX_ROWS || capacity == 0 || capacity > pool {
+        return Err(Error::op(
+            op,
+            format!(
+                "a batched step of {rows} rows over sequences of {capacity} rows in a pool of \
+                 {pool}: expected at most {} rows and 1 ..= {pool} rows per sequence",
+                super::MAX_ROWS
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Head-count and head-size rules shared by RoPE and attention.
 pub(crate) fn check_heads(op: &'static str, hq: usize, hkv: usize, d: usize) -> Result<()> {
     if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
@@ -152,18 +174,7 @@ impl Op for RopeKvRows {
 
     fn infer(&self, inputs: &[&TensorDesc]) -> Result<Vec<TensorDesc>> {
         let out = self.rope.infer(inputs)?;
-        let (rows, pool) = (inputs[0].shape[0], inputs[2].shape[0]);
-        if rows > super::MAX_ROWS || self.capacity == 0 || self.capacity > pool {
-            return Err(Error::op(
-                self.name(),
-                format!(
-                    "a batched step of {rows} rows over sequences of {} rows in a pool of {pool}: \
-                     expected at most {} rows and 1 ..= {pool} rows per sequence",
-                    self.capacity,
-                    super::MAX_ROWS
-                ),
-            ));
-        }
+        check_pooled(self.name(), inputs[0], inputs[2], self.capacity)?;
         Ok(out)
     }
 
