@@ -15,8 +15,8 @@ use fado::sampling::SamplingParams;
 use fado::session::{Batcher, SessionOptions, DEPTH, INTERLEAVED_CHUNK};
 
 const CTX: usize = 512;
-/// The newcomer's prompt: five interleaved chunks.
-const PROMPT: usize = 5 * INTERLEAVED_CHUNK;
+/// The newcomer's prompt: six interleaved chunks.
+const PROMPT: usize = 6 * INTERLEAVED_CHUNK;
 
 fn greedy() -> SamplingParams {
     SamplingParams {

@@ -44,8 +44,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub profile: bool,
     /// Also time batched decode: for each count (comma-separated, e.g. 1,4,16), that many
-    /// sequences generate --gen-tokens each at once through one pool (short random prompts),
-    /// and the aggregate tokens/s is reported.
+    /// sequences generate --gen-tokens each at once through one pool, and the aggregate
+    /// tokens/s over the whole run is reported (each sequence's 16-token random prompt is
+    /// prefilled within it: use a --gen-tokens much larger than 16).
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
 }

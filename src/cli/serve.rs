@@ -26,8 +26,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* requests.
     #[arg(long, env = "FADO_API_KEY")]
     pub api_key: Option<String>,
-    /// Requests generating at once, each with its own KV cache of --ctx tokens. Their decode
-    /// steps interleave on the GPU (not batched).
+    /// Requests generating at once, each with its own KV cache of --ctx tokens (one pool of
+    /// --ctx × --parallel rows). Their decode steps run as one batched step (each weight read
+    /// once per step for all of them), up to 16 rows a step.
     #[arg(long, default_value_t = 2)]
     pub parallel: usize,
     /// Requests that may wait for a free slot; beyond that the server answers 429.

@@ -8,7 +8,8 @@
 //!
 //! Requests are parsed and tokenized on the async side (tokenizing on a blocking thread), then
 //! queued for one of `parallel` slots ([`scheduler`]); generation runs on the slot's own thread
-//! and streams text back through a channel, so the async runtime never waits on the GPU.
+//! and streams text back through a channel, so the async runtime never waits on the GPU. The
+//! slots' decode steps are batched (`session::batch`).
 //!
 //! ```no_run
 //! # async fn f(model: std::sync::Arc<fado::model::Model>) -> fado::Result<()> {
