@@ -43,7 +43,7 @@ fn caps(cpu: bool) -> Caps {
         subgroup_max: if cpu { 8 } else { 32 },
         timestamps: false,
         timestamps_in_passes: false,
-        cooperative_matrix: false,
+        coopmat: None,
         int_dot: !cpu,
         cpu,
         uniform_offset_align: 256,

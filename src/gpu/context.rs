@@ -24,6 +24,10 @@ pub struct GpuOptions {
     /// `None` takes it where the adapter has packed integer dot products
     /// ([`adapter_has_int_dot`]). GPU-style kernels only. Also `FADO_INT_DOT=1|0`.
     pub int_dot: Option<bool>,
+    /// Cooperative-matrix prefill matmuls ([`CoopMat`]): `Some(false)` forces the SIMT tiled
+    /// kernels, `None` takes them where the adapter has a configuration Fado supports
+    /// ([`coopmat_config`]). GPU-style kernels only. Also `FADO_COOPMAT=0|1`.
+    pub coopmat: Option<bool>,
 }
 
 impl GpuOptions {
@@ -40,6 +44,11 @@ impl GpuOptions {
                 _ => None,
             },
             int_dot: match std::env::var("FADO_INT_DOT").as_deref() {
+                Ok("1") => Some(true),
+                Ok("0") => Some(false),
+                _ => None,
+            },
+            coopmat: match std::env::var("FADO_COOPMAT").as_deref() {
                 Ok("1") => Some(true),
                 Ok("0") => Some(false),
                 _ => None,
@@ -63,8 +72,11 @@ pub struct Caps {
     pub timestamps: bool,
     /// Timestamps can be written inside compute passes.
     pub timestamps_in_passes: bool,
-    /// Cooperative-matrix kernels may be used (not yet: always false).
-    pub cooperative_matrix: bool,
+    /// The cooperative-matrix configuration prefill matmuls use (`shaders/matmul_coop.wgsl`),
+    /// or `None` for the SIMT tiled kernels: GPU-style kernels on an adapter with
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`, f16 and a fixed subgroup size, unless
+    /// [`GpuOptions::coopmat`] says otherwise.
+    pub coopmat: Option<CoopMat>,
     /// The quantized GEMVs take their integer path (int8 x, `dot4I8Packed`): GPU-style kernels
     /// on an adapter with packed integer dot products, unless [`GpuOptions::int_dot`] says
     /// otherwise. Never with CPU-style kernels.
@@ -95,6 +107,49 @@ pub struct Caps {
     pub storage_offset_align: u32,
     /// `max_texture_dimension_2d`: bounds a texel image ([`crate::gpu::Texels`]).
     pub max_texture_2d: u32,
+}
+
+/// A cooperative-matrix configuration: `size`×`size`×`size` f16 × f16 → f32 products at
+/// subgroup scope, on subgroups of exactly `subgroup` invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoopMat {
+    /// Side of the A, B and C tiles: 8 or 16 (the sizes WGSL's `coop_mat8x8` /
+    /// `coop_mat16x16` name).
+    pub size: u32,
+    /// The adapter's (fixed) subgroup size: the kernel places its subgroups by it.
+    pub subgroup: u32,
+}
+
+/// The configuration Fado's cooperative-matrix matmul can use on `adapter`, if any: square
+/// f16 × f16 → f32 tiles of side 16 (preferred: NVIDIA, AMD) or 8 (Mesa 26's lavapipe), f16 in
+/// shaders, and one subgroup size (the kernel's workgroup is four subgroups, placed by
+/// `subgroup_id`, so a varying size would leave tiles unwritten).
+pub fn coopmat_config(adapter: &wgpu::Adapter) -> Option<CoopMat> {
+    let f = adapter.features();
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP;
+    let info = adapter.get_info();
+    let (lo, hi) = (info.subgroup_min_size, info.subgroup_max_size);
+    if !f.contains(needed) || lo != hi || lo == 0 || !hi.is_power_of_two() || hi > 64 {
+        return None;
+    }
+    let props = adapter.cooperative_matrix_properties();
+    [16, 8].into_iter().find_map(|size| {
+        props
+            .iter()
+            .any(|p| {
+                p.m_size == size
+                    && p.n_size == size
+                    && p.k_size == size
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            })
+            .then_some(CoopMat {
+                size,
+                subgroup: hi,
+            })
+    })
 }
 
 /// One line per adapter for `fado devices` and error messages.
@@ -320,13 +375,31 @@ impl GpuContext {
         if opts.disable_subgroups {
             features.remove(wgpu::Features::SUBGROUP);
         }
+        let cpu = opts
+            .cpu_kernels
+            .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
+        // Cooperative matrices: GPU-style kernels only (CPU-style prefill has its own row
+        // kernel), with f16 and subgroups not switched off, unless the option says no.
+        let coopmat = coopmat_config(&adapter).filter(|_| {
+            !cpu && !opts.disable_f16 && !opts.disable_subgroups && opts.coopmat != Some(false)
+        });
+        if coopmat.is_some() {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         // A 9B model needs storage bindings far above the WebGPU defaults: ask for all the adapter has.
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fado"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            // SAFETY: the experimental feature is cooperative matrices, requested only where
+            // `coopmat_config` found a configuration the kernel is written for; its kernels are
+            // tested against the CPU reference on Mesa 26's lavapipe (tests/kernels_matmul_coopmat.rs).
+            experimental_features: if coopmat.is_some() {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -339,9 +412,6 @@ impl GpuContext {
             }
         });
         let limits = device.limits();
-        let cpu = opts
-            .cpu_kernels
-            .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
         let caps = Caps {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -349,7 +419,7 @@ impl GpuContext {
             subgroup_max: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
-            cooperative_matrix: false,
+            coopmat,
             int_dot: !cpu
                 && opts
                     .int_dot

@@ -10,7 +10,9 @@ pub mod shader;
 mod texels;
 
 pub use crate::tensor::Texels;
-pub use context::{adapter_has_int_dot, AdapterSummary, Caps, GpuContext, GpuOptions};
+pub use context::{
+    adapter_has_int_dot, coopmat_config, AdapterSummary, Caps, CoopMat, GpuContext, GpuOptions,
+};
 pub use pipelines::{BindingKind, CachedPipeline, PipelineCache, PipelineKey};
 pub use placement::{place_weight, reads_texels, rows_fit};
 pub use texels::{extent as texel_extent, TEXEL_ROW};

@@ -133,6 +133,9 @@ pub fn ctx_with(cpu: bool, subgroups: bool, int_dot: bool) -> Arc<GpuContext> {
     o.cpu_kernels = Some(cpu);
     o.disable_subgroups |= !subgroups;
     o.int_dot = Some(int_dot);
+    // The cooperative-matrix prefill has its own tests (kernels_matmul_coopmat.rs): these
+    // contexts test the SIMT kernels wherever they run.
+    o.coopmat = Some(false);
     let c = GpuContext::new(&o).expect("kernel tests need a Vulkan adapter");
     m.push((key, c.clone()));
     c

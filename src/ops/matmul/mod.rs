@@ -16,6 +16,7 @@
 //! reference), [`quant`] (block-quantized weights), [`norm`] (RMSNorm fused in front) and
 //! [`rows`] (the CPU-style kernel of every format).
 
+pub mod coop;
 pub mod int_dot;
 pub mod norm;
 pub mod quant;
@@ -182,6 +183,9 @@ pub enum Plan {
     },
     /// `shaders/matmul.wgsl` with these tiles.
     Tiled(Tiles),
+    /// `shaders/matmul_coop.wgsl`: cooperative matrices (f16 products, f32 sums); needs
+    /// [`coop::fits`].
+    Coop,
     /// `shaders/matmul_rows.wgsl` (CPU devices): a thread per weight row, x uniform in
     /// windows of up to [`rows::ROWS_WINDOW`] rows; needs [`rows::fits`].
     Rows,
@@ -238,6 +242,8 @@ pub fn kernels_for(
     let (m, n, k, _) = check(op, x, w, y)?;
     let plan = if caps.cpu && !w.dtype.is_quantized() && rows::fits(caps, k, w.dtype) {
         Plan::Rows
+    } else if coop::fits(caps, m, k, w.dtype) {
+        Plan::Coop
     } else {
         plan(caps, m, n)
     };
@@ -288,6 +294,20 @@ pub fn kernels_with(
             matmul_call(caps, m as u32, n as u32, k as u32, w.dtype, t)
         }
         Plan::Rows => return rows::calls(op, caps, (m, n, k), w, add_into),
+        Plan::Coop => {
+            if !coop::fits(caps, m, k, w.dtype) {
+                return Err(Error::op(
+                    op,
+                    format!(
+                        "x is {x} and w is {w}: the cooperative-matrix kernel needs an adapter \
+                         configuration, more than {GEMV_MAX_ROWS} rows, K a multiple of {} and \
+                         16-bit weights",
+                        coop::BK
+                    ),
+                ));
+            }
+            return Ok(vec![coop::call(caps, (m, n, k), w.dtype, add_into)?.args(&args)]);
+        }
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
 }

@@ -9,7 +9,7 @@
 //! `MATMUL_BM` rows of x). See `shaders/matmul_quant.wgsl`; CPU devices take [`rows`]
 //! (`shaders/matmul_rows.wgsl`).
 
-use super::{int_dot, rows};
+use super::{coop, int_dot, rows};
 use crate::error::{Error, Result};
 use crate::gpu::Caps;
 use crate::ops::{expect_dtype, expect_inputs, format_define, grid_2d, Arg, KernelCall, Op};
@@ -106,7 +106,9 @@ pub fn kernels_int(
     if cpu_style {
         return rows::calls("matmul", caps, (m, n, k), w, add_into);
     }
-    let call = if m == 1 {
+    let call = if coop::fits(caps, m, k, w.dtype) {
+        coop::call(caps, (m, n, k), w.dtype, add_into)?
+    } else if m == 1 {
         let c = gemv_call(caps, (n, k), w.dtype);
         if int_dot && int_dot::FORMATS.contains(&w.dtype) {
             c.define("INT_DOT", 1)
