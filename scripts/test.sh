@@ -18,5 +18,6 @@ if [ $# -eq 0 ]; then
 fi
 if [ "${FADO_SKIP_MESA26:-0}" != 1 ] && [ $# -eq 0 ]; then
   scripts/mesa26.sh setup
-  FADO_EXPECT_COOPMAT=1 scripts/mesa26.sh test --test mesa26_caps --test kernels_matmul_int_dot
+  FADO_EXPECT_COOPMAT=1 scripts/mesa26.sh test --test mesa26_caps --test kernels_matmul_int_dot \
+    --test kernels_matmul_coopmat --test model_coopmat
 fi

@@ -214,7 +214,10 @@ fn a_missing_k_step_or_a_shifted_weight_row_is_caught() {
         let mut shifted = wr.clone();
         shifted.rotate_left(k);
         for (what, want) in [
-            ("without the last k-step", matmul::cpu(&short_x, &wr, m, n, k)),
+            (
+                "without the last k-step",
+                matmul::cpu(&short_x, &wr, m, n, k),
+            ),
             ("with W's rows shifted", matmul::cpu(&xr, &shifted, m, n, k)),
         ] {
             assert!(

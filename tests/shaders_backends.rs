@@ -125,6 +125,11 @@ fn translate(key: &PipelineKey) -> Result<(), String> {
 }
 
 fn translate_source(src: &str, entry: &str) -> Result<(), String> {
+    translate_to(src, entry, true)
+}
+
+/// Validate `src` and translate it to MSL, and to HLSL when `hlsl`.
+fn translate_to(src: &str, entry: &str, hlsl: bool) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -147,6 +152,9 @@ fn translate_source(src: &str, entry: &str) -> Result<(), String> {
     };
     naga::back::msl::write_string(&module, &info, &msl_options, &msl_pipeline)
         .map_err(|e| format!("MSL: {e:?}"))?;
+    if !hlsl {
+        return Ok(());
+    }
 
     let hlsl_options = naga::back::hlsl::Options {
         shader_model: naga::back::hlsl::ShaderModel::V6_2,
@@ -240,4 +248,81 @@ fn the_translation_check_rejects_broken_kernels() {
     assert!(translate_source(ok, "other").is_err());
     let bad = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
     assert!(translate_source(bad, "main").is_err());
+}
+
+/// SPIR-V (Vulkan) of a WGSL source, after naga's validation.
+fn to_spirv(src: &str, entry: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| format!("validation: {}", e.emit_to_string(src)))?;
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: entry.to_string(),
+    };
+    naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&pipeline))
+        .map_err(|e| format!("SPIR-V: {e:?}"))?;
+    Ok(())
+}
+
+#[test]
+fn every_cooperative_matrix_variant_compiles_for_vulkan_and_the_8x8_ones_for_metal() {
+    // Built from the dispatch code with each configuration an adapter may report (this machine's
+    // Vulkan driver may have none): 16×16 on 32-wide subgroups (NVIDIA), 8×8 on 8-wide ones
+    // (Mesa 26's lavapipe) and 32-wide ones (Apple's simdgroup matrices are 8×8), for every
+    // 16-bit and block weight format, plain and added into y. Not DX12: naga 30's HLSL back end
+    // has no cooperative matrices (so wgpu's DX12 backend offers none, and Fado keeps the
+    // tiled kernels there).
+    use fado::gpu::CoopMat;
+    use fado::ops::matmul::{Matmul, MatmulAddInto};
+    use fado::ops::Op;
+    use fado::tensor::TensorDesc;
+    let base = common::ctx().caps.clone();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for (size, subgroup) in [(16, 32), (8, 8), (8, 32)] {
+        let mut caps = base.clone();
+        caps.cpu = false;
+        caps.max_workgroup_storage = caps.max_workgroup_storage.max(32 << 10);
+        caps.max_invocations = caps.max_invocations.max(256);
+        caps.coopmat = Some(CoopMat { size, subgroup });
+        for dtype in DType::WEIGHT_TYPES {
+            if dtype == DType::F32 {
+                continue;
+            }
+            let (x, w, y) = (
+                TensorDesc::f32([64, 512]),
+                TensorDesc::new(dtype, [96, 512]),
+                TensorDesc::f32([64, 96]),
+            );
+            let plain = Matmul.kernels(&caps, &[&x, &w]).expect("kernels");
+            let add = MatmulAddInto
+                .kernels(&caps, &[&x, &w, &y])
+                .expect("kernels");
+            for c in plain.into_iter().chain(add) {
+                assert_eq!(c.shader, "matmul_coop.wgsl", "{dtype} {size}×{size}");
+                let src = shader::preprocess(c.shader, &c.defines).expect("preprocess");
+                let what = format!("{dtype} {size}×{size} SG {subgroup} {:?}", c.defines);
+                if let Err(e) = to_spirv(&src, c.entry) {
+                    failures.push(format!("{what}: {e}"));
+                }
+                if size == 8 {
+                    if let Err(e) = translate_to(&src, c.entry, false) {
+                        failures.push(format!("{what}: {e}"));
+                    }
+                }
+                n += 1;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} variants fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(n >= 3 * 8 * 2, "{n} variants");
 }

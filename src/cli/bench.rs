@@ -176,6 +176,7 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
             "batch": batch,
             "model": model.name,
             "adapter": model.ctx.adapter_name(),
+            "prefill_matmul": fado::ops::matmul::coop::prefill_path(&model.ctx.caps),
             "weights_bytes": model.weights_bytes,
             "bytes_per_decode_token": bpt,
             "weight_bytes_per_decode_token": weight_bpt,
@@ -196,7 +197,11 @@ pub fn bench(a: BenchArgs, adapter: Option<String>) -> Result<()> {
         println!("{v}");
     } else {
         println!("model:    {}", model.name);
-        println!("adapter:  {}", model.ctx.adapter_name());
+        println!(
+            "adapter:  {} (prefill matmul: {})",
+            model.ctx.adapter_name(),
+            fado::ops::matmul::coop::prefill_path(&model.ctx.caps)
+        );
         println!(
             "weights:  {:.2} GB on the GPU; KV cache {:.1} MB ({}); a decode step reads {:.3} GB \
              (KV {:.1} MB) in {dispatches} dispatches",

@@ -39,6 +39,16 @@ pub fn devices() -> Result<()> {
             "    subgroup size: {}..{}",
             a.subgroup_sizes.0, a.subgroup_sizes.1
         );
+        if !a.cooperative_matrix.is_empty() {
+            println!(
+                "    cooperative matrices: {}",
+                a.cooperative_matrix.join(", ")
+            );
+        }
+        println!(
+            "    prefill matmul: {} (FADO_KERNELS / FADO_COOPMAT choose)",
+            a.prefill_matmul
+        );
         for (k, v) in &a.limits {
             println!("    {k}: {v}{}", human(*v));
         }

@@ -145,10 +145,7 @@ pub fn coopmat_config(adapter: &wgpu::Adapter) -> Option<CoopMat> {
                     && p.ab_type == wgpu::CooperativeScalarType::F16
                     && p.cr_type == wgpu::CooperativeScalarType::F32
             })
-            .then_some(CoopMat {
-                size,
-                subgroup: hi,
-            })
+            .then_some(CoopMat { size, subgroup: hi })
     })
 }
 
@@ -171,6 +168,12 @@ pub struct AdapterSummary {
     pub limits: Vec<(String, u64)>,
     /// Smallest and largest subgroup size.
     pub subgroup_sizes: (u32, u32),
+    /// The cooperative-matrix configurations the adapter reports, as `"8×8×8 F16→F32"`.
+    pub cooperative_matrix: Vec<String>,
+    /// The matmul kernel prefill takes on it with the kernel style and options of the
+    /// environment (`FADO_KERNELS`, `FADO_COOPMAT`): `"coopmat"`, `"tiled"` or `"rows"`
+    /// (`ops::matmul::coop::prefill_path`).
+    pub prefill_matmul: &'static str,
 }
 
 /// A device and queue plus everything derived from them once.
@@ -301,6 +304,29 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
             ),
         ],
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        cooperative_matrix: a
+            .cooperative_matrix_properties()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}×{}×{} {:?}→{:?}",
+                    p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+                )
+            })
+            .collect(),
+        prefill_matmul: {
+            let opts = GpuOptions::from_env();
+            let cpu = opts
+                .cpu_kernels
+                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
+            if cpu {
+                "rows"
+            } else if opts.coopmat != Some(false) && coopmat_config(a).is_some() {
+                "coopmat"
+            } else {
+                "tiled"
+            }
+        },
     }
 }
 

@@ -306,7 +306,9 @@ pub fn kernels_with(
                     ),
                 ));
             }
-            return Ok(vec![coop::call(caps, (m, n, k), w.dtype, add_into)?.args(&args)]);
+            return Ok(vec![
+                coop::call(caps, (m, n, k), w.dtype, add_into)?.args(&args)
+            ]);
         }
     };
     Ok(vec![call.define("ADD_INTO", add_into as u32).args(&args)])
