@@ -11,7 +11,7 @@
 #       carry: [".gl", ".devbin"]; env P, N, R (bench sizes), DTYPES, SKIP_TESTS=1.
 set -u
 B=.devbin
-TESTS="kernels_matmul kernels_matmul_quant kernels_matmul_int_dot kernels_attention kernels_attention_decode kernels_norm_matmul kernels_swiglu_matmul kernels_elementwise kernels_sampling texels graph_block"
+TESTS="kernels_matmul kernels_matmul_quant kernels_matmul_int_dot kernels_matmul_coopmat kernels_attention kernels_attention_decode kernels_norm_matmul kernels_swiglu_matmul kernels_elementwise kernels_sampling texels graph_block"
 if [ "${1:-}" = prepare ]; then
   set -e
   mkdir -p "$B/tests"
@@ -51,19 +51,26 @@ fi
 [ -x $B/gpuprobe ] && $B/gpuprobe --only copy --copy-mib 1024 2>&1 | tee "$OUT/copy.txt" | grep -iE "copy" | tail -4
 P=${P:-512}; N=${N:-128}; R=${R:-2}
 # A row per weight type; the quantized ones again with the integer GEMV path off
-# (FADO_INT_DOT=0, row `<dtype>/float`): before/after of the int8-x dot products in one run.
+# (FADO_INT_DOT=0, row `<dtype>/float`): before/after of the int8-x dot products in one run;
+# and each with the SIMT tiled prefill (FADO_COOPMAT=0, row `<dtype>/tiled`): before/after of
+# the cooperative-matrix prefill.
 ROWS=""
 for d in ${DTYPES:-bf16 q8_0 q4_k}; do
-  ROWS="$ROWS $d"; case $d in q*) ROWS="$ROWS $d/float";; esac
+  ROWS="$ROWS $d $d/tiled"; case $d in q*) ROWS="$ROWS $d/float";; esac
 done
 for row in $ROWS; do
-  d=${row%/float}; f=${row//\//-}; int=${FADO_INT_DOT:-}; [ "$row" != "$d" ] && int=0
-  FADO_INT_DOT=$int timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" --prompt-tokens "$P" --gen-tokens "$N" -r "$R" --json \
+  d=${row%/*}; f=${row//\//-}; int=${FADO_INT_DOT:-}; coop=${FADO_COOPMAT:-}
+  case $row in */float) int=0;; */tiled) coop=0;; esac
+  FADO_COOPMAT=$coop FADO_INT_DOT=$int timeout 150 $B/fado bench --synthetic amalia-9b --dtype "$d" --prompt-tokens "$P" --gen-tokens "$N" -r "$R" --json \
     > "$OUT/bench-$f.json" 2> "$OUT/bench-$f.err" || echo "bench $row failed: $(tail -2 "$OUT/bench-$f.err")"
 done
 timeout 120 $B/fado bench --synthetic amalia-9b --dtype bf16 --prompt-tokens 16 --gen-tokens 8 -r 1 --profile \
   > /dev/null 2> "$OUT/profile-bf16.txt"; tail -12 "$OUT/profile-bf16.txt"
+# Batched decode (issue 19): aggregate tg at 1, 4 and 16 streams.
+timeout 150 $B/fado bench --synthetic amalia-9b --dtype bf16 --prompt-tokens 32 --gen-tokens 64 -r 1 --batch 1,4,16 --json \
+  > "$OUT/batch.json" 2> "$OUT/batch.err" || echo "batch bench failed: $(tail -2 "$OUT/batch.err")"
 echo "== summary"
+echo "batch $(cat "$OUT/batch.json" 2>/dev/null)"
 for row in $ROWS; do echo "$row $(cat "$OUT/bench-${row//\//-}.json" 2>/dev/null)"; done
 # One table: tg as a share of the copy bandwidth (the largest GB/s figure gpuprobe printed).
 python3 - "$OUT" $ROWS <<'PY' || true
