@@ -128,8 +128,8 @@ fn translate_source(src: &str, entry: &str) -> Result<(), String> {
     translate_to(src, entry, true)
 }
 
-/// Validate `src` and translate it to MSL, and to HLSL when `hlsl`.
-fn translate_to(src: &str, entry: &str, hlsl: bool) -> Result<(), String> {
+/// Parse `src` and run naga's validator with every capability.
+fn validated(src: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -137,6 +137,12 @@ fn translate_to(src: &str, entry: &str, hlsl: bool) -> Result<(), String> {
     )
     .validate(&module)
     .map_err(|e| format!("validation: {}", e.emit_to_string(src)))?;
+    Ok((module, info))
+}
+
+/// Validate `src` and translate it to MSL, and to HLSL when `hlsl`.
+fn translate_to(src: &str, entry: &str, hlsl: bool) -> Result<(), String> {
+    let (module, info) = validated(src)?;
     if !module.entry_points.iter().any(|e| e.name == entry) {
         return Err(format!("no entry point `{entry}`"));
     }
@@ -252,13 +258,7 @@ fn the_translation_check_rejects_broken_kernels() {
 
 /// SPIR-V (Vulkan) of a WGSL source, after naga's validation.
 fn to_spirv(src: &str, entry: &str) -> Result<(), String> {
-    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .map_err(|e| format!("validation: {}", e.emit_to_string(src)))?;
+    let (module, info) = validated(src)?;
     let pipeline = naga::back::spv::PipelineOptions {
         shader_stage: naga::ShaderStage::Compute,
         entry_point: entry.to_string(),
