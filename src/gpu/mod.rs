@@ -4,15 +4,15 @@
 #![warn(missing_docs)]
 
 mod context;
+mod coopmat;
 mod pipelines;
 mod placement;
 pub mod shader;
 mod texels;
 
 pub use crate::tensor::Texels;
-pub use context::{
-    adapter_has_int_dot, coopmat_config, AdapterSummary, Caps, CoopMat, GpuContext, GpuOptions,
-};
+pub use context::{adapter_has_int_dot, AdapterSummary, Caps, GpuContext, GpuOptions};
+pub use coopmat::{coopmat_config, CoopMat};
 pub use pipelines::{BindingKind, CachedPipeline, PipelineCache, PipelineKey};
 pub use placement::{place_weight, reads_texels, rows_fit};
 pub use texels::{extent as texel_extent, TEXEL_ROW};
