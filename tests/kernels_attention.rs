@@ -18,49 +18,6 @@ const ATTN_RTOL: f32 = 1e-4;
 /// RoPE in f32 (the angle is rounded exactly as the reference does; sin/cos differ by ulps).
 const ROPE_ATOL: f32 = 2e-5;
 
-fn inv_freq(d: usize, theta: f64) -> Vec<f32> {
-    (0..d / 2)
-        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / d as f64)) as f32)
-        .collect()
-}
-
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-        .collect()
-}
-
-fn f16_round(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
-}
-
-fn read_f16(ctx: &GpuContext, t: &Tensor) -> Vec<f32> {
-    let bytes = ctx.read_bytes(t, 0, (t.desc.numel() * 2) as u64).unwrap();
-    bytes
-        .chunks(2)
-        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect()
-}
-
-/// A KV cache `[cap, hkv, d]` holding `data` (f32 or f16-packed).
-fn cache(ctx: &GpuContext, name: &str, shape: [usize; 3], data: &[f32], dtype: DType) -> Tensor {
-    let desc = TensorDesc::new(dtype, shape);
-    let bytes = if dtype == DType::F16 {
-        f16_bytes(data)
-    } else {
-        bytemuck::cast_slice(data).to_vec()
-    };
-    ctx.upload(name, desc, &bytes).unwrap()
-}
-
-fn read_cache(ctx: &GpuContext, t: &Tensor) -> Vec<f32> {
-    if t.dtype() == DType::F16 {
-        read_f16(ctx, t)
-    } else {
-        ctx.read_f32(t).unwrap()
-    }
-}
-
 /// Compile `op` over `inputs`, poison its outputs, run `steps` in order (the outputs are
 /// poisoned before each) and return the outputs of the last run.
 fn run_steps(
@@ -147,8 +104,8 @@ fn rope_kv_matches_reference_in_both_layouts_and_fills_only_its_cache_rows() {
                 let freqs = inv_freq(c.d, 10000.0);
                 let stale_k = rng.vec(c.cap * kw, 9.0);
                 let stale_v = rng.vec(c.cap * kw, 9.0);
-                let kc = cache(&ctx, "k", [c.cap, c.hkv, c.d], &stale_k, dtype);
-                let vc = cache(&ctx, "v", [c.cap, c.hkv, c.d], &stale_v, dtype);
+                let kc = upload_cache(&ctx, "k", [c.cap, c.hkv, c.d], &stale_k, dtype);
+                let vc = upload_cache(&ctx, "v", [c.cap, c.hkv, c.d], &stale_v, dtype);
                 let op = RopeKv {
                     n_heads: c.hq,
                     n_kv_heads: c.hkv,
@@ -231,8 +188,8 @@ fn rope_layouts_agree_up_to_the_pair_permutation() {
     let xp: Vec<f32> = x.chunks(width).flat_map(perm).collect();
     let freqs = inv_freq(d, 500000.0);
     let run = |data: &[f32], interleaved: bool| {
-        let kc = cache(&ctx, "k", [t, hkv, d], &vec![0.0; t * hkv * d], DType::F32);
-        let vc = cache(&ctx, "v", [t, hkv, d], &vec![0.0; t * hkv * d], DType::F32);
+        let kc = upload_cache(&ctx, "k", [t, hkv, d], &vec![0.0; t * hkv * d], DType::F32);
+        let vc = upload_cache(&ctx, "v", [t, hkv, d], &vec![0.0; t * hkv * d], DType::F32);
         run_steps(
             &ctx,
             RopeKv {
@@ -364,8 +321,8 @@ fn check_attention(
     let (mut k, mut v) = garbage_caches(rng, c.cap, c.hkv, c.d, kv_len);
     // Sharper scores than uniform: softmax far from flat.
     let q = rng.vec(c.t * c.hq * c.d, 1.5);
-    let kc = cache(ctx, "k", [c.cap, c.hkv, c.d], &k, dtype);
-    let vc = cache(ctx, "v", [c.cap, c.hkv, c.d], &v, dtype);
+    let kc = upload_cache(ctx, "k", [c.cap, c.hkv, c.d], &k, dtype);
+    let vc = upload_cache(ctx, "v", [c.cap, c.hkv, c.d], &v, dtype);
     if dtype == DType::F16 {
         k = f16_round(&k);
         v = f16_round(&v);
@@ -627,8 +584,8 @@ fn rope_then_attention_prefill_and_decode_steps_continue_one_cache() {
     let freqs = inv_freq(d, 10000.0);
     let scale = 1.0 / (d as f32).sqrt();
     let nan = vec![f32::NAN; cap * hkv * d];
-    let kc = cache(&ctx, "k", [cap, hkv, d], &nan, DType::F32);
-    let vc = cache(&ctx, "v", [cap, hkv, d], &nan, DType::F32);
+    let kc = upload_cache(&ctx, "k", [cap, hkv, d], &nan, DType::F32);
+    let vc = upload_cache(&ctx, "v", [cap, hkv, d], &nan, DType::F32);
     let inv = upload("inv_freq", &[d / 2], &freqs);
     let (mut ref_k, mut ref_v) = (nan.clone(), nan.clone());
     let mut pos = 0usize;
@@ -735,8 +692,8 @@ fn attention_timings_llama3_8b_layer() {
     println!("device: {}", ctx.adapter_name());
     for dtype in [DType::F32, DType::F16] {
         let kv = rng.vec(cap * hkv * d, 1.0);
-        let kc = cache(&ctx, "k", [cap, hkv, d], &kv, dtype);
-        let vc = cache(&ctx, "v", [cap, hkv, d], &kv, dtype);
+        let kc = upload_cache(&ctx, "k", [cap, hkv, d], &kv, dtype);
+        let vc = upload_cache(&ctx, "v", [cap, hkv, d], &kv, dtype);
         let scale = 1.0 / (d as f32).sqrt();
         let attn = Attention {
             n_heads: hq,

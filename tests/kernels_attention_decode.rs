@@ -22,38 +22,6 @@ const ATTN_RTOL: f32 = 1e-4;
 /// RoPE in f32 (the angle is rounded exactly as the reference does; sin/cos differ by ulps).
 const ROPE_ATOL: f32 = 2e-5;
 
-fn inv_freq(d: usize, theta: f64) -> Vec<f32> {
-    (0..d / 2)
-        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / d as f64)) as f32)
-        .collect()
-}
-
-fn f16_round(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
-}
-
-fn cache_bytes(v: &[f32], dtype: DType) -> Vec<u8> {
-    if dtype == DType::F16 {
-        v.iter()
-            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-            .collect()
-    } else {
-        bytemuck::cast_slice(v).to_vec()
-    }
-}
-
-fn read_cache(ctx: &GpuContext, t: &Tensor) -> Vec<f32> {
-    if t.dtype() == DType::F16 {
-        let bytes = ctx.read_bytes(t, 0, (t.desc.numel() * 2) as u64).unwrap();
-        bytes
-            .chunks(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect()
-    } else {
-        ctx.read_f32(t).unwrap()
-    }
-}
-
 /// One layer's shape.
 #[derive(Clone, Copy, Debug)]
 struct Layer {
@@ -555,41 +523,7 @@ fn fused_kernel_variants_validate_and_translate_to_msl_and_hlsl() {
             let c = &calls[0];
             let src = fado::gpu::shader::preprocess(c.shader, &c.defines).unwrap();
             let what = format!("{hq}/{hkv} d {d} {dtype}");
-            translate(&src, c.entry).unwrap_or_else(|e| panic!("{what}: {e}"));
+            translate_to(&src, c.entry, true).unwrap_or_else(|e| panic!("{what}: {e}"));
         }
     }
-}
-
-fn translate(src: &str, entry: &str) -> Result<(), String> {
-    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .map_err(|e| format!("validation: {}", e.emit_to_string(src)))?;
-    let msl_options = naga::back::msl::Options {
-        lang_version: (2, 4),
-        fake_missing_bindings: true,
-        ..Default::default()
-    };
-    let msl_pipeline = naga::back::msl::PipelineOptions {
-        entry_point: Some((naga::ShaderStage::Compute, entry.to_string())),
-        ..Default::default()
-    };
-    naga::back::msl::write_string(&module, &info, &msl_options, &msl_pipeline)
-        .map_err(|e| format!("MSL: {e:?}"))?;
-    let hlsl_options = naga::back::hlsl::Options {
-        shader_model: naga::back::hlsl::ShaderModel::V6_2,
-        fake_missing_bindings: true,
-        ..Default::default()
-    };
-    let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
-        entry_point: Some((naga::ShaderStage::Compute, entry.to_string())),
-    };
-    let mut hlsl = String::new();
-    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
-        .write(&module, &info, None)
-        .map_err(|e| format!("HLSL: {e:?}"))?;
-    Ok(())
 }

@@ -16,44 +16,6 @@ use fado::ops::rope::{rope_cpu, RopeKv, RopeKvRows};
 use fado::ops::{RowStep, Step};
 use fado::tensor::{DType, Tensor, TensorDesc};
 
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-        .collect()
-}
-
-fn f16_round(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
-}
-
-fn upload_cache(ctx: &GpuContext, shape: [usize; 3], data: &[f32], dtype: DType) -> Tensor {
-    let bytes = if dtype == DType::F16 {
-        f16_bytes(data)
-    } else {
-        bytemuck::cast_slice(data).to_vec()
-    };
-    ctx.upload("cache", TensorDesc::new(dtype, shape), &bytes)
-        .unwrap()
-}
-
-fn read_cache(ctx: &GpuContext, t: &Tensor) -> Vec<f32> {
-    if t.dtype() == DType::F16 {
-        let bytes = ctx.read_bytes(t, 0, (t.desc.numel() * 2) as u64).unwrap();
-        bytes
-            .chunks(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect()
-    } else {
-        ctx.read_f32(t).unwrap()
-    }
-}
-
-fn inv_freq(d: usize) -> Vec<f32> {
-    (0..d / 2)
-        .map(|i| (1.0 / 10000f64.powf(2.0 * i as f64 / d as f64)) as f32)
-        .collect()
-}
-
 /// `b` rows on distinct slots of `slots`, shuffled, at positions below `cap` (one at the last).
 fn rows(rng: &mut Rng, b: usize, slots: usize, cap: usize, stride: usize) -> Vec<RowStep> {
     let mut order: Vec<u32> = (0..slots as u32).collect();
@@ -182,10 +144,10 @@ fn batched_rope_and_attention_use_each_rows_own_sequence() {
                 let rs = rows(&mut rng, c.b, c.slots, c.cap, c.stride);
                 let stale_k = rng.vec(pool * kw, 1.0);
                 let stale_v = rng.vec(pool * kw, 1.0);
-                let kc = upload_cache(&ctx, [pool, c.hkv, c.d], &stale_k, dtype);
-                let vc = upload_cache(&ctx, [pool, c.hkv, c.d], &stale_v, dtype);
+                let kc = upload_cache(&ctx, "cache", [pool, c.hkv, c.d], &stale_k, dtype);
+                let vc = upload_cache(&ctx, "cache", [pool, c.hkv, c.d], &stale_v, dtype);
                 let qkv = rng.vec(c.b * width, 1.0);
-                let freqs = inv_freq(c.d);
+                let freqs = inv_freq(c.d, 10000.0);
                 let (got_q, got_out) = run_rope_attention(
                     &ctx,
                     c,

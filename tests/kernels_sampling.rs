@@ -14,7 +14,7 @@ use fado::ops::topk::{
     PenalizeHistory, TopK, NO_TOKEN,
 };
 use fado::ops::{Op, Step};
-use fado::tensor::{DType, Tensor, TensorDesc};
+use fado::tensor::{DType, TensorDesc};
 
 /// Run TopK on `ctx`, output poisoned first; returns (ids, values).
 fn gpu_topk(ctx: &Arc<GpuContext>, logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
@@ -221,20 +221,6 @@ fn logsumexp_matches_reference_on_ragged_vocabularies_with_nan_and_infinities() 
     // log(600 · e) for 600 equal logits of 1.
     let got = edge(vec![1.0; 600]);
     assert!((got - (1.0 + 600f32.ln())).abs() < 1e-5, "{got}");
-}
-
-fn upload_u32(ctx: &Arc<GpuContext>, name: &str, words: &[u32]) -> Tensor {
-    ctx.upload(
-        name,
-        TensorDesc::new(DType::U32, [words.len()]),
-        bytemuck::cast_slice(words),
-    )
-    .expect("upload")
-}
-
-fn read_u32(ctx: &Arc<GpuContext>, t: &Tensor) -> Vec<u32> {
-    let bytes = ctx.read_bytes(t, 0, t.size_bytes()).expect("read");
-    bytemuck::pod_collect_to_vec(&bytes)
 }
 
 /// The step whose last token sits at `kv_len − 1`: `kv_len` is what Sample and

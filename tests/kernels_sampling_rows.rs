@@ -21,25 +21,11 @@ use fado::ops::topk::{
     PenalizeHistoryRows,
 };
 use fado::ops::{Op, RowStep, Step, MAX_ROWS};
-use fado::tensor::{DType, Tensor, TensorDesc};
+use fado::tensor::{DType, TensorDesc};
 
 /// Marks history words that must be written (the row's token) or never touched (the pool's
 /// tail, the word after a full history).
 const SENTINEL: u32 = 0xdead_beef;
-
-fn upload_u32(ctx: &Arc<GpuContext>, name: &str, words: &[u32]) -> Tensor {
-    ctx.upload(
-        name,
-        TensorDesc::new(DType::U32, [words.len()]),
-        bytemuck::cast_slice(words),
-    )
-    .expect("upload")
-}
-
-fn read_u32(ctx: &Arc<GpuContext>, t: &Tensor) -> Vec<u32> {
-    let bytes = ctx.read_bytes(t, 0, t.size_bytes()).expect("read");
-    bytemuck::pod_collect_to_vec(&bytes)
-}
 
 /// A random permutation of `0 .. n`.
 fn shuffled(rng: &mut Rng, n: usize) -> Vec<usize> {

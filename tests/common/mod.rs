@@ -1,13 +1,19 @@
 //! Shared test support: one GPU context per test binary, seeded data, tolerance checks and
 //! poisoned single-op runs (here); fixtures, the default model and scratch folders
 //! (`fixtures.rs`); models on the test device and the checks against the transformers
-//! references (`reference.rs`). The server tests add `common/server.rs`.
+//! references (`reference.rs`); KV caches and RoPE frequencies (`kv.rs`); naga's validator and back ends (`naga_check.rs`). The server tests add `common/server.rs`.
 #![allow(dead_code)]
 
 mod fixtures;
+mod kv;
+mod naga_check;
 mod reference;
 #[allow(unused_imports)]
 pub use fixtures::*;
+#[allow(unused_imports)]
+pub use kv::*;
+#[allow(unused_imports)]
+pub use naga_check::*;
 #[allow(unused_imports)]
 pub use reference::*;
 
@@ -256,4 +262,20 @@ pub fn sampler_params(
         repeat_penalty: 1.0,
         ..Default::default()
     }
+}
+
+/// A u32 tensor holding `words`.
+pub fn upload_u32(ctx: &Arc<GpuContext>, name: &str, words: &[u32]) -> Tensor {
+    ctx.upload(
+        name,
+        fado::tensor::TensorDesc::new(fado::tensor::DType::U32, [words.len()]),
+        bytemuck::cast_slice(words),
+    )
+    .expect("upload")
+}
+
+/// A tensor's words.
+pub fn read_u32(ctx: &Arc<GpuContext>, t: &Tensor) -> Vec<u32> {
+    let bytes = ctx.read_bytes(t, 0, t.size_bytes()).expect("read");
+    bytemuck::pod_collect_to_vec(&bytes)
 }
