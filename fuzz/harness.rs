@@ -392,7 +392,7 @@ pub fn http_body(data: &[u8]) {
         .is_none_or(|n| n <= fado::sampling::MAX_TOP_LOGPROBS));
     assert!(gen.max_tokens != Some(0));
     // Token ids within the vocabulary: parsing does not see the model.
-    match text_request(&cfg, endpoint, &vec![0; len], 1 << 20, &gen, 7) {
+    match text_request(&cfg, cfg.ctx, endpoint, &vec![0; len], 1 << 20, &gen, 7) {
         Ok(req) => {
             assert!(req.max_tokens >= 1 && req.max_tokens <= cfg.max_tokens_cap);
             assert!(len >= 1 && len + req.max_tokens <= cfg.ctx + 1);

@@ -174,3 +174,48 @@ async fn a_second_request_sharing_a_500_token_system_prompt_prefills_only_its_su
     assert!(prompt(&second) - reused < 30, "{second}");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_request_uses_the_pool_beyond_ctx_while_a_short_one_runs_beside_it() {
+    // Two slots of 128 tokens each share one pool: a request of 300 tokens (over --ctx) takes
+    // most of it while the other slot answers a short one, each equal to the same request on
+    // a one-slot server whose own context holds it.
+    let (h, base) = start(ServerConfig { ctx: 128, ..cfg(2) }).await;
+    let (h1, base1) = start(ServerConfig { ctx: 512, ..cfg(1) }).await;
+    let c = client();
+    let models = get_json(&c, format!("{base}/v1/models")).await;
+    let limit = models["data"][0]["context_length"]
+        .as_u64()
+        .expect("length");
+    assert!(limit >= 2 * 128, "the pool's tokens: {models}");
+    let long = json!({"prompt": "The history of Lisbon", "max_tokens": 300,
+        "temperature": 0, "ignore_eos": true});
+    let short = json!({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0});
+    let url = format!("{base}/v1/completions");
+    let (a, b) = tokio::join!(post_json(&c, url.clone(), &long, "long"), async {
+        // Let the long one take its rows first.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        post_json(&c, url.clone(), &short, "short").await
+    });
+    assert_eq!(a["usage"]["completion_tokens"], 300, "{a}");
+    assert_eq!(a["choices"][0]["finish_reason"], "length", "{a}");
+    assert!(b["choices"][0]["text"].is_string(), "{b}");
+    let url1 = format!("{base1}/v1/completions");
+    let a1 = post_json(&c, url1.clone(), &long, "long alone").await;
+    let b1 = post_json(&c, url1, &short, "short alone").await;
+    assert_eq!(a["choices"][0]["text"], a1["choices"][0]["text"]);
+    assert_eq!(b["choices"][0]["text"], b1["choices"][0]["text"]);
+    // A prompt longer than the whole pool is refused, naming the limit.
+    let huge = json!({"prompt": "word ".repeat(limit as usize + 10), "max_tokens": 1});
+    let r = post(&c, url, &huge, "huge").await;
+    let e = expect_error(r, 400, "a prompt over the pool").await;
+    assert_eq!(e["error"]["code"], "context_length_exceeded", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&limit.to_string())),
+        "{e}"
+    );
+    h.shutdown().await;
+    h1.shutdown().await;
+}

@@ -26,9 +26,11 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* requests.
     #[arg(long, env = "FADO_API_KEY")]
     pub api_key: Option<String>,
-    /// Requests generating at once, each with its own KV cache of --ctx tokens (one pool of
-    /// --ctx × --parallel rows). Their decode steps run as one batched step (each weight read
-    /// once per step for all of them), up to 16 rows a step.
+    /// Requests generating at once. Their KV caches share one pool of --ctx × --parallel
+    /// tokens: each request gets prompt + max_tokens of it (without max_tokens, up to --ctx),
+    /// so one long conversation may use what short ones leave free; a request that does not
+    /// fit while others run waits for one to finish. Their decode steps run as one batched
+    /// step (each weight read once per step for all of them), up to 16 rows a step.
     #[arg(long, default_value_t = 2)]
     pub parallel: usize,
     /// Requests that may wait for a free slot; beyond that the server answers 429.

@@ -1,10 +1,12 @@
 //! Batched decode: one forward pass advances several sequences by a token each.
 //!
 //! A [`Pool`] holds the GPU state of `slots` sequences in shared buffers — per layer one K and
-//! one V cache of `slots × stride` rows, one token history of `slots × history_stride` words,
-//! one array of sampler parameters — and hands out each slot's [`Sequence`] as views into them,
-//! so a slot runs its own steps (prefill, constrained decoding, scoring) exactly as a lone
-//! sequence does. A [`BatchGraph`] is the forward pass of `rows` slots at once
+//! one V cache of `total` rows, one token history of `total` words, one array of sampler
+//! parameters — and hands out each slot's [`Sequence`] as views of its [`Region`] of them, so a
+//! slot runs its own steps (prefill, constrained decoding, scoring) exactly as a lone sequence
+//! does. Regions start as an even share (`ctx` tokens each) and are moved and resized per
+//! request ([`Pool::sequence_in`], [`super::regions::place`]): one long conversation can use
+//! the rows short ones leave free. A [`BatchGraph`] is the forward pass of `rows` slots at once
 //! ([`llama::forward_rows`]): the matmuls read every weight once for all rows, and each row's
 //! RoPE, cache write, attention, penalties and sampler use its own sequence, located by the
 //! step's rows table ([`RowStep`]). The graph for a batch shape is compiled once and run with
@@ -19,6 +21,7 @@ use crate::ops::{RowStep, Step, MAX_ROWS};
 use crate::tensor::{DType, Tensor, TensorDesc};
 
 use super::llama::{self, KvCache, RowsHead};
+use super::regions::Region;
 use super::step::{check_cache_size, KvType, Sequence};
 use super::Model;
 
@@ -29,8 +32,12 @@ pub struct Pool {
     sampler: Tensor,
     slots: usize,
     ctx: usize,
-    stride: usize,
-    history_stride: usize,
+    /// Rows of the pooled cache (and words of the pooled history).
+    total: usize,
+    /// Regions are whole granules: every view starts at an aligned offset.
+    granule: usize,
+    /// Each slot's region (`None`: none yet).
+    regions: std::sync::Mutex<Vec<Option<Region>>>,
 }
 
 /// `n` rounded up to a multiple of `m`.
@@ -38,14 +45,14 @@ fn round_up(n: usize, m: usize) -> usize {
     n.div_ceil(m.max(1)) * m.max(1)
 }
 
-/// Elements of `bytes` bytes each per slot so a slot's view starts at an offset aligned to
-/// `align` bytes: `n` rounded up.
-fn aligned_stride(n: usize, bytes: usize, align: usize) -> usize {
-    let mut s = n;
-    while !(s * bytes).is_multiple_of(align) {
-        s += 1;
+/// The fewest rows (a multiple of 64) whose K/V rows of `row_bytes` and history words both
+/// span a multiple of `align` bytes, so a region of whole granules starts every view aligned.
+fn granule(row_bytes: usize, align: usize) -> usize {
+    let mut g = 64;
+    while !(g * row_bytes).is_multiple_of(align) || !(g * 4).is_multiple_of(align) {
+        g += 64;
     }
-    s
+    g
 }
 
 impl Pool {
@@ -61,10 +68,11 @@ impl Pool {
         let gpu = &model.ctx;
         let align = gpu.caps.storage_offset_align.max(4) as usize;
         let row_bytes = cfg.num_key_value_heads * cfg.head_dim * kv.bytes() as usize;
-        let stride = aligned_stride(ctx.max(1), row_bytes, align);
-        let history_stride = round_up(ctx + 1, align / 4);
+        let granule = granule(row_bytes, align);
+        // An even share holds `ctx` tokens and the history word after them.
+        let share = round_up(ctx + 1, granule);
         let rows = slots
-            .checked_mul(stride)
+            .checked_mul(share)
             .ok_or_else(|| Error::Config(format!("{slots} slots of {ctx} tokens: too many")))?;
         check_cache_size(model, ctx, rows, kv)?;
         let desc = TensorDesc::new(kv.dtype(), [rows, cfg.num_key_value_heads, cfg.head_dim]);
@@ -84,19 +92,58 @@ impl Pool {
                     TensorDesc::new(DType::U32, [cfg.num_key_value_heads]),
                 )?,
             },
-            history: gpu.empty(
-                "history_pool",
-                TensorDesc::new(DType::U32, [slots * history_stride]),
-            )?,
+            history: gpu.empty("history_pool", TensorDesc::new(DType::U32, [rows]))?,
             sampler: gpu.empty(
                 "sampler_pool",
                 TensorDesc::new(DType::U32, [slots * SAMPLER_PARAMS_WORDS]),
             )?,
             slots,
             ctx,
-            stride,
-            history_stride,
+            total: rows,
+            granule,
+            regions: std::sync::Mutex::new(
+                (0..slots)
+                    .map(|i| {
+                        Some(Region {
+                            base: i * share,
+                            rows: share,
+                        })
+                    })
+                    .collect(),
+            ),
         })
+    }
+
+    /// Rows of the pooled cache: a region holds at most this many (a sequence in it one less).
+    pub fn total_rows(&self) -> usize {
+        self.total
+    }
+
+    /// Regions are whole multiples of this many rows.
+    pub fn granule(&self) -> usize {
+        self.granule
+    }
+
+    /// The most tokens one sequence can hold (a region of the whole pool).
+    pub fn max_tokens(&self) -> usize {
+        self.total - 1
+    }
+
+    /// Each slot's region now.
+    pub fn regions(&self) -> Vec<Option<Region>> {
+        self.regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn region(&self, slot: usize) -> Option<Region> {
+        self.regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(slot)
+            .copied()
+            .flatten()
     }
 
     /// Sequences the pool holds.
@@ -104,18 +151,35 @@ impl Pool {
         self.slots
     }
 
-    /// Tokens each sequence holds at most.
+    /// Tokens of an even share (each slot's first region holds this many).
     pub fn ctx(&self) -> usize {
         self.ctx
     }
 
-    /// Slot `slot`'s sequence: views of its rows of the pooled buffers (and its own small
-    /// buffers for the steps it runs alone).
+    /// Slot `slot`'s sequence in its current region: views of its rows of the pooled buffers
+    /// (and its own small buffers for the steps it runs alone).
     pub fn sequence(&self, model: &Model, slot: usize) -> Result<Sequence> {
-        if slot >= self.slots {
+        let region = self
+            .region(slot)
+            .ok_or_else(|| Error::op("pool", format!("slot {slot} has no region")))?;
+        self.sequence_in(model, slot, region)
+    }
+
+    /// Slot `slot`'s sequence in `region` (whole granules within the pool), which becomes the
+    /// slot's: batched steps find its rows there from now on. The caller makes sure no other
+    /// slot's running work uses those rows.
+    pub fn sequence_in(&self, model: &Model, slot: usize, region: Region) -> Result<Sequence> {
+        let ok = region.rows >= 2
+            && region.end() <= self.total
+            && region.base.is_multiple_of(self.granule)
+            && region.rows.is_multiple_of(self.granule);
+        if slot >= self.slots || !ok {
             return Err(Error::op(
                 "pool",
-                format!("slot {slot} of a pool of {}", self.slots),
+                format!(
+                    "slot {slot}, {region:?} of a pool of {} slots and {} rows in granules of {}",
+                    self.slots, self.total, self.granule
+                ),
             ));
         }
         let view = |t: &Tensor, shape: Vec<usize>, elem_offset: usize| -> Result<Tensor> {
@@ -128,41 +192,61 @@ impl Pool {
         };
         let cfg = &model.config;
         let row = cfg.num_key_value_heads * cfg.head_dim;
-        let shape = vec![self.ctx, cfg.num_key_value_heads, cfg.head_dim];
-        let at = slot * self.stride * row;
+        let ctx = region.rows - 1;
+        let shape = vec![ctx, cfg.num_key_value_heads, cfg.head_dim];
+        let at = region.base * row;
         let k = (self.cache.k.iter())
             .map(|t| view(t, shape.clone(), at))
             .collect::<Result<Vec<_>>>()?;
         let v = (self.cache.v.iter())
             .map(|t| view(t, shape.clone(), at))
             .collect::<Result<Vec<_>>>()?;
-        let history = view(
-            &self.history,
-            vec![self.ctx + 1],
-            slot * self.history_stride,
-        )?;
+        let history = view(&self.history, vec![ctx + 1], region.base)?;
         let sampler_at = (slot * SAMPLER_PARAMS_WORDS * 4) as u64;
-        Sequence::with_buffers(
+        let seq = Sequence::with_buffers(
             model,
             k,
             v,
             history,
             Some((self.sampler.clone(), sampler_at)),
-        )
+        )?;
+        if let Some(r) = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(slot)
+        {
+            *r = Some(region);
+        }
+        Ok(seq)
     }
 
-    /// Where slot `slot`'s token at position `pos` lives, for a batched step's rows table.
+    /// Forget slot `slot`'s region (its rows are another's now).
+    pub fn release(&self, slot: usize) {
+        if let Some(r) = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(slot)
+        {
+            *r = None;
+        }
+    }
+
+    /// Where slot `slot`'s token at position `pos` lives, for a batched step's rows table (a
+    /// slot without a region points at row 0: it has no steps to batch).
     pub fn row(&self, slot: usize, pos: usize) -> RowStep {
+        let base = self.region(slot).map_or(0, |r| r.base) as u32;
         RowStep {
             pos: pos as u32,
-            cache_base: (slot * self.stride) as u32,
-            history_base: (slot * self.history_stride) as u32,
+            cache_base: base,
+            history_base: base,
             slot: slot as u32,
         }
     }
 
     /// The pooled token history; slot `s`'s token at position `p` is word
-    /// `row(s, p).history_base + p`.
+    /// `row(s, p).history_base + p` (its region's rows, one word each).
     pub fn history(&self) -> &Tensor {
         &self.history
     }
@@ -193,7 +277,8 @@ impl Pool {
             &self.cache,
             (&self.history, &self.sampler),
             rows,
-            self.ctx,
+            // Any region's capacity: the kernels bound positions by it.
+            self.max_tokens(),
             head,
         )?;
         let topk = fwd

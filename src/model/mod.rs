@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod llama;
+pub mod regions;
 pub mod step;
 pub mod synthetic;
 pub mod weights;
@@ -27,6 +28,7 @@ pub use crate::ops::sample::SamplerParams;
 pub use crate::ops::MAX_ROWS;
 pub use batch::{BatchGraph, Pool};
 pub use llama::{KvCache, RowsHead};
+pub use regions::{Held, Region};
 pub use step::{KvType, Penalty, Sequence, StepGraph, StepOut, StepSpec, NO_TOKEN, PREFILL_CHUNK};
 pub use weights::WeightPolicy;
 

@@ -178,10 +178,11 @@ impl Sequence {
         let mut enc = model.ctx.device.create_command_encoder(&Default::default());
         let pairs = from.k.iter().zip(&mine.k).chain(from.v.iter().zip(&mine.v));
         for (src, dst) in pairs {
-            if src.desc != dst.desc {
+            // Capacities may differ (pooled regions are sized per request); rows may not.
+            if src.desc.dtype != dst.desc.dtype || src.desc.shape[1..] != dst.desc.shape[1..] {
                 return Err(Error::op(
                     "copy_prefix",
-                    format!("{} into {}: the KV types differ", src.desc, dst.desc),
+                    format!("{} into {}: the KV rows differ", src.desc, dst.desc),
                 ));
             }
             // Rows are position-major ([ctx, kv_heads, head_dim]): a prefix is contiguous.

@@ -354,7 +354,7 @@ async fn health(State(s): State<Server>) -> Response {
 /// Prometheus / OpenMetrics text (see [`metrics`]); like `/health`, no API key needed.
 async fn metrics_text(State(s): State<Server>) -> Response {
     let st = s.stats();
-    let total = st.slots * s.inner.cfg.ctx;
+    let total = s.inner.sched.kv_capacity(s.inner.cfg.ctx);
     let body = s
         .inner
         .metrics
@@ -375,7 +375,7 @@ fn model_object(s: &Server) -> Value {
         "object": "model",
         "created": 0,
         "owned_by": "fado",
-        "context_length": s.inner.cfg.ctx,
+        "context_length": s.inner.sched.max_sequence(s.inner.cfg.ctx),
     })
 }
 
@@ -531,7 +531,8 @@ async fn start(
     let n = s.inner.counter.fetch_add(1, Ordering::Relaxed);
     let seed = crate::sampling::clock_seed() ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let vocab = s.inner.model.config.vocab_size;
-    let req = text_request(cfg, endpoint, &prompt, vocab, &gen, seed)?;
+    let max_sequence = s.inner.sched.max_sequence(cfg.ctx);
+    let req = text_request(cfg, max_sequence, endpoint, &prompt, vocab, &gen, seed)?;
     let prefix = match endpoint {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completion => "cmpl",

@@ -17,6 +17,13 @@
 //! another slot), its keys and values are copied into the taking slot's cache on the GPU
 //! before the prefill. The copy is queued while the queue's lock is held, and a slot takes a
 //! job only under that lock, so the source's rows cannot be overwritten before the copy.
+//!
+//! The pool's rows are shared out per job: a slot taking a job gets a region of
+//! `prompt + max_tokens` rows (`model::regions::place`): its own when large enough, else
+//! grown or moved (its cached prefix copied along) over free rows or over idle slots' cached
+//! rows, which those slots then forget. Running slots' rows never move. So one long
+//! conversation can use what short ones leave free; a job that does not fit while others run
+//! waits for one of them to finish (a job larger than the whole pool was refused with a 400).
 
 #![warn(missing_docs)]
 
@@ -32,8 +39,8 @@ use tokio::sync::mpsc;
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::generate::{generate_text_with_logprobs, TextRequest};
-use crate::model::KvCache;
-use crate::model::Model;
+use crate::model::regions::place;
+use crate::model::{Held, KvCache, Model};
 use crate::session::{
     common_prefix, Batcher, FinishReason, Session, SessionOptions, TokenLogprobs,
 };
@@ -154,6 +161,8 @@ struct SlotCache {
     history: Vec<u32>,
     /// Its cache's shared handles.
     kv: KvCache,
+    /// Another slot took its rows while it was idle: its session must forget its cache.
+    evicted: bool,
 }
 
 struct Shared {
@@ -219,6 +228,7 @@ impl Scheduler {
                 busy: false,
                 history: Vec::new(),
                 kv: s.kv_cache(),
+                evicted: false,
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -273,6 +283,17 @@ impl Scheduler {
         drop(q);
         self.shared.ready.notify_one();
         Ok(())
+    }
+
+    /// The most tokens one request's sequence may hold: `--ctx`, or with a pool (several
+    /// slots) the whole pool's rows.
+    pub fn max_sequence(&self, ctx: usize) -> usize {
+        self.shared.batcher.as_ref().map_or(ctx, |b| b.max_tokens())
+    }
+
+    /// KV-cache rows of all slots together.
+    pub fn kv_capacity(&self, ctx: usize) -> usize {
+        self.shared.batcher.as_ref().map_or(ctx, |b| b.total_rows())
     }
 
     /// A snapshot of the counters (each read separately, so not one atomic picture).
@@ -334,7 +355,31 @@ fn next_job(sh: &Shared, slot: usize, session: &mut Session, share: bool) -> Opt
         if q.closed {
             return None;
         }
+        if q.slots[slot].evicted {
+            // Another slot took this one's rows while it was idle.
+            session.reset();
+            q.slots[slot].evicted = false;
+        }
         if let Some(j) = q.jobs.pop_front() {
+            if let (Some(b), false) = (&sh.batcher, j.events.is_closed()) {
+                match place_job(&mut q, b, slot, session, &j, share) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Running slots hold the rows it needs: wait for one to finish.
+                        q.jobs.push_front(j);
+                        q = sh.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("slot {slot}: no KV rows for {}: {e}", j.id);
+                        session.reset();
+                        sh.failed.fetch_add(1, Ordering::Relaxed);
+                        sh.metrics.failed();
+                        let _ = j.events.send(Event::Failed(e));
+                        continue;
+                    }
+                }
+            }
             q.slots[slot].busy = true;
             if share && !j.echo && !j.events.is_closed() {
                 adopt_best_prefix(&q.slots, slot, session, &j.prompt);
@@ -343,6 +388,47 @@ fn next_job(sh: &Shared, slot: usize, session: &mut Session, share: bool) -> Opt
         }
         q = sh.ready.wait(q).unwrap_or_else(|p| p.into_inner());
     }
+}
+
+/// Give `session` (slot `me`) a region of the pool for `job`'s `prompt + max_tokens` rows
+/// (see the module docs); `Ok(false)` while running slots leave no such room. Idle slots whose
+/// rows it takes forget what they held; `me` keeps its cached prefix of the prompt (`share`).
+fn place_job(
+    q: &mut Queue,
+    b: &Batcher,
+    me: usize,
+    session: &mut Session,
+    job: &Job,
+    share: bool,
+) -> Result<bool> {
+    let need = job.prompt.len() + job.req.max_tokens;
+    let regions = b.regions();
+    let held: Vec<Held> = (regions.iter().zip(&q.slots))
+        .map(|(r, c)| Held {
+            region: *r,
+            busy: c.busy,
+        })
+        .collect();
+    let Some(region) = place(b.total_rows(), b.granule(), &held, me, need) else {
+        return Ok(false);
+    };
+    for (i, r) in regions.iter().enumerate() {
+        if i != me && r.is_some_and(|r| r.overlap(&region) > 0) {
+            q.slots[i].history.clear();
+            q.slots[i].evicted = true;
+            b.release(i);
+        }
+    }
+    if regions[me] != Some(region) {
+        let keep = if share {
+            session.common_prefix(&job.prompt)
+        } else {
+            0
+        };
+        b.move_session(session, me, region, keep)?;
+        q.slots[me].kv = session.kv_cache();
+    }
+    Ok(true)
 }
 
 /// Copy into `session` (slot `me`) the longest prefix of `prompt` an idle slot holds, when it
@@ -433,6 +519,9 @@ fn publish(sh: &Shared, slot: usize, session: &Session) {
     let mut q = sh.lock();
     q.slots[slot].busy = false;
     q.slots[slot].history = session.history().to_vec();
+    drop(q);
+    // A job waiting for rows may fit now.
+    sh.ready.notify_all();
 }
 
 /// One line per generation request at info level: what `fado serve` prints by default.

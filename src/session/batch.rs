@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::{Generation, Session, SessionOptions};
 use crate::error::{Error, Result};
-use crate::model::{BatchGraph, Model, Pool, RowsHead, MAX_ROWS};
+use crate::model::{BatchGraph, Model, Pool, Region, RowsHead, MAX_ROWS};
 use crate::sampling::{SamplingParams, MAX_CANDIDATES};
 
 /// A pending step waits for the other sessions' while the GPU has at least this many batches
@@ -127,6 +127,66 @@ impl Batcher {
         let mut s = Session::from_sequence(self.model.clone(), seq);
         s.batch = Some((self.clone(), slot));
         Ok(s)
+    }
+
+    /// Give slot `slot`'s `session` the pooled rows `region` ([`Pool::sequence_in`]; whole
+    /// granules), keeping its first `keep` cached tokens: copied on the GPU queue when the
+    /// region starts elsewhere (through a staging buffer: both live in the pool), left where
+    /// they are when it starts at the same row. Its compiled graphs are dropped (they bound
+    /// the old rows). The session must be idle, and the caller keeps other slots' running
+    /// work off `region`; idle slots it overlaps must be [`Batcher::release`]d.
+    pub fn move_session(
+        &self,
+        session: &mut Session,
+        slot: usize,
+        region: Region,
+        keep: usize,
+    ) -> Result<()> {
+        if session.batch.as_ref().map(|(_, s)| *s) != Some(slot) {
+            return Err(Error::op(
+                "batch",
+                format!("moving slot {slot}: the session is not that slot's"),
+            ));
+        }
+        let before = self.pool.regions().get(slot).copied().flatten();
+        let keep = keep.min(session.history.len()).min(region.rows - 1);
+        let old = session.seq.cache().clone();
+        let seq = self.pool.sequence_in(&self.model, slot, region)?;
+        if keep > 0 && before.map(|r| r.base) != Some(region.base) {
+            seq.copy_prefix_from(&self.model, &old, keep)?;
+            seq.write_tokens(&self.model, 0, &session.history[..keep])?;
+        }
+        session.seq = seq;
+        session.graphs.clear();
+        session.history.truncate(keep);
+        session.last = None;
+        Ok(())
+    }
+
+    /// Slot `slot`'s rows now belong to another slot: its session holds nothing until
+    /// [`Batcher::move_session`] gives it rows again (reset it first).
+    pub fn release(&self, slot: usize) {
+        self.pool.release(slot);
+    }
+
+    /// Each slot's region of the pool now.
+    pub fn regions(&self) -> Vec<Option<Region>> {
+        self.pool.regions()
+    }
+
+    /// Rows of the pool (see [`Pool::total_rows`]).
+    pub fn total_rows(&self) -> usize {
+        self.pool.total_rows()
+    }
+
+    /// Regions are whole multiples of this many rows.
+    pub fn granule(&self) -> usize {
+        self.pool.granule()
+    }
+
+    /// The most tokens one sequence of the pool can hold.
+    pub fn max_tokens(&self) -> usize {
+        self.pool.max_tokens()
     }
 
     /// Generate for several prompts at once, one slot each (at most [`Batcher::slots`] of

@@ -473,10 +473,14 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
 
 /// Turn a parsed request for `prompt` (token ids of a model of `vocab` tokens) into what a
 /// slot runs, checking the prompt ([`check_prompt`]) and the server's limits (context,
-/// `--max-tokens-cap`). `fallback_seed` is used when the request gave none. No GPU work: the
+/// `--max-tokens-cap`). `max_sequence` is the most tokens one request's sequence may hold
+/// (`--ctx`, or with several slots the whole KV pool); without `max_tokens` a request whose
+/// prompt fits `--ctx` generates at most to `--ctx`, as with one slot, so that its share of
+/// the pool stays even. `fallback_seed` is used when the request gave none. No GPU work: the
 /// HTTP-body fuzz target drives this too.
 pub fn text_request(
     cfg: &ServerConfig,
+    max_sequence: usize,
     endpoint: Endpoint,
     prompt: &[u32],
     vocab: usize,
@@ -488,7 +492,8 @@ pub fn text_request(
     } else {
         "prompt"
     };
-    if let Err(p) = check_prompt(prompt, vocab, 0, cfg.ctx) {
+    let limit = max_sequence.max(cfg.ctx);
+    if let Err(p) = check_prompt(prompt, vocab, 0, limit) {
         let e = ApiError::invalid(format!("`{prompt_param}`: {p}")).param(prompt_param);
         return Err(match p {
             PromptProblem::TooLong { .. } => e.code("context_length_exceeded"),
@@ -504,10 +509,13 @@ pub fn text_request(
             .param("max_tokens"))
         }
         Some(n) => n,
+        None if prompt.len() < cfg.ctx => cfg
+            .max_tokens_cap
+            .min(room_for_generation(cfg.ctx, prompt.len())),
         None => cfg.max_tokens_cap,
     };
     // Generation also stops when the context is full (finish_reason "length").
-    let max_tokens = max_tokens.min(room_for_generation(cfg.ctx, prompt.len()));
+    let max_tokens = max_tokens.min(room_for_generation(limit, prompt.len()));
     let mut params = gen.params.clone();
     if !gen.seeded {
         params.seed = fallback_seed;
