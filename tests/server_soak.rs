@@ -272,7 +272,9 @@ async fn run_client(c: reqwest::Client, base: String, kind: Kind, refs: &Refs, w
             assert_eq!(v["error"]["param"], "response_format", "{what}");
         }
         Kind::TooLong => {
-            let ids = vec![1u32; CTX + 8];
+            // Over the whole KV pool, which one request may use: 4 slots of CTX tokens, each
+            // share rounded up to whole granules of rows.
+            let ids = vec![1u32; 8 * CTX];
             let body = json!({"prompt": ids, "max_tokens": 1});
             let r = post(&c, &cmpl_url, &body, &what).await;
             let v = expect_error(r, 400, &what).await;
