@@ -117,6 +117,7 @@ fn run_rope_attention(
     let attn = AttentionRows {
         attn,
         capacity: c.cap,
+        split_for: c.cap,
     };
     let out = g
         .add1(attn, &[q, ins[2], ins[3]])

@@ -277,8 +277,8 @@ impl Pool {
             &self.cache,
             (&self.history, &self.sampler),
             rows,
-            // Any region's capacity: the kernels bound positions by it.
-            self.max_tokens(),
+            // Any region's capacity bounds positions; attention is split for an even share.
+            (self.max_tokens(), self.ctx),
             head,
         )?;
         let topk = fwd

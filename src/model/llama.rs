@@ -237,7 +237,7 @@ fn blocks(
     cache: &KvCache,
     x: TensorId,
     decode: bool,
-    batched: Option<usize>,
+    batched: Option<(usize, usize)>,
 ) -> Result<()> {
     let eps = cfg.rms_norm_eps;
     let inv_freq = g.external("rope_inv_freq", &w.inv_freq);
@@ -267,7 +267,7 @@ fn blocks(
 
         // Attention.
         let qkv = norm_project(g, eps, x, attn_norm, &qkv_w)?;
-        let a = if let Some(capacity) = batched {
+        let a = if let Some((capacity, split_for)) = batched {
             let rope = RopeKvRows {
                 rope: rope.clone(),
                 capacity,
@@ -276,6 +276,7 @@ fn blocks(
             let attn = AttentionRows {
                 attn: attention.clone(),
                 capacity,
+                split_for,
             };
             g.add1(attn, &[q, k_cache, v_cache])?
         } else if decode {
@@ -318,7 +319,8 @@ pub struct RowsHead {
 }
 
 /// The forward pass of a batched decode step: `rows` sequences of the pool (`cache` and
-/// `history` pooled, `sampler` the pooled sampler parameters, `capacity` rows per sequence)
+/// `history` pooled, `sampler` the pooled sampler parameters, at most `capacity` rows per
+/// sequence, attention split for sequences of `split_for` rows)
 /// each advance by one token — row `t` is `Step::rows[t]`'s sequence at its position. Every
 /// row's logits go through [`RowsHead`] and its sampler, which writes the row's next token
 /// into its history. Returns the logits `[rows, vocab]`, top-k `[rows, 2k]` and log-sum-exp
@@ -329,7 +331,7 @@ pub fn forward_rows(
     cache: &KvCache,
     (history, sampler): (&Tensor, &Tensor),
     rows: usize,
-    capacity: usize,
+    (capacity, split_for): (usize, usize),
     head: RowsHead,
 ) -> Result<Forward> {
     let mut g = Graph::new();
@@ -337,7 +339,7 @@ pub fn forward_rows(
     let sampler = g.external("sampler", sampler);
     let embed = g.external("embed_tokens", &w.embed);
     let x = g.add1(EmbeddingRows { rows }, &[ids, embed])?;
-    blocks(&mut g, cfg, w, cache, x, false, Some(capacity))?;
+    blocks(&mut g, cfg, w, cache, x, false, Some((capacity, split_for)))?;
     let norm = g.external("norm", &w.norm);
     let lm_head = g.external("lm_head", &w.lm_head);
     let logits = g.add1(

@@ -323,13 +323,17 @@ impl Op for Attention {
 pub struct AttentionRows {
     /// The attention to compute.
     pub attn: Attention,
-    /// Rows of one sequence's cache.
+    /// Rows of one sequence's cache at most (positions are bounded by it).
     pub capacity: usize,
+    /// The cache rows the split into chunks is sized for ([`DecodeSplit::for_capacity`]): a
+    /// typical sequence, such as a pool's even share. Chunks grow with a longer sequence; a
+    /// split sized for the largest possible one would launch mostly empty chunks every step.
+    pub split_for: usize,
 }
 
 impl AttentionRows {
     fn split(&self) -> DecodeSplit {
-        DecodeSplit::for_capacity(self.capacity)
+        DecodeSplit::for_capacity(self.split_for.clamp(1, self.capacity.max(1)))
     }
 }
 
