@@ -219,3 +219,42 @@ async fn a_long_request_uses_the_pool_beyond_ctx_while_a_short_one_runs_beside_i
     h.shutdown().await;
     h1.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_that_does_not_fit_beside_a_running_one_waits_for_it() {
+    // --parallel 2 --ctx 128: a 300-token answer holds most of the pool, so a second request
+    // for 150 more tokens cannot fit beside it: it waits (it is neither refused nor cut short)
+    // and runs once the first is done.
+    let (h, base) = start(ServerConfig { ctx: 128, ..cfg(2) }).await;
+    let c = client();
+    let long = json!({"prompt": "The history of Lisbon", "max_tokens": 300,
+        "temperature": 0, "ignore_eos": true});
+    let second = json!({"prompt": "Once upon a time", "max_tokens": 150,
+        "temperature": 0, "ignore_eos": true});
+    let url = format!("{base}/v1/completions");
+    let t0 = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        async {
+            let v = post_json(&c, url.clone(), &long, "long").await;
+            (v, t0.elapsed())
+        },
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let v = post_json(&c, url.clone(), &second, "second").await;
+            (v, t0.elapsed())
+        }
+    );
+    assert_eq!(a.0["usage"]["completion_tokens"], 300, "{}", a.0);
+    assert_eq!(b.0["usage"]["completion_tokens"], 150, "{}", b.0);
+    assert!(
+        b.1 > a.1,
+        "the second ended at {:?}, before the first at {:?}",
+        b.1,
+        a.1
+    );
+    let st = health(&c, &base).await;
+    assert_eq!(st["requests"]["failed"], 0, "{st}");
+    // They never decoded in the same step.
+    assert_eq!(st["batched"]["rows"], st["batched"]["steps"], "{st}");
+    h.shutdown().await;
+}
