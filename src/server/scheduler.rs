@@ -372,7 +372,10 @@ fn next_job(sh: &Shared, slot: usize, session: &mut Session, share: bool) -> Opt
                     }
                     Err(e) => {
                         tracing::warn!("slot {slot}: no KV rows for {}: {e}", j.id);
+                        // The move may have stopped half-way: give the region up, so the next
+                        // job rebuilds the session's views instead of trusting them.
                         session.reset();
+                        b.release(slot);
                         sh.failed.fetch_add(1, Ordering::Relaxed);
                         sh.metrics.failed();
                         let _ = j.events.send(Event::Failed(e));
