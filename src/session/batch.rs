@@ -46,8 +46,11 @@ const GRACE: Duration = Duration::from_millis(5);
 /// How often a waiting step looks at the GPU's progress.
 const RECHECK: Duration = Duration::from_millis(2);
 
-/// The longest a prefilling session waits for the decoding sessions' next batch.
-const YIELD_LIMIT: Duration = Duration::from_secs(2);
+/// The longest a prefilling session waits for the decoding sessions' next batch (the wait
+/// ends as soon as one is submitted). Longer than one batched step on a slow device (2.3–2.8 s
+/// in a debug build on lavapipe): a shorter limit let a chunk start before the streams' next
+/// step, so they waited two chunks.
+const YIELD_LIMIT: Duration = Duration::from_secs(10);
 
 /// Counters of batched decoding, cumulative.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
